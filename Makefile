@@ -1,0 +1,34 @@
+# Every target that runs code first makes sure .venv exists, so a fresh clone needs only `make demo` / `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+# torch goes in first and alone: a later package that asks for torch then finds 2.13.0 (CPU) satisfied
+# instead of pulling a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sftlab demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py
+	$(PY) bench/audit_speed.py
+	$(PY) bench/remedy_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,201 @@
+"""The ``sftlab`` command.
+
+Each subcommand parses its arguments, builds a typed config and hands it to a recipe in
+``sftlab.recipes``. User errors exit with code 2 and a short message; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from sftlab.errors import UserError
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from sftlab.config import schema_json
+
+    print(schema_json(args.kind))
+    return 0
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from sftlab.config import PretrainConfig, load_config
+    from sftlab.recipes.pretrain import run_pretrain
+
+    run_pretrain(load_config(PretrainConfig, args.config, args.overrides))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sftlab.config import TrainConfig, load_config
+    from sftlab.recipes.train import run_train
+
+    run_train(load_config(TrainConfig, args.config, args.overrides))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from sftlab.train.adapters import merge_adapter
+
+    merge_adapter(args.adapter, args.out)
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from sftlab.recipes.data_check import run_data_check
+
+    return run_data_check(
+        files=args.files,
+        eval_file=args.eval_file,
+        tokenizer=args.tokenizer,
+        out=args.out,
+        strict=args.strict,
+    )
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from sftlab.config import AuditConfig, build_config, parse_overrides, read_yaml, _deep_merge
+    from sftlab.recipes.audit import run_audit
+
+    data = read_yaml(args.config) if args.config else {}
+    flags = {
+        "base": args.base,
+        "tuned": args.tuned,
+        "prompts": args.prompts,
+        "sft_data": args.sft_data,
+        "reference": args.reference,
+        "benchmark": args.benchmark,
+        "eval_set": args.eval_set,
+        "out": args.out,
+    }
+    data = _deep_merge(data, {k: v for k, v in flags.items() if v})
+    data = _deep_merge(data, parse_overrides(args.overrides))
+    run_audit(build_config(AuditConfig, data, source=args.config or "command line"))
+    return 0
+
+
+def _cmd_interpolate(args: argparse.Namespace) -> int:
+    from sftlab.train.interpolate import interpolate_dirs
+
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")]
+    except ValueError:
+        raise UserError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
+    interpolate_dirs(args.base, args.tuned, alphas, args.out)
+    return 0
+
+
+def _cmd_world_generate(args: argparse.Namespace) -> int:
+    from sftlab.world.generator import generate_world
+
+    generate_world(args.out, seed=args.seed)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from sftlab.sweep import run_sweep_file
+
+    run_sweep_file(args.config, args.overrides)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sftlab.demo import run_demo
+
+    run_demo(out=args.out, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(prog="sftlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--offline", action="store_true", help="never contact the model/data hub")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("config", nargs=None if required else "?", help="YAML config")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
+
+    add_config_args(add("pretrain", _cmd_pretrain, "train a tokenizer and a small base model on text"))
+    add_config_args(add("train", _cmd_train, "supervised fine-tuning (full, LoRA, other PEFT)"))
+
+    p = add("merge", _cmd_merge, "merge a PEFT adapter into its base and save a full model dir")
+    p.add_argument("--adapter", required=True, help="adapter dir written by `sftlab train`")
+    p.add_argument("--out", required=True, help="where to write the merged model")
+
+    p = add("interpolate", _cmd_interpolate, "WiSE-FT: (1-a)*base + a*tuned for each alpha")
+    p.add_argument("--base", required=True)
+    p.add_argument("--tuned", required=True, help="full model dir or PEFT adapter dir")
+    p.add_argument("--alphas", default="0.25,0.5,0.75")
+    p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
+
+    p = add("audit", _cmd_audit, "compare a base with tuned models: diversity, shift, copying, forgetting")
+    p.add_argument("config", nargs="?", help="YAML audit config (flags override it)")
+    p.add_argument("--base")
+    p.add_argument("--tuned", action="append", help="tuned model or adapter dir (repeat for several)")
+    p.add_argument("--prompts")
+    p.add_argument("--sft-data", dest="sft_data")
+    p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable)")
+    p.add_argument("--benchmark", action="append", help="multiple-choice jsonl (repeatable)")
+    p.add_argument("--eval-set", dest="eval_set")
+    p.add_argument("--out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    p = add("sweep", _cmd_sweep, "train and audit several strategies on one base; comparison table")
+    add_config_args(p)
+
+    p = add("demo", _cmd_demo, "the end-to-end job on the synthetic world")
+    p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
+    p.add_argument("--out", default="runs/demo")
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="validate data files, quarantine bad records, report quality")
+    p.set_defaults(handler=_cmd_data_check)
+    p.add_argument("files", nargs="+")
+    p.add_argument("--eval-file", dest="eval_file", help="check train/eval overlap against this file")
+    p.add_argument("--tokenizer", help="tokenizer dir for token length stats")
+    p.add_argument("--out", default=None, help="dir for report + quarantine (default: beside the data)")
+    p.add_argument("--strict", action="store_true", help="exit 2 if any record is bad")
+
+    world = sub.add_parser("world", help="the synthetic world").add_subparsers(dest="world_command", required=True)
+    p = world.add_parser("generate", help="write corpus, held-out text, SFT sets and prompts")
+    p.set_defaults(handler=_cmd_world_generate)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    cfg = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("schema", help="print the JSON schema of a config kind")
+    p.set_defaults(handler=_cmd_config)
+    p.add_argument("kind", nargs="?", default="train")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run one subcommand; exit 2 on user error."""
+    args = build_parser().parse_args(argv)
+    if args.offline:
+        from sftlab.offline import set_offline
+
+        set_offline()
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"sftlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sftlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""Typed run configs, read from YAML with ``key=value`` overrides.
+
+Key names follow what users already know from transformers / TRL / LLaMA-Factory (``learning_rate``,
+``num_train_epochs``, ``max_length``, ``packing``, ``completion_only_loss``, ``eval_strategy``,
+``neftune_noise_alpha`` ...). Every model forbids unknown keys; the error names the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sftlab.errors import UserError
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------------
+# Training: method and adapters
+
+
+class LoraSettings(StrictModel):
+    """LoRA / DoRA hyper-parameters (PEFT names)."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | None = Field(
+        None, description="module names to adapt; None = detected from the architecture"
+    )
+    use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r)")
+
+
+class PromptTuningSettings(StrictModel):
+    """Prefix / prompt tuning: number of virtual tokens."""
+
+    num_virtual_tokens: int = Field(16, ge=1)
+
+
+class FreezeSettings(StrictModel):
+    """``method: freeze``: train only the top-k transformer blocks and/or named modules."""
+
+    trainable_top_k_layers: int = Field(2, ge=0)
+    trainable_modules: list[str] = Field(default_factory=list, description="name substrings kept trainable")
+
+
+# --------------------------------------------------------------------------------------------------
+# Training: remedies
+
+
+class GemSettings(StrictModel):
+    """GEM loss (Li et al. 2024)."""
+
+    beta: float = Field(0.7, gt=0, le=1)
+    h: Literal["linear", "logsigmoid"] = "linear"
+
+
+class ReplaySettings(StrictModel):
+    """Replay of plain pretraining-style text mixed into the SFT stream."""
+
+    corpus: str
+    ratio: float = Field(0.2, gt=0, lt=1, description="fraction of training tokens that are replay")
+
+
+class EwcSettings(StrictModel):
+    """Elastic weight consolidation with a diagonal Fisher on reference text."""
+
+    lambda_: float = Field(1.0, alias="lambda", ge=0)
+    fisher_corpus: str
+    fisher_samples: int = Field(64, ge=1)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class L2SPSettings(StrictModel):
+    """L2 penalty towards the starting point."""
+
+    lambda_: float = Field(0.01, alias="lambda", ge=0)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class KLToBaseSettings(StrictModel):
+    """KL between the tuned and the frozen base next-token distributions."""
+
+    beta: float = Field(0.1, ge=0)
+    direction: Literal["forward", "reverse"] = "forward"
+    on: Literal["response", "replay", "all"] = "response"
+
+
+class EdaSettings(StrictModel):
+    """EDA-style word edits on the instruction (never the response)."""
+
+    p: float = Field(0.1, ge=0, le=1)
+    n: int = Field(1, ge=1)
+
+
+class AugmentSettings(StrictModel):
+    """Data augmentation against collapse."""
+
+    eda: EdaSettings | None = None
+    template_variety: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipes
+
+
+class TrainConfig(StrictModel):
+    """``sftlab train``: supervised fine-tuning of a causal LM."""
+
+    model_name_or_path: str = Field(..., description="HF model dir or hub id")
+    trust_remote_code: bool = False
+    output_dir: str = "runs/train"
+
+    train_file: list[str] = Field(..., description="one or more data files (or `datasets` dirs)")
+    eval_file: str | None = None
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="held-out fraction when no eval_file")
+    strict_data: bool = Field(False, description="stop on the first bad record instead of quarantining it")
+
+    method: Literal["full", "lora", "dora", "prefix", "prompt", "ia3", "freeze"] = "full"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    prompt_tuning: PromptTuningSettings = Field(default_factory=PromptTuningSettings)
+    freeze: FreezeSettings = Field(default_factory=FreezeSettings)
+
+    max_length: int = Field(512, ge=8)
+    packing: bool = False
+    completion_only_loss: bool = True
+
+    learning_rate: float = Field(1e-4, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs")
+    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: float = Field(0.0, ge=0, description="steps, or a fraction of all steps when < 1")
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = Field(0.0, ge=0)
+    dropout: float | None = Field(None, ge=0, lt=1, description="override the model's dropout rates")
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    seed: int = 42
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+
+    logging_steps: int = Field(10, ge=1)
+    eval_strategy: Literal["no", "steps", "epoch"] = "no"
+    eval_steps: int | None = None
+    save_strategy: Literal["no", "steps", "epoch"] = "steps"
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int | None = 2
+    early_stopping_patience: int | None = Field(None, ge=1)
+    resume: str = Field("auto", description="auto | never | a checkpoint dir")
+
+    loss: Literal["cross_entropy", "label_smoothing", "gem"] = "cross_entropy"
+    label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
+    gem: GemSettings = Field(default_factory=GemSettings)
+    neftune_noise_alpha: float | None = Field(None, gt=0)
+    neftune_noise_type: Literal["uniform", "gaussian"] = "uniform"
+    neftune_schedule: Literal["constant", "linear_decay"] = "constant"
+    replay: ReplaySettings | None = None
+    ewc: EwcSettings | None = None
+    l2sp: L2SPSettings | None = None
+    kl_to_base: KLToBaseSettings | None = None
+    augment: AugmentSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_file_as_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("train_file"), str):
+            data = {**data, "train_file": [data["train_file"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are exclusive: pick one")
+        if self.eval_strategy != "no" and not (self.eval_file or self.eval_fraction > 0):
+            raise ValueError("eval_strategy needs eval data: set eval_file or eval_fraction")
+        if self.early_stopping_patience and self.eval_strategy == "no":
+            raise ValueError("early_stopping_patience needs eval_strategy: steps or epoch")
+        if self.loss == "label_smoothing" and self.label_smoothing_factor == 0:
+            raise ValueError("loss: label_smoothing needs label_smoothing_factor > 0")
+        return self
+
+
+class TokenizerSettings(StrictModel):
+    """Byte-level BPE trained on the pretraining corpus, or an existing tokenizer dir."""
+
+    path: str | None = Field(None, description="reuse this tokenizer instead of training one")
+    vocab_size: int = Field(4096, ge=300)
+    min_frequency: int = Field(2, ge=1)
+
+
+class ArchitectureSettings(StrictModel):
+    """A small decoder: a size preset, with any dimension overridable."""
+
+    architecture: Literal["gpt2", "llama"] = "gpt2"
+    size: Literal["tiny", "small"] = "tiny"
+    n_layer: int | None = Field(None, ge=1)
+    n_embd: int | None = Field(None, ge=8)
+    n_head: int | None = Field(None, ge=1)
+    max_position_embeddings: int | None = Field(None, ge=16)
+
+
+class PretrainConfig(StrictModel):
+    """``sftlab pretrain``: build a tokenizer and a small base model from plain text."""
+
+    corpus: list[str] = Field(..., description="plain-text files (or other record files with `text`)")
+    output_dir: str = "runs/base"
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
+    model: ArchitectureSettings = Field(default_factory=ArchitectureSettings)
+    max_length: int = Field(128, ge=8, description="training block size")
+    eval_fraction: float = Field(0.05, gt=0, lt=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(16, ge=1)
+    warmup_steps: float = Field(0.05, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 42
+    logging_steps: int = Field(20, ge=1)
+    save_steps: int = Field(200, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _corpus_as_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("corpus"), str):
+            data = {**data, "corpus": [data["corpus"]]}
+        return data
+
+
+class SamplingSettings(StrictModel):
+    """How the audit samples from each model."""
+
+    num_samples: int = Field(16, ge=1, description="K samples per prompt")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+
+
+class AuditConfig(StrictModel):
+    """``sftlab audit``: compare a base model with one or more tuned models."""
+
+    base: str
+    tuned: list[str] = Field(..., min_length=1)
+    prompts: str
+    out: str = "runs/audit"
+    sft_data: str | None = None
+    reference: list[str] = Field(default_factory=list, description="text corpora for perplexity")
+    benchmark: list[str] = Field(default_factory=list, description="multiple-choice jsonl files")
+    eval_set: str | None = None
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    shift_template: Literal["same", "plain"] = "same"
+    copying_k: int = Field(5, ge=1)
+    embedding_model: str | None = None
+    bootstrap_samples: int = Field(1000, ge=100)
+    max_prompts: int | None = Field(None, ge=1)
+    max_length: int = Field(512, ge=8)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for key in ("tuned", "reference", "benchmark"):
+                if isinstance(data.get(key), str):
+                    data[key] = [data[key]]
+        return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+CONFIGS: dict[str, type[StrictModel]] = {
+    "train": TrainConfig,
+    "pretrain": PretrainConfig,
+    "audit": AuditConfig,
+}
+
+M = TypeVar("M", bound=StrictModel)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["lora.r=16", "packing=true"]`` into a nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not key=value (for example learning_rate=3e-4)")
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = _parse_scalar(raw)
+    return tree
+
+
+def _parse_scalar(raw: str) -> Any:
+    """YAML scalar parsing, plus ``3e-4`` as a float (YAML 1.1 wants ``3.0e-4``)."""
+    if raw == "":
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8 text") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type[M], data: dict[str, Any], source: str = "config") -> M:
+    """Validate ``data`` into ``cls``; a validation error becomes a UserError listing each bad key."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, cls, source)) from None
+
+
+def load_config(cls: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
+    """Read ``path`` (optional), apply ``key=value`` overrides, validate into ``cls``."""
+    data = read_yaml(path) if path else {}
+    data = _deep_merge(data, parse_overrides(overrides or []))
+    return build_config(cls, data, source=str(path) if path else "command line")
+
+
+def dump_config(cfg: StrictModel, path: str | Path) -> None:
+    """Write the resolved config as YAML (by alias, so ``lambda`` round-trips)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+
+
+def _fields_at(cls: type[StrictModel], loc: tuple[Any, ...]) -> list[str]:
+    """Valid key names of the (possibly nested) section at ``loc``."""
+    model: Any = cls
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            field = next((f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def format_validation_error(exc: ValidationError, cls: type[StrictModel], source: str) -> str:
+    """One line per problem, each naming the key; unknown keys get the closest valid key."""
+    lines = [f"{source}: invalid {cls.__name__}:"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not isinstance(p, int))
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(cls, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+            lines.append(f"  - unknown key {where!r}{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"  - {where}: required key is missing")
+        else:
+            lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def schema_json(name: str) -> str:
+    """The JSON schema of one config kind, for ``sftlab config schema``."""
+    if name not in CONFIGS:
+        raise UserError(f"no config kind {name!r}; choose from {', '.join(CONFIGS)}")
+    return json.dumps(CONFIGS[name].model_json_schema(by_alias=True), indent=2)

@@ -1,0 +1,76 @@
+"""Shared fixtures: offline mode, the shared real data, and a tiny tokenizer and model made here."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from sftlab.offline import set_offline
+
+set_offline()
+# Two cores: more torch threads than that only adds contention when pytest runs several processes.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` with the real public data sets (see each SOURCE.md)."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA}; tests expect ../shared beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """A 2k-token byte-level BPE trained on tinyshakespeare and Alpaca text, saved as an HF dir."""
+    from sftlab.models.tiny import save_tokenizer, train_tokenizer
+
+    lines = [l for l in (shared_data / "tinyshakespeare" / "input.txt").read_text().splitlines() if l][:8000]
+    alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:2000]
+    lines += [r["instruction"] + " " + r["input"] + " " + r["output"] for r in alpaca]
+    out = tmp_path_factory.mktemp("tokenizer")
+    save_tokenizer(train_tokenizer(lines, vocab_size=2048), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir: Path):
+    """The tiny tokenizer, loaded through AutoTokenizer as a user would."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+
+
+def make_tiny_model_dir(out: Path, tokenizer, architecture: str = "gpt2", seed: int = 0, **dims) -> Path:
+    """Save a randomly initialised tiny model with ``tokenizer`` to ``out`` (safetensors)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.models.tiny import build_config
+
+    torch.manual_seed(seed)
+    dims = {"n_layer": 2, "n_embd": 64, "n_head": 4, **dims}
+    config = build_config(len(tokenizer), architecture, "tiny", max_position_embeddings=256,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **dims)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A random-init 2-layer GPT-2 (about 0.2M parameters) with the tiny tokenizer."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_gpt2"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
+    """A random-init 2-layer Llama with the tiny tokenizer."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer, architecture="llama")
