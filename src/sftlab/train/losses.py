@@ -1,4 +1,4 @@
-"""Token losses for causal-LM training.
+"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM.
 
 Every loss takes unshifted ``logits`` [B, T, V] and ``labels`` [B, T] (HF convention: position t
 predicts label t+1; -100 is ignored) and returns the sum over target tokens divided by
@@ -8,7 +8,7 @@ accumulation exact) or, when that is None, by this batch's own target-token coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -58,9 +58,58 @@ def cross_entropy(
     return _normalise(total, shift_labels, num_items_in_batch)
 
 
+def gem_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    beta: float = 0.7,
+    h: Literal["linear", "logsigmoid"] = "linear",
+) -> torch.Tensor:
+    """GEM, entropic distribution matching (Li et al. 2024, "Preserving Diversity in Supervised
+    Fine-tuning of Large Language Models", ICLR 2025; arXiv:2408.16673).
+
+    Per target token, with logits z, target y and p = softmax(z):
+
+        L = -sum_v q_v * w_v * (log p_y - log p_v),   q = stopgrad(softmax(z / beta))
+
+    ``h`` sets the weights w (stop-gradient), as in the reference code (github.com/liziniu/GEM,
+    ``sft_trainer.py``, ``gem_loss``):
+
+    - ``linear``: w_v = 1.
+    - ``logsigmoid``: w_v = sigmoid(0.01 * (z_v - z_y)), the derivative h'(z_y - z_v) of
+      h(x) = 100 * logsigmoid(x / 100); the reference code uses this 0.01 scale.
+
+    Since log p_y - log p_v = z_y - z_v (the normaliser cancels), it is computed from the logits
+    directly, which skips a log-softmax over the vocabulary. The gradient is dL/dz_v = q_v w_v for
+    v != y and dL/dz_y = -sum_{v != y} q_v w_v. With ``h="linear"`` and ``beta=1`` that is
+    softmax(z) - onehot(y), exactly cross-entropy's gradient; the value there is -log p_y - H(p), with
+    the entropy H(p) held constant by the stop-gradient. Lower beta sharpens q: gradient mass goes to the tokens the model already
+    favours instead of spreading over the whole vocabulary, which keeps the output entropy up.
+    Reduction as every loss here: the sum over target tokens / ``num_items_in_batch``.
+    """
+    shift_logits, shift_labels = shift_for_next_token(logits, labels)
+    target = shift_labels != IGNORE_INDEX
+    # Only target positions matter: selecting them first keeps the [N, V] float32 work small.
+    z = shift_logits[target].float()
+    y = shift_labels[target]
+    z_y = z.gather(-1, y.unsqueeze(-1))
+    with torch.no_grad():
+        weights = torch.softmax(z / beta, dim=-1)
+        if h == "logsigmoid":
+            weights.mul_(torch.sigmoid(0.01 * (z - z_y)))
+        elif h != "linear":
+            raise ValueError(f"unknown GEM h {h!r}; choose linear or logsigmoid")
+    # -sum_v qw_v (z_y - z_v) = sum_v qw_v z_v - z_y * sum_v qw_v
+    per_token = (weights * z).sum(-1) - z_y.squeeze(-1) * weights.sum(-1)
+    return _normalise(per_token.sum(), shift_labels, num_items_in_batch)
+
+
 def build_loss(cfg: "TrainConfig") -> LossFn:
     """The token loss a train config asks for (``loss`` and its settings)."""
     if cfg.loss == "label_smoothing":
         eps = cfg.label_smoothing_factor
         return lambda logits, labels, n=None: cross_entropy(logits, labels, n, label_smoothing=eps)
+    if cfg.loss == "gem":
+        beta, h = cfg.gem.beta, cfg.gem.h
+        return lambda logits, labels, n=None: gem_loss(logits, labels, n, beta=beta, h=h)
     return cross_entropy
