@@ -271,6 +271,8 @@ class AuditConfig(StrictModel):
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)
     trust_remote_code: bool = False
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps")
+    dtype: str = Field("auto", description="auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16")
 
     @model_validator(mode="before")
     @classmethod
@@ -283,6 +285,56 @@ class AuditConfig(StrictModel):
         return data
 
 
+class InterpolationSpec(StrictModel):
+    """A WiSE-FT strategy: no training of its own, a weight mix of the base and another strategy's model."""
+
+    source: str = Field(..., description="name of the strategy whose tuned model is mixed with the base")
+    alpha: float = Field(0.5, description="theta = (1 - alpha) * base + alpha * tuned")
+
+
+class StrategySpec(StrictModel):
+    """One named strategy of a sweep: a train-config overlay, or an interpolation of another strategy."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]+$")
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys over the sweep's `train`")
+    interpolate: InterpolationSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StrategySpec:
+        if self.interpolate is not None and self.train:
+            raise ValueError(f"strategy {self.name!r}: `interpolate` takes no `train` overlay")
+        return self
+
+
+class SweepConfig(StrictModel):
+    """``sftlab sweep``: strategies x seeds on one base and data set, each trained and audited."""
+
+    base_model: str
+    out: str = "runs/sweep"
+    train: dict[str, Any] = Field(..., description="TrainConfig keys shared by every strategy")
+    strategies: list[StrategySpec] = Field(..., min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    audit: dict[str, Any] = Field(..., description="AuditConfig keys (base, tuned and out are set per run)")
+    world: str | None = Field(None, description="world dir: adds genre coverage and fact accuracy")
+
+    @model_validator(mode="after")
+    def _strategies_resolve(self) -> SweepConfig:
+        names = [s.name for s in self.strategies]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"strategy names must be unique: {', '.join(dupes)}")
+        for strategy in self.strategies:
+            if strategy.interpolate is None:
+                continue
+            source = next((s for s in self.strategies if s.name == strategy.interpolate.source), None)
+            if source is None or source.interpolate is not None:
+                raise ValueError(
+                    f"strategy {strategy.name!r} interpolates {strategy.interpolate.source!r}, "
+                    "which is not a trained strategy of this sweep"
+                )
+        return self
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading
 
@@ -290,6 +342,7 @@ CONFIGS: dict[str, type[StrictModel]] = {
     "train": TrainConfig,
     "pretrain": PretrainConfig,
     "audit": AuditConfig,
+    "sweep": SweepConfig,
 }
 
 M = TypeVar("M", bound=StrictModel)
