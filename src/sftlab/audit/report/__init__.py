@@ -1,0 +1,1 @@
+"""The audit report: sections (data + HTML + Markdown + findings), plots, and the three report files."""

@@ -1,0 +1,192 @@
+"""Forgetting: perplexity on reference text, and multiple-choice benchmarks scored by log-likelihood.
+
+Perplexity is token-level: exp(total NLL / number of predicted tokens) over the whole corpus. Each
+document starts with the tokenizer's BOS token when it has one, so every text token is predicted. A
+document longer than ``max_length`` is cut into windows that overlap by one token: each window's first
+token is only context (it was predicted as the previous window's last), so every token is predicted
+exactly once, with at most ``max_length - 1`` tokens of context.
+
+Multiple choice (``{"question", "choices", "answer"}`` jsonl, ``answer`` the 0-based index of the
+right choice): each choice is scored by the mean log-probability of its tokens after
+``"{question}\\nAnswer:"`` (length-normalised per token, so long choices are not penalised for their
+length; lm-evaluation-harness's ``acc_norm`` normalises by bytes instead), and the prediction is the
+highest-scoring choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sftlab.audit.stats import paired_bootstrap_ci
+from sftlab.audit.teacher_forcing import continuation_logprobs
+from sftlab.errors import UserError, require_file
+
+
+@dataclass
+class Perplexity:
+    """Total NLL (nats) over ``n_tokens`` predicted tokens."""
+
+    nll_sum: float
+    n_tokens: int
+
+    @property
+    def value(self) -> float:
+        """exp(mean NLL); NaN when nothing was scored."""
+        return math.exp(self.nll_sum / self.n_tokens) if self.n_tokens else float("nan")
+
+
+def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def windows(ids: Sequence[int], max_length: int) -> list[list[int]]:
+    """Cut ``ids`` into windows of at most ``max_length`` that overlap by one token (see module doc)."""
+    if max_length < 2:
+        raise ValueError("max_length must be at least 2")
+    if len(ids) < 2:
+        return []
+    step = max_length - 1
+    return [list(ids[s : s + max_length]) for s in range(0, len(ids) - 1, step)]
+
+
+@torch.no_grad()
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = 8,
+    on_done: Callable[[int], None] | None = None,
+) -> Perplexity:
+    """Token-level perplexity of ``model`` on ``texts`` (documents), batched."""
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    chunks = [w for ids in encoded for w in windows(_bos(tokenizer) + ids, max_length)]
+    chunks.sort(key=len)
+    nll, count = 0.0, 0
+    for start in range(0, len(chunks), batch_size):
+        batch = chunks[start : start + batch_size]
+        lps = continuation_logprobs(model, [w[:1] for w in batch], [w[1:] for w in batch], tokenizer.pad_token_id)
+        nll -= float(sum(lp.double().sum() for lp in lps))
+        count += sum(len(lp) for lp in lps)
+        if on_done is not None:
+            on_done(len(batch))
+    return Perplexity(nll_sum=nll, n_tokens=count)
+
+
+@dataclass
+class MCItem:
+    """One multiple-choice question; ``answer`` is the index of the right choice."""
+
+    question: str
+    choices: list[str]
+    answer: int
+
+
+def read_multiple_choice(path: str | Path) -> list[MCItem]:
+    """Read a multiple-choice jsonl; a bad line raises a UserError naming file, line and field."""
+    p = require_file(path, "benchmark file")
+    items = []
+    for line_no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected an object with question, choices, answer")
+        for key in ("question", "choices", "answer"):
+            if key not in row:
+                raise UserError(f"{where}: field {key!r} is missing")
+        question, choices, answer = row["question"], row["choices"], row["answer"]
+        if not isinstance(question, str) or not question.strip():
+            raise UserError(f"{where}: field 'question' must be a non-empty string")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise UserError(f"{where}: field 'choices' must be a list of at least two non-empty strings")
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+            raise UserError(f"{where}: field 'answer' must be the 0-based index of a choice (0..{len(choices) - 1}), "
+                            f"got {answer!r}")
+        items.append(MCItem(question, choices, answer))
+    if not items:
+        raise UserError(f"{p}: no questions in the file")
+    return items
+
+
+def mc_context(question: str) -> str:
+    """The text each choice is appended to."""
+    return f"{question}\nAnswer:"
+
+
+@torch.no_grad()
+def choice_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[MCItem],
+    batch_size: int = 16,
+    on_done: Callable[[int], None] | None = None,
+) -> list[list[float]]:
+    """Mean per-token log-probability of every choice of every item (``" " + choice`` after the context)."""
+    pairs = [(i, mc_context(it.question), " " + c) for i, it in enumerate(items) for c in it.choices]
+    contexts = [_bos(tokenizer) + tokenizer(c, add_special_tokens=False)["input_ids"] for _, c, _ in pairs]
+    conts = [tokenizer(a, add_special_tokens=False)["input_ids"] for _, _, a in pairs]
+    scores: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        lps = continuation_logprobs(model, contexts[start : start + batch_size], conts[start : start + batch_size],
+                                    tokenizer.pad_token_id)
+        scores.extend(float(lp.mean()) for lp in lps)
+        if on_done is not None:
+            on_done(len(lps))
+    out: list[list[float]] = [[] for _ in items]
+    for (i, _, _), s in zip(pairs, scores):
+        out[i].append(s)
+    return out
+
+
+def mc_accuracy(items: Sequence[MCItem], scores: Sequence[Sequence[float]]) -> float:
+    """Share of items whose highest-scoring choice is the right one (first index wins a tie)."""
+    right = sum(max(range(len(s)), key=lambda j: s[j]) == it.answer for it, s in zip(items, scores))
+    return right / len(items) if items else float("nan")
+
+
+def forgetting_table(
+    perplexities: dict[str, dict[str, Perplexity]],
+    mc_correct: dict[str, dict[str, list[bool]]],
+    base: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, object]:
+    """Perplexity per corpus and accuracy per benchmark for every model, with each tuned model's change.
+
+    ``perplexities[corpus][model]`` and ``mc_correct[bench][model]`` (per-question correctness). The
+    accuracy delta gets a paired bootstrap 95% interval over questions; the perplexity change is
+    relative (tuned / base - 1) and has no interval.
+    """
+    ppl_out: dict[str, object] = {}
+    for corpus, per_model in perplexities.items():
+        base_ppl = per_model[base].value
+        ppl_out[corpus] = {
+            model: {"perplexity": p.value, "nll_sum": p.nll_sum, "n_tokens": p.n_tokens,
+                    "relative_change": None if model == base else p.value / base_ppl - 1}
+            for model, p in per_model.items()
+        }
+    mc_out: dict[str, object] = {}
+    for bench, per_model in mc_correct.items():
+        rows: dict[str, object] = {}
+        for model, correct in per_model.items():
+            row: dict[str, object] = {"accuracy": sum(correct) / len(correct) if correct else float("nan"),
+                                      "n": len(correct)}
+            if model != base:
+                d, lo, hi = paired_bootstrap_ci([float(c) for c in per_model[base]], [float(c) for c in correct],
+                                                n_boot, seed)
+                row.update(delta=d, ci_low=lo, ci_high=hi)
+            rows[model] = row
+        mc_out[bench] = rows
+    return {"perplexity": ppl_out, "multiple_choice": mc_out}

@@ -1,0 +1,73 @@
+"""report.html: one self-contained page (inline CSS, plots as base64 PNGs, no scripts).
+
+Layout: a header naming the models, the headline summary (per tuned model: what was lost, what was
+gained, notes), then one card per section, then the config used.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from importlib import resources
+from string import Template
+from typing import Any
+
+from sftlab.audit.report.section import Finding, Section
+from sftlab.audit.report.token_view import TOKEN_CSS
+
+
+def _css_color(color: Any) -> str:
+    if isinstance(color, str):
+        return color
+    return "#" + "".join(f"{round(255 * c):02x}" for c in color[:3])
+
+
+def summary_html(findings: Sequence[Finding], tuned: Sequence[str]) -> str:
+    """The headline: one card per tuned model listing its losses, then gains, then notes."""
+    order = {"lost": 0, "gained": 1, "note": 2}
+    cards = []
+    for model in tuned:
+        items = sorted((f for f in findings if f.model == model), key=lambda f: order[f.kind])
+        if not any(f.kind in ("lost", "gained") for f in items):
+            items.insert(0, Finding(model, "note", "no loss or gain that clears its interval or threshold"))
+        lis = "".join(
+            f'<li class="{f.kind}">' + (f"<b>{f.kind}</b> · " if f.kind != "note" else "") + f"{html.escape(f.text)}</li>"
+            for f in items)
+        cards.append(f'<div class="model"><h3>{html.escape(model)}</h3><ul>{lis}</ul></div>')
+    return ('<div class="summary" id="summary"><h2>What the fine-tune cost, and what it bought</h2>'
+            f'<div class="models">{"".join(cards)}</div></div>')
+
+
+def render_html(
+    sections: Sequence[Section],
+    findings: Sequence[Finding],
+    models: dict[str, str],
+    base: str,
+    colors: dict[str, Any],
+    subtitle: str,
+    config_yaml: str,
+    version: str,
+    created: str,
+) -> str:
+    """The whole report page."""
+    template = Template(resources.files("sftlab.audit.report").joinpath("template.html").read_text(encoding="utf-8"))
+    chips = "".join(
+        f'<span class="chip" title="{html.escape(path)}"><i style="background:{_css_color(colors[name])}"></i>'
+        f'{html.escape(name)}{" (base)" if name == base != "base" else ""}</span>'
+        for name, path in models.items())
+    nav = '<a href="#summary">Summary</a>' + "".join(
+        f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections) + '<a href="#config">Config</a>'
+    body = "\n".join(f'<section class="card" id="{s.key}"><h2>{html.escape(s.title)}</h2>{s.html}</section>'
+                     for s in sections)
+    return template.substitute(
+        title="sftlab audit: what the fine-tune cost",
+        subtitle=html.escape(subtitle),
+        chips=chips,
+        nav=nav,
+        summary=summary_html(findings, [m for m in models if m != base]),
+        sections=body,
+        config=html.escape(config_yaml),
+        token_css=TOKEN_CSS,
+        version=html.escape(version),
+        created=html.escape(created),
+    )

@@ -1,0 +1,275 @@
+"""The audit's own report sections, each built from its metric table (the same dict report.json holds).
+
+Every builder returns a :class:`Section` with HTML, Markdown, plots and the headline findings: a change
+is called "lost" or "gained" only when its 95% interval excludes zero, or, for figures without an
+interval (perplexity), when it passes the threshold stated beside it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+from sftlab.audit.report import plots
+from sftlab.audit.report.section import (
+    Finding,
+    Section,
+    Table,
+    excludes_zero,
+    fmt,
+    fmt_delta,
+    image_html,
+    sequence_to_text,
+    tone,
+)
+from sftlab.audit.shift import REFERENCE_SHIFTED
+
+# Perplexity has no interval: a relative change smaller than this is not called a loss or a gain.
+PPL_THRESHOLD = 0.01
+
+LABELS = {
+    "distinct_1": "distinct-1", "distinct_2": "distinct-2", "distinct_3": "distinct-3", "distinct_4": "distinct-4",
+    "ead": "EAD (n=1..4)", "self_bleu": "Self-BLEU", "compression_ratio": "compression ratio",
+    "embedding_diversity": "embedding diversity",
+}
+
+
+def _p(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _base_label(base: str) -> str:
+    return base if base == "base" else f"{base} (base)"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def diversity_section(table: dict[str, Any], base: str) -> Section:
+    """Diversity per input and across inputs, base vs each tuned model."""
+    names: list[str] = table["metrics"]
+    models = list(table["models"])
+    tuned = [m for m in models if m != base]
+    findings: list[Finding] = []
+    for model in tuned:
+        lost, gained = [], []
+        for n in names:
+            d = table["deltas"][model]["per_input"][n]
+            if excludes_zero(d["ci_low"], d["ci_high"]):
+                more_diverse = (d["delta"] > 0) == table["higher_is_diverse"][n]
+                (gained if more_diverse else lost).append(f"{LABELS[n]} {d['delta']:+.3g}")
+        if lost:
+            findings.append(Finding(model, "lost", "diversity per prompt: " + ", ".join(lost)))
+        if gained:
+            findings.append(Finding(model, "gained", "diversity per prompt: " + ", ".join(gained)))
+
+    def block(scope: str) -> Table:
+        headers = ["metric", _base_label(base)] + [f"{m}" for m in tuned] + [f"Δ {m} [95% CI]" for m in tuned]
+        rows, tones = [], []
+        for n in names:
+            arrow = "↑" if table["higher_is_diverse"][n] else "↓"
+            row = [f"{LABELS[n]} {arrow}"]
+            row_t = [""]
+            for m in [base, *tuned]:
+                v = table["models"][m][scope][n]
+                row.append(f"{fmt(v['mean'])} ± {fmt(v['std'])}" if scope == "per_input" else fmt(v))
+                row_t.append("")
+            for m in tuned:
+                d = table["deltas"][m][scope][n]
+                row.append(fmt_delta(d["delta"], ci=(d["ci_low"], d["ci_high"])))
+                row_t.append(tone(d["delta"], table["higher_is_diverse"][n], excludes_zero(d["ci_low"], d["ci_high"])))
+            rows.append(row)
+            tones.append(row_t)
+        return Table(headers, rows, tones)
+
+    png = plots.diversity_bars(table, base, LABELS)
+    per_input, across = block("per_input"), block("across_input")
+    intro = ("Per prompt: the K samples of each prompt scored as a set, then mean ± std over prompts. Across prompts: "
+             "the first sample of every prompt scored as one set. ↑/↓ marks the direction that means more diverse. "
+             "Intervals are paired bootstrap 95% intervals over prompts; set-level across-prompt metrics "
+             "(distinct-n, EAD, compression) have none, since resampling with replacement changes their value.")
+    body = (_p(intro) + image_html(png, "diversity per model") + "<h3>Per prompt</h3>" + per_input.to_html()
+            + "<h3>Across prompts</h3>" + across.to_html())
+    md = (intro + "\n\n![diversity](plots/diversity.png)\n\n### Per prompt\n\n" + per_input.to_markdown()
+          + "\n\n### Across prompts\n\n" + across.to_markdown())
+    return Section("diversity", "Diversity", table, body, md, findings, {"diversity.png": png})
+
+
+def shift_section(summaries: dict[str, dict[str, Any]], colors: dict[str, Any], token_excerpt: str,
+                  template: str) -> Section:
+    """Token distribution shift of each tuned model's greedy answers under the base."""
+    ref = REFERENCE_SHIFTED["value"]
+    findings = []
+    for model, s in summaries.items():
+        shifted = s["class_fraction"]["shifted"]
+        if not math.isnan(shifted):
+            findings.append(Finding(model, "note", f"{shifted:.1%} of answer tokens shifted under the base "
+                                                   f"(Llama-2-7b-chat: {ref:.1%}); mean KL {s['mean_kl']:.3f} nats"))
+    rows = [[m, fmt(s["n_answers"]), fmt(s["n_positions"])]
+            + [_pct(s["class_fraction"][c]) for c in ("unshifted", "marginal", "shifted")]
+            + [fmt(s["mean_kl"]), fmt(s["mean_base_prob"])] for m, s in summaries.items()]
+    table = Table(["model", "answers", "tokens", "unshifted", "marginal", "shifted", "mean KL", "mean p_base"], rows)
+    top_blocks_html, top_blocks_md = [], []
+    for model, s in summaries.items():
+        t = Table(["token", "count", "base preferred"],
+                  [[repr(x["token"]), fmt(x["count"]), repr(x["base_preferred"])] for x in s["top_shifted"]])
+        top_blocks_html.append(f"<details><summary>Top shifted tokens: {html.escape(model)}</summary>{t.to_html()}</details>")
+        top_blocks_md.append(f"**Top shifted tokens, {model}**\n\n{t.to_markdown()}")
+    classes_png = plots.shift_classes(summaries, ref)
+    kl_png = plots.kl_by_position(summaries, colors)
+    context = ("the same prompt the tuned model saw" if template == "same"
+               else "a plain prompt (the turns' text, no chat template)")
+    intro = (f"Each tuned model's greedy answer is teacher-forced through the base model, given {context}. "
+             "At every answer token: its rank in the base's next-token distribution (1 unshifted, 2-3 marginal, "
+             f">3 shifted), KL(tuned ‖ base) and the base's probability of it. Reference: {ref:.1%} of positions are "
+             f"shifted for {REFERENCE_SHIFTED['pair']} ({REFERENCE_SHIFTED['source']}).")
+    method = ("Unlike the AlignTDS code, which keeps the base's top-k tokens, renormalises over them and matches the "
+              "tuned token by its string, ranks, probabilities and KL here use the full vocabulary and token ids.")
+    body = (_p(intro) + table.to_html() + image_html(classes_png, "shift classes per model")
+            + image_html(kl_png, "KL and shifted share by answer position") + "".join(top_blocks_html)
+            + "<h3>Token view</h3><p>The first answers, each token coloured by class (hover for scores); every answer "
+              'is in <a href="token_view.html">token_view.html</a>.</p>' + token_excerpt
+            + f'<p class="note">{html.escape(method)}</p>')
+    md = (intro + "\n\n" + table.to_markdown() + "\n\n![shift classes](plots/shift_classes.png)\n\n"
+          "![KL by position](plots/kl_by_position.png)\n\n" + "\n\n".join(top_blocks_md)
+          + "\n\nToken view: [token_view.html](token_view.html)\n\n" + method)
+    data = {"template": template, "models": summaries}
+    return Section("shift", "Token distribution shift", data, body, md, findings,
+                   {"shift_classes.png": classes_png, "kl_by_position.png": kl_png})
+
+
+def copying_section(data: dict[str, Any]) -> Section:
+    """Share of shifted tokens found in the nearest SFT examples' responses, vs the base's answers."""
+    base_rate = data["base_copy_rate"]
+    findings, rows, tones = [], [], []
+    for model, r in data["models"].items():
+        rate = r["shifted_copy_rate"]
+        above = not math.isnan(rate) and (math.isnan(base_rate) or rate > base_rate)
+        rows.append([model, _pct(rate), _pct(r["all_copy_rate"]), _pct(base_rate), fmt(r["shifted_tokens"])])
+        tones.append(["", "bad" if above else "", "", "", ""])
+        if above:
+            findings.append(Finding(model, "note", f"{_pct(rate)} of its shifted tokens appear in the nearest SFT "
+                                                   f"responses and not in the prompt (base answers: {_pct(base_rate)})"))
+    table = Table(["model", "shifted tokens copied", "all tokens copied", "base answers", "shifted tokens"], rows, tones)
+    intro = (f"For every answer, the {data['k']} nearest SFT training examples (BM25 on the answer's words). A token is "
+             "copied when it occurs in those examples' responses but not in the prompt. The base's greedy answers, "
+             "with neighbours retrieved the same way, give the rate that happens without fine-tuning.")
+    if data.get("sft_records_rejected"):
+        intro += f" {data['sft_records_rejected']} SFT records could not be read and were left out."
+    cases_html, cases_md = [], []
+    for model, r in data["models"].items():
+        for case in r["worst_cases"]:
+            src = case["source"]
+            cases_html.append(
+                f"<details><summary>{html.escape(model)} · prompt {case['prompt_index']}: "
+                f"{case['copied_count']} of {case['shifted_count']} shifted tokens copied</summary>"
+                f"<p><b>Prompt</b> {html.escape(case['prompt'])}</p><p><b>Answer</b> {html.escape(case['answer'])}</p>"
+                f"<p><b>Copied</b> {html.escape(sequence_to_text(case['copied_tokens']))}</p>"
+                f"<p><b>Likely source</b> {html.escape(src['origin'])}: {html.escape(src['prompt'][:300])} → "
+                f"{html.escape(src['response'][:500])}</p></details>")
+            cases_md.append(f"- **{model}**, prompt {case['prompt_index']}: copied "
+                            f"{sequence_to_text(case['copied_tokens'])} from {src['origin']}")
+    body = _p(intro) + table.to_html() + ("<h3>Worst cases</h3>" + "".join(cases_html) if cases_html else "")
+    md = intro + "\n\n" + table.to_markdown() + ("\n\n**Worst cases**\n\n" + "\n".join(cases_md) if cases_md else "")
+    return Section("copying", "Pattern copying from the SFT data", data, body, md, findings)
+
+
+def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) -> Section:
+    """Perplexity on reference corpora and multiple-choice accuracy, base vs tuned."""
+    findings: list[Finding] = []
+    parts_html, parts_md = [], []
+    ppl = data["perplexity"]
+    if ppl:
+        models = list(next(iter(ppl.values())))
+        rows, tones = [], []
+        for corpus, per in ppl.items():
+            row, row_t = [corpus, fmt(per[base]["n_tokens"]), fmt(per[base]["perplexity"], 2)], ["", "", ""]
+            for m in models:
+                if m == base:
+                    continue
+                ch = per[m]["relative_change"]
+                row.append(f"{fmt(per[m]['perplexity'], 2)} ({ch:+.1%})")
+                row_t.append(tone(ch, False, abs(ch) >= PPL_THRESHOLD))
+                if abs(ch) >= PPL_THRESHOLD:
+                    findings.append(Finding(m, "lost" if ch > 0 else "gained",
+                                            f"perplexity on {corpus} {ch:+.1%} ({fmt(per[base]['perplexity'], 2)} → "
+                                            f"{fmt(per[m]['perplexity'], 2)})"))
+            rows.append(row)
+            tones.append(row_t)
+        t = Table(["corpus", "tokens", _base_label(base)] + [m for m in models if m != base], rows, tones)
+        parts_html.append("<h3>Perplexity on reference text</h3>" + t.to_html())
+        parts_md.append("### Perplexity on reference text\n\n" + t.to_markdown())
+    mc = data["multiple_choice"]
+    if mc:
+        models = list(next(iter(mc.values())))
+        rows, tones = [], []
+        for bench, per in mc.items():
+            row, row_t = [bench, fmt(per[base]["n"]), f"{per[base]['accuracy']:.1%}"], ["", "", ""]
+            for m in models:
+                if m == base:
+                    continue
+                r = per[m]
+                sig = excludes_zero(r["ci_low"], r["ci_high"])
+                row.append(f"{r['accuracy']:.1%} ({fmt_delta(100 * r['delta'], 1, (100 * r['ci_low'], 100 * r['ci_high']))} pt)")
+                row_t.append(tone(r["delta"], True, sig))
+                if sig:
+                    findings.append(Finding(m, "gained" if r["delta"] > 0 else "lost",
+                                            f"accuracy on {bench} {100 * r['delta']:+.1f} pt "
+                                            f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"))
+            rows.append(row)
+            tones.append(row_t)
+        t = Table(["benchmark", "questions", _base_label(base)] + [m for m in models if m != base], rows, tones)
+        parts_html.append("<h3>Multiple choice (length-normalised log-likelihood)</h3>" + t.to_html())
+        parts_md.append("### Multiple choice (length-normalised log-likelihood)\n\n" + t.to_markdown())
+    images = {}
+    if ppl or mc:
+        png = plots.forgetting_bars({c: {m: v["perplexity"] for m, v in per.items()} for c, per in ppl.items()},
+                                    {b: {m: v["accuracy"] for m, v in per.items()} for b, per in mc.items()},
+                                    base, colors)
+        images["forgetting.png"] = png
+        parts_html.insert(0, image_html(png, "perplexity change and multiple-choice accuracy"))
+        parts_md.insert(0, "![forgetting](plots/forgetting.png)")
+    intro = (f"Token-level perplexity on each reference corpus (a change under {PPL_THRESHOLD:.0%} is not called a loss), "
+             "and multiple-choice accuracy with paired bootstrap 95% intervals over questions.")
+    return Section("forgetting", "Forgetting", data, _p(intro) + "".join(parts_html),
+                   intro + "\n\n" + "\n\n".join(parts_md), findings, images)
+
+
+def task_section(data: dict[str, Any], base: str) -> Section:
+    """BLEU, ROUGE-L and exact match of greedy outputs on the eval set."""
+    metrics = [("bleu", "BLEU", 2), ("rouge_l", "ROUGE-L", 3), ("exact_match", "exact match", 3)]
+    findings: list[Finding] = []
+    rows, tones = [], []
+    for model, scores in data["models"].items():
+        row, row_t = [model, fmt(scores["n"])], ["", ""]
+        for key, label, digits in metrics:
+            cell = fmt(scores[key], digits)
+            t = ""
+            if model != base:
+                d = data["deltas"][model][key]
+                cell += f" ({fmt_delta(d['delta'], digits, (d['ci_low'], d['ci_high']))})"
+                sig = excludes_zero(d["ci_low"], d["ci_high"])
+                t = tone(d["delta"], True, sig)
+                if sig:
+                    findings.append(Finding(model, "gained" if d["delta"] > 0 else "lost",
+                                            f"{label} on the eval set {d['delta']:+.{digits}f}"))
+            row.append(cell)
+            row_t.append(t)
+        rows.append(row)
+        tones.append(row_t)
+    table = Table(["model", "items"] + [label for _, label, _ in metrics], rows, tones)
+    intro = ("Greedy outputs against the eval set's references: corpus BLEU (sacrebleu), mean ROUGE-L F (rouge-score, "
+             "stemmed) and exact match up to whitespace. ROUGE-L and exact-match deltas carry paired bootstrap 95% "
+             "intervals over items.")
+    ex_html = "".join(
+        f"<details><summary>Example {i + 1}: {html.escape(_clip(ex['reference'], 90))}</summary>"
+        + "".join(f"<p><b>{html.escape(k)}</b> {html.escape(str(v))}</p>" for k, v in ex.items()) + "</details>"
+        for i, ex in enumerate(data["examples"]))
+    return Section("task", "Task quality", data, _p(intro) + table.to_html() + ex_html,
+                   intro + "\n\n" + table.to_markdown(), findings)

@@ -1,0 +1,406 @@
+"""``sftlab audit``: compare a base model with one or more tuned models and write the report.
+
+Reads only model dirs (full or PEFT adapter) and data files. Steps, per model: sample K answers per
+prompt and one greedy answer (cached under ``out/cache``), perplexity on the reference corpora,
+multiple-choice benchmarks, greedy answers on the eval set; per tuned model, the shift of its greedy
+answers under the base (both models in memory, one at a time beside the base). Then the metric tables,
+the sections and the files: ``report.html``, ``report.md``, ``report.json``, ``token_view.html``,
+``plots/*.png``.
+"""
+
+from __future__ import annotations
+
+import gc
+import html
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from sftlab.audit import copying, diversity, forgetting, shift, task
+from sftlab.audit.embed import Embedder
+from sftlab.audit.generate import generate, model_fingerprint
+from sftlab.audit.report import plots
+from sftlab.audit.report.html import render_html
+from sftlab.audit.report.json_report import build_report, write_json
+from sftlab.audit.report.markdown import render_markdown
+from sftlab.audit.report.section import AuditContext, Section, SectionProvider
+from sftlab.audit.report.sections import (
+    copying_section,
+    diversity_section,
+    forgetting_section,
+    shift_section,
+    task_section,
+)
+from sftlab.audit.report.token_view import answers_html, legend_html, token_view_page
+from sftlab.config import AuditConfig
+from sftlab.data.readers import read_prompts, read_records, read_texts
+from sftlab.data.records import Message
+from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
+from sftlab.errors import UserError
+from sftlab.models.load import load_model, load_tokenizer
+
+# Answers shown inline in report.html per tuned model (all of them are in token_view.html).
+INLINE_ANSWERS = 3
+
+
+def model_names(base: str, tuned: Sequence[str]) -> dict[str, str]:
+    """Short unique display names: the dir's name, or ``parent/name`` for generic names like ``model``."""
+    names: dict[str, str] = {}
+    for path in [base, *tuned]:
+        p = Path(path.rstrip("/"))
+        name = f"{p.parent.name}/{p.name}" if p.name in ("model", "adapter", "merged") and p.parent.name else p.name
+        name = name or path
+        unique, n = name, 2
+        while unique in names:
+            unique, n = f"{name}#{n}", n + 1
+        names[unique] = path
+    return names
+
+
+def _stem_names(paths: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for path in paths:
+        stem, unique, n = Path(path).stem, Path(path).stem, 2
+        while unique in names:
+            unique, n = f"{stem}#{n}", n + 1
+        names.append(unique)
+    return names
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _check_vocab(base_tok: PreTrainedTokenizerBase, tok: PreTrainedTokenizerBase, path: str) -> None:
+    # Shift ranks compare token ids across the two models, so they must mean the same strings.
+    if base_tok.get_vocab() != tok.get_vocab():
+        raise UserError(f"{path}: its tokenizer's vocabulary differs from the base's; the audit compares token ids, "
+                        "so base and tuned models must share one tokenizer")
+
+
+@dataclass
+class EvalItem:
+    """One eval-set item: the prompt turns and the reference answer."""
+
+    messages: list[Message]
+    reference: str
+
+
+def read_eval_set(path: str) -> list[EvalItem]:
+    """Prompt/completion or conversation records; the last assistant turn is the reference."""
+    items = []
+    for record in read_records([path], strict=True).records:
+        if record.kind == "text":
+            raise UserError(f"{record.origin}: the eval set needs prompts with reference answers, not plain text")
+        turns = record.as_messages()
+        while turns and turns[-1].role != "assistant":
+            turns.pop()
+        if len(turns) < 2:
+            raise UserError(f"{record.origin}: no assistant turn to use as the reference")
+        items.append(EvalItem(turns[:-1], turns[-1].content))
+    if not items:
+        raise UserError(f"{path}: no eval items")
+    return items
+
+
+def read_sft_examples(path: str) -> tuple[list[copying.SFTExample], int]:
+    """SFT records as (prompt, response) texts for retrieval, and the number of records rejected.
+
+    Bad records are skipped, not fatal (training quarantined them too); the count is reported.
+    """
+    result = read_records([path])
+    examples = []
+    for record in result.records:
+        if record.kind == "text":
+            continue
+        turns = record.as_messages()
+        response = "\n".join(m.content for m in turns if m.role == "assistant")
+        prompt = "\n".join(m.content for m in turns if m.role != "assistant")
+        examples.append(copying.SFTExample(prompt, response, str(record.origin)))
+    if not examples:
+        raise UserError(f"{path}: no SFT examples with a response (needed for pattern copying)")
+    return examples, len(result.rejected)
+
+
+@dataclass
+class Inputs:
+    """Every data file of the audit, read and checked before any model is loaded."""
+
+    messages: list[list[Message]]
+    references: dict[str, list[str]]
+    benchmarks: dict[str, list[forgetting.MCItem]]
+    eval_items: list[EvalItem]
+    sft_examples: list[copying.SFTExample]
+    sft_rejected: int = 0
+
+
+def read_inputs(cfg: AuditConfig) -> Inputs:
+    """Read prompts, corpora, benchmarks, eval set and SFT data (bad input fails here, fast)."""
+    messages = read_prompts(cfg.prompts)
+    if cfg.max_prompts is not None:
+        messages = messages[: cfg.max_prompts]
+    references = {n: read_texts(p) for n, p in zip(_stem_names(cfg.reference), cfg.reference)}
+    benchmarks = {n: forgetting.read_multiple_choice(p) for n, p in zip(_stem_names(cfg.benchmark), cfg.benchmark)}
+    eval_items = read_eval_set(cfg.eval_set) if cfg.eval_set else []
+    sft, rejected = read_sft_examples(cfg.sft_data) if cfg.sft_data else ([], 0)
+    return Inputs(messages, references, benchmarks, eval_items, sft, rejected)
+
+
+@dataclass
+class ModelRun:
+    """What one model produced."""
+
+    prompt_ids: list[list[int]]
+    samples: list[list[str]]
+    greedy: list[str]
+    greedy_ids: list[list[int]]
+    eval_greedy: list[str] = field(default_factory=list)
+    perplexity: dict[str, forgetting.Perplexity] = field(default_factory=dict)
+    mc_correct: dict[str, list[bool]] = field(default_factory=dict)
+
+
+class _Progress:
+    """Rich progress bars, one per step, labelled with the model."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    def step(self, label: str, total: int) -> Callable[[int], None]:
+        task_id = self.progress.add_task(label, total=total)
+        return lambda n: self.progress.advance(task_id, n)
+
+
+def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, path: str, inputs: Inputs,
+              cfg: AuditConfig, bars: _Progress, cache_dir: Path, max_length: int) -> ModelRun:
+    """Sampling, greedy answers, perplexity, benchmarks and eval-set answers of one model.
+
+    ``max_length`` bounds every sequence (prompt + answer, perplexity windows).
+    """
+    s = cfg.sampling
+    fingerprint = model_fingerprint(path)
+    prompt_ids = [encode_prompt(tok, m) for m in inputs.messages]
+    sampled = generate(model, tok, prompt_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
+                       fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: sampling K={s.num_samples}",
+                                                                          len(prompt_ids)))
+    greedy = generate(model, tok, prompt_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
+                      fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: greedy answers", len(prompt_ids)))
+    run = ModelRun(prompt_ids=[p[-max(1, max_length - s.max_new_tokens):] for p in prompt_ids],
+                   samples=sampled.texts, greedy=[g[0] for g in greedy.texts],
+                   greedy_ids=[g[0] for g in greedy.token_ids])
+    if inputs.eval_items:
+        eval_ids = [encode_prompt(tok, it.messages) for it in inputs.eval_items]
+        out = generate(model, tok, eval_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
+                       fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: eval set", len(eval_ids)))
+        run.eval_greedy = [g[0] for g in out.texts]
+    for corpus, texts in inputs.references.items():
+        run.perplexity[corpus] = forgetting.perplexity(
+            model, tok, texts, max_length, s.batch_size, bars.step(f"{name}: perplexity {corpus}", _n_windows(
+                tok, texts, max_length)))
+    for bench, items in inputs.benchmarks.items():
+        scores = forgetting.choice_scores(model, tok, items, s.batch_size,
+                                          bars.step(f"{name}: {bench}", sum(len(i.choices) for i in items)))
+        run.mc_correct[bench] = [int(np.argmax(sc)) == it.answer for sc, it in zip(scores, items)]
+    return run
+
+
+def _n_windows(tok: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> int:
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return sum(len(forgetting.windows(bos + ids, max_length))
+               for ids in tok(list(texts), add_special_tokens=False)["input_ids"])
+
+
+def shift_contexts(cfg: AuditConfig, base_tok: PreTrainedTokenizerBase, messages: list[list[Message]],
+                   tuned_ids: list[list[int]], max_length: int) -> list[list[int]]:
+    """What the base sees before each tuned answer: the tuned model's own prompt ids, or a plain prompt."""
+    if cfg.shift_template == "same":
+        return tuned_ids
+    lead = leading_special_ids(base_tok)
+    limit = max(1, max_length - cfg.sampling.max_new_tokens)
+    return [(lead + base_tok(shift.plain_prompt(m), add_special_tokens=False)["input_ids"])[-limit:] for m in messages]
+
+
+def context_limit(model: PreTrainedModel, max_length: int) -> int:
+    """``max_length``, capped at the model's position limit (a tiny model may know only 256 positions)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
+
+
+def _release_gpu_memory(device: str) -> None:
+    # Only a GPU needs this: a collection pass costs about a second per call with models in memory.
+    if device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_tok: PreTrainedTokenizerBase,
+               device: str, bars: _Progress, cache_dir: Path) -> tuple[dict[str, ModelRun], dict[str, list[shift.AnswerShift]]]:
+    """Every model's outputs, and each tuned model's shift under the base.
+
+    The base stays loaded throughout; tuned models are loaded one at a time beside it.
+    """
+    base, *tuned = models
+    runs: dict[str, ModelRun] = {}
+    shifts: dict[str, list[shift.AnswerShift]] = {}
+    base_model = load_model(cfg.base, cfg.dtype, device, cfg.trust_remote_code)
+    base_limit = context_limit(base_model, cfg.max_length)
+    runs[base] = run_model(base_model, base_tok, base, cfg.base, inputs, cfg, bars, cache_dir, base_limit)
+    for name in tuned:
+        path = models[name]
+        tok = load_tokenizer(path, cfg.trust_remote_code)
+        _check_vocab(base_tok, tok, path)
+        model = load_model(path, cfg.dtype, device, cfg.trust_remote_code)
+        limit = context_limit(model, base_limit)
+        runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit)
+        shifts[name] = shift.score_shift(
+            model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
+            run.greedy_ids, base_tok.pad_token_id, cfg.sampling.batch_size,
+            bars.step(f"{name}: shift under the base", len(run.greedy_ids)))
+        del model
+        _release_gpu_memory(device)
+    del base_model
+    _release_gpu_memory(device)
+    return runs, shifts
+
+
+def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) -> Path:
+    """Audit ``cfg.tuned`` against ``cfg.base``; returns the path of report.html.
+
+    ``extra_sections`` are called with the :class:`AuditContext` after the audit's own sections; each
+    returns a Section (added to every report file) or None.
+    """
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    inputs = read_inputs(cfg)
+    console = Console(stderr=True)
+    if inputs.sft_rejected:
+        console.print(f"[yellow]sft_data: {inputs.sft_rejected} bad records skipped for pattern copying "
+                      f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")
+    models = model_names(cfg.base, cfg.tuned)
+    base = next(iter(models))
+    base_tok = load_tokenizer(cfg.base, cfg.trust_remote_code)
+    embedder = Embedder(cfg.embedding_model, device) if cfg.embedding_model else None
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    with progress:
+        bars = _Progress(progress)
+        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, out / "cache")
+        model_s = time.perf_counter() - started
+        outputs = {
+            name: diversity.ModelOutputs(
+                texts=run.samples,
+                tokens=[base_tok(t, add_special_tokens=False)["input_ids"] for t in run.samples],
+                embeddings=[embedder.embed(t) for t in run.samples] if embedder else None)
+            for name, run in runs.items()
+        }
+        scoring = bars.step("diversity metrics", len(outputs))
+        scores = {}
+        for name, o in outputs.items():
+            scores[name] = diversity.score_outputs(o, len(base_tok))
+            scoring(1)
+
+    ctx = AuditContext(cfg=cfg, out_dir=out, base=base, models=models, messages=inputs.messages,
+                       samples={n: r.samples for n, r in runs.items()}, greedy={n: r.greedy for n, r in runs.items()})
+    colors = plots.model_colors(list(models), base)
+    sections = build_sections(cfg, ctx, inputs, runs, shifts, scores, base_tok, colors)
+    for provider in extra_sections:
+        section = provider(ctx)
+        if section is not None:
+            sections.append(section)
+    tokens = sum(len(ids) for r in runs.values() for ids in r.greedy_ids)
+    meta = {"sftlab_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device, "dtype": cfg.dtype, "seconds": round(time.perf_counter() - started, 2),
+            "model_seconds": round(model_s, 2), "prompts": len(inputs.messages),
+            "greedy_tokens": tokens}
+    write_reports(out, sections, ctx, colors, meta, shifts, base_tok)
+    console.print(f"[bold]audit report[/bold]: {out / 'report.html'}")
+    return out / "report.html"
+
+
+def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: dict[str, ModelRun],
+                   shifts: dict[str, list[shift.AnswerShift]], scores: dict[str, diversity.DiversityScores],
+                   base_tok: PreTrainedTokenizerBase, colors: dict[str, Any]) -> list[Section]:
+    """The audit's own sections, in reading order; each metric table is also put in ``ctx.results``."""
+    base = ctx.base
+    table = diversity.diversity_table(scores, base, cfg.bootstrap_samples, cfg.sampling.seed)
+    ctx.results["diversity"] = table
+    sections = [diversity_section(table, base)]
+
+    summaries = {m: shift.summarize_shift(s, base_tok) for m, s in shifts.items()}
+    ctx.results["shift"] = summaries
+    displayed = [m[-1].content for m in inputs.messages]
+    excerpt = legend_html() + "".join(
+        f"<h3>{html.escape(m)}</h3>" + answers_html(displayed, s, base_tok, INLINE_ANSWERS) for m, s in shifts.items())
+    sections.append(shift_section(summaries, colors, excerpt, cfg.shift_template))
+
+    if inputs.sft_examples:
+        prompts = [render_prompt(base_tok, m) for m in inputs.messages]
+        tuned = {m: [(runs[m].greedy[i], runs[m].greedy_ids[i], list(s.classes == shift.SHIFTED))
+                     for i, s in enumerate(shifts[m])] for m in shifts}
+        data = copying.copying_table(copying.SFTIndex(inputs.sft_examples), base_tok, prompts,
+                                     list(zip(runs[base].greedy, runs[base].greedy_ids)), tuned, cfg.copying_k)
+        data["sft_records_rejected"] = inputs.sft_rejected
+        ctx.results["copying"] = data
+        sections.append(copying_section(data))
+
+    if inputs.references or inputs.benchmarks:
+        data = forgetting.forgetting_table(
+            {c: {m: r.perplexity[c] for m, r in runs.items()} for c in inputs.references},
+            {b: {m: r.mc_correct[b] for m, r in runs.items()} for b in inputs.benchmarks},
+            base, cfg.bootstrap_samples, cfg.sampling.seed)
+        ctx.results["forgetting"] = data
+        sections.append(forgetting_section(data, base, colors))
+
+    if inputs.eval_items:
+        data = task.task_table({m: r.eval_greedy for m, r in runs.items()},
+                               [it.reference for it in inputs.eval_items], base, cfg.bootstrap_samples,
+                               cfg.sampling.seed)
+        ctx.results["task"] = data
+        sections.append(task_section(data, base))
+    return sections
+
+
+def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors: dict[str, Any],
+                  meta: dict[str, Any], shifts: dict[str, list[shift.AnswerShift]],
+                  tok: PreTrainedTokenizerBase) -> None:
+    """report.html, report.md, report.json, token_view.html and plots/."""
+    s = ctx.cfg.sampling
+    subtitle = (f"{len(ctx.messages)} prompts · K={s.num_samples} samples at temperature {s.temperature}, "
+                f"top-p {s.top_p}, top-k {s.top_k or 'off'}, up to {s.max_new_tokens} new tokens · seed {s.seed}")
+    findings = [f for sec in sections for f in sec.findings]
+    config = ctx.cfg.model_dump(mode="json")
+    (out / "plots").mkdir(exist_ok=True)
+    for sec in sections:
+        for name, png in sec.images.items():
+            (out / "plots" / name).write_bytes(png)
+    html_text = render_html(sections, findings, ctx.models, ctx.base, colors, subtitle,
+                            yaml.safe_dump(config, sort_keys=False), meta["sftlab_version"], meta["created"])
+    (out / "report.html").write_text(html_text, encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(sections, findings, ctx.models, ctx.base, subtitle),
+                                   encoding="utf-8")
+    write_json(build_report(sections, findings, config, ctx.models, ctx.base, meta), out / "report.json")
+    displayed = [m[-1].content for m in ctx.messages]
+    (out / "token_view.html").write_text(
+        token_view_page("Token shift under the base model", {m: (displayed, sh) for m, sh in shifts.items()}, tok),
+        encoding="utf-8")
+
+
+def _version() -> str:
+    try:
+        return version("sftlab")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,198 @@
+"""End to end: a tiny base against a fully fine-tuned copy and a LoRA adapter, through the CLI and the API."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GenerationMixin
+
+from sftlab.audit.report.section import Finding, Section
+from sftlab.cli import main
+from sftlab.config import AuditConfig, build_config
+from sftlab.errors import UserError
+from sftlab.recipes.audit import run_audit
+
+
+def train_copy(src: Path, out: Path, texts: list[str], tokenizer, steps: int, lr: float, seed: int = 0) -> Path:
+    """Copy a model dir and take ``steps`` AdamW steps of causal-LM loss on ``texts`` (a real fine-tune)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(src))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        batch_texts = [texts[(step * 8 + i) % len(texts)] for i in range(8)]
+        batch = tokenizer(batch_texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def make_lora_adapter(base_dir: Path, out: Path) -> Path:
+    """A LoRA adapter made with peft directly, with random (non-zero) B so it changes the model.
+
+    GPT-2 keeps its projections in Conv1D, stored transposed: hence fan_in_fan_out.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=["c_attn"],
+                                                  fan_in_fan_out=True, init_lora_weights=False))
+    peft_model.save_pretrained(str(out))
+    return out
+
+
+def write_inputs(d: Path, shared: Path) -> dict[str, Path]:
+    """Prompts, SFT data, a reference corpus, a benchmark and an eval set, from the shared real data."""
+    d.mkdir(parents=True, exist_ok=True)
+    alpaca = json.loads((shared / "alpaca" / "alpaca_5000.json").read_text())
+    files = {name: d / name for name in ("prompts.jsonl", "sft.jsonl", "eval.jsonl", "ref.txt", "bench.jsonl")}
+    files["prompts.jsonl"].write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"]}) + "\n"
+                                              for r in alpaca[:6]))
+    files["sft.jsonl"].write_text("".join(json.dumps({"prompt": r["instruction"], "completion": r["output"]}) + "\n"
+                                          for r in alpaca[100:160]))
+    files["eval.jsonl"].write_text("".join(json.dumps({"prompt": r["instruction"], "completion": r["output"]}) + "\n"
+                                           for r in alpaca[200:205]))
+    shakespeare = (shared / "tinyshakespeare" / "input.txt").read_text()
+    files["ref.txt"].write_text(shakespeare[200_000:203_000])
+    files["bench.jsonl"].write_text("".join(
+        json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in [
+            ("Who wrote Hamlet?", ["Shakespeare", "a river", "blue"], 0),
+            ("What do bees make?", ["cars", "honey"], 1),
+            ("The opposite of hot is", ["cold", "loud", "seven"], 0),
+            ("A king wears a", ["crown", "lake"], 0),
+        ]))
+    return files
+
+
+@pytest.fixture(scope="module")
+def audit_setup(tmp_path_factory, tiny_model_dir, tiny_tokenizer, shared_data) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("audit_e2e")
+    files = write_inputs(root / "data", shared_data)
+    shakespeare = [l for l in (shared_data / "tinyshakespeare" / "input.txt").read_text().splitlines() if l][:400]
+    # A base that has seen some text (so its greedy answers are words), then an SFT copy of it.
+    base = train_copy(tiny_model_dir, root / "base", shakespeare, tiny_tokenizer, steps=25, lr=3e-3)
+    sft = [f"{r['prompt']}\n{r['completion']}" for r in map(json.loads, files["sft.jsonl"].read_text().splitlines())]
+    tuned = train_copy(base, root / "tuned" / "model", sft, tiny_tokenizer, steps=15, lr=3e-3)
+    lora = make_lora_adapter(base, root / "lora")
+    return {"root": root, "base": base, "tuned": tuned, "lora": lora, **{k.split(".")[0]: v for k, v in files.items()}}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def test_audit_cli_fills_every_section(audit_setup) -> None:
+    s = audit_setup
+    out = s["root"] / "out"
+    code = main(["audit", "--base", str(s["base"]), "--tuned", str(s["tuned"]), "--tuned", str(s["lora"]),
+                 "--prompts", str(s["prompts"]), "--sft-data", str(s["sft"]), "--reference", str(s["ref"]),
+                 "--benchmark", str(s["bench"]), "--eval-set", str(s["eval"]), "--out", str(out),
+                 "--set", "sampling.num_samples=3", "--set", "sampling.max_new_tokens=12",
+                 "--set", "bootstrap_samples=100"])
+    assert code == 0
+    for name in ("report.html", "report.md", "report.json", "token_view.html", "plots/diversity.png",
+                 "plots/shift_classes.png", "plots/kl_by_position.png", "plots/forgetting.png"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "report.json").read_text())
+    models = ["base", "tuned/model", "lora"]
+    assert list(doc["models"]) == models
+    assert doc["config"]["sampling"]["num_samples"] == 3
+    sec = doc["sections"]
+    assert set(sec) == {"diversity", "shift", "copying", "forgetting", "task"}
+
+    div = sec["diversity"]
+    for m in models:
+        for metric in div["metrics"]:
+            assert _finite(div["models"][m]["per_input"][metric]["mean"]), (m, metric)
+            assert _finite(div["models"][m]["across_input"][metric]), (m, metric)
+    for m in models[1:]:
+        for metric in div["metrics"]:
+            d = div["deltas"][m]["per_input"][metric]
+            assert _finite(d["delta"]) and d["ci_low"] <= d["delta"] + 1e-12 and d["delta"] <= d["ci_high"] + 1e-12
+
+    for m in models[1:]:
+        sh = sec["shift"]["models"][m]
+        assert sh["n_answers"] == 6 and sh["n_positions"] > 0
+        assert sum(sh["class_fraction"].values()) == pytest.approx(1.0)
+        assert _finite(sh["mean_kl"]) and sh["mean_kl"] > 0  # the tuned models really differ from the base
+        assert len(sh["by_position"]["mean_kl"]) == max(sh["by_position"]["position"]) + 1
+
+    cp = sec["copying"]
+    assert _finite(cp["base_copy_rate"]) and cp["k"] == 5
+    for m in models[1:]:
+        assert _finite(cp["models"][m]["all_copy_rate"])
+
+    fg = sec["forgetting"]
+    for m in models:
+        assert _finite(fg["perplexity"]["ref"][m]["perplexity"]) and fg["perplexity"]["ref"][m]["n_tokens"] > 100
+        assert 0 <= fg["multiple_choice"]["bench"][m]["accuracy"] <= 1
+    for m in models[1:]:
+        assert _finite(fg["perplexity"]["ref"][m]["relative_change"])
+        assert _finite(fg["multiple_choice"]["bench"][m]["delta"])
+
+    task = sec["task"]
+    for m in models:
+        assert task["models"][m]["n"] == 5 and all(_finite(task["models"][m][k]) for k in ("bleu", "rouge_l"))
+    assert all(m in task["deltas"] for m in models[1:])
+
+    # The full fine-tune moved the model: its perplexity on the reference text differs from the base's.
+    assert fg["perplexity"]["ref"]["tuned/model"]["relative_change"] != 0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<script" not in html
+    md = (out / "report.md").read_text()
+    assert "## Token distribution shift" in md and "## Forgetting" in md
+
+
+def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) -> None:
+    s = audit_setup
+    cfg = build_config(AuditConfig, {
+        "base": str(s["base"]), "tuned": [str(s["tuned"])], "prompts": str(s["prompts"]),
+        "out": str(s["root"] / "out2"), "sampling": {"num_samples": 2, "max_new_tokens": 8},
+        "bootstrap_samples": 100, "shift_template": "plain"})
+    run_audit(cfg)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("generate() ran again although its samples were cached")
+
+    monkeypatch.setattr(GenerationMixin, "generate", boom)
+
+    def world(ctx):
+        return Section("world", "World", {"n_samples": sum(len(x) for x in ctx.samples[ctx.tuned[0]])},
+                       "<p>world body</p>", "world body", [Finding(ctx.tuned[0], "lost", "two genres")])
+
+    report = run_audit(cfg, extra_sections=[world, lambda ctx: None])
+    doc = json.loads((report.parent / "report.json").read_text())
+    assert doc["sections"]["world"] == {"n_samples": 12}
+    assert doc["sections"]["shift"]["template"] == "plain"
+    assert {"model": "tuned/model", "kind": "lost", "text": "two genres"} in doc["summary"]
+    assert "world body" in report.read_text() and "## World" in (report.parent / "report.md").read_text()
+
+
+def test_tokenizer_mismatch_is_a_user_error(audit_setup, tmp_path, shared_data) -> None:
+    from conftest import make_tiny_model_dir
+    from sftlab.models.tiny import train_tokenizer
+
+    other_tok = train_tokenizer(["completely different text", "another line of words"] * 50, vocab_size=300,
+                                min_frequency=1)
+    other = make_tiny_model_dir(tmp_path / "other", other_tok)
+    s = audit_setup
+    cfg = build_config(AuditConfig, {"base": str(s["base"]), "tuned": [str(other)], "prompts": str(s["prompts"]),
+                                     "out": str(tmp_path / "o"), "sampling": {"num_samples": 1, "max_new_tokens": 2}})
+    with pytest.raises(UserError, match="vocabulary differs"):
+        run_audit(cfg)
+    bad = tmp_path / "bad.jsonl"
+    shutil.copy(s["bench"], bad)
+    with bad.open("a") as fh:
+        fh.write('{"question": "q", "choices": ["a", "b"], "answer": "a"}\n')
+    assert main(["audit", "--base", str(s["base"]), "--tuned", str(s["tuned"]), "--prompts", str(s["prompts"]),
+                 "--benchmark", str(bad), "--out", str(tmp_path / "o2")]) == 2
