@@ -271,6 +271,7 @@ class AuditConfig(StrictModel):
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)
     trust_remote_code: bool = False
+    cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps")
     dtype: str = Field("auto", description="auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16")
 

@@ -298,7 +298,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
                         console=console)
     with progress:
         bars = _Progress(progress)
-        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, out / "cache")
+        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, Path(cfg.cache_dir) if cfg.cache_dir else out / "cache")
         model_s = time.perf_counter() - started
         outputs = {
             name: diversity.ModelOutputs(

@@ -48,6 +48,7 @@ def render_html(
     config_yaml: str,
     version: str,
     created: str,
+    title: str = "sftlab audit: what the fine-tune cost",
 ) -> str:
     """The whole report page."""
     template = Template(resources.files("sftlab.audit.report").joinpath("template.html").read_text(encoding="utf-8"))
@@ -60,7 +61,7 @@ def render_html(
     body = "\n".join(f'<section class="card" id="{s.key}"><h2>{html.escape(s.title)}</h2>{s.html}</section>'
                      for s in sections)
     return template.substitute(
-        title="sftlab audit: what the fine-tune cost",
+        title=title,
         subtitle=html.escape(subtitle),
         chips=chips,
         nav=nav,

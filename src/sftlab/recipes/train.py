@@ -1,0 +1,317 @@
+"""``sftlab train``: supervised fine-tuning of any HF causal LM, on transformers.Trainer.
+
+Run dir (``output_dir``)::
+
+    config.yaml          the resolved config of the latest invocation
+    data/                quarantine.jsonl (rejected records: file, line, field, reason) and stats.json
+    checkpoints/         checkpoint-N dirs, each written atomically; ``resume: auto`` picks the newest
+    metrics.jsonl        one JSON object per log event (train loss and its components, eval loss, ...)
+    model/ or adapter/   the result: a full model dir, or a PEFT adapter dir (``sftlab merge`` folds it in)
+
+Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
+UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import EarlyStoppingCallback, PreTrainedTokenizerBase, TrainingArguments, set_seed
+
+from sftlab.config import TrainConfig, dump_config
+from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
+from sftlab.data.packing import SFTCollator
+from sftlab.data.readers import ReadResult, read_records, read_texts
+from sftlab.errors import UserError
+from sftlab.models.load import is_adapter_dir, load_model, load_tokenizer
+from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
+from sftlab.train.callbacks import (
+    DatasetEpoch,
+    attach_callbacks,
+    disable_library_bars,
+    quiet_packed_padding_warning,
+    summarize_logs,
+)
+from sftlab.train.losses import LossFn, build_loss
+from sftlab.train.regularizers import Regularizer
+from sftlab.train.trainer import (
+    SFTLabTrainer,
+    check_resume_config,
+    make_training_arguments,
+    optimizer_choice,
+    resolve_resume,
+    save_final,
+)
+
+# Keys a resumed run may change: they alter logging, saving, evaluation or how long it runs, not what it learns.
+RESUME_SAFE = {
+    "output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "max_steps", "num_train_epochs",
+    "eval_steps", "eval_strategy", "per_device_eval_batch_size", "early_stopping_patience", "strict_data",
+}
+
+
+@dataclass
+class TrainData:
+    """What the trainer is fed, and what was read to make it."""
+
+    train: SFTDataset
+    eval: SFTDataset | None
+    read: ReadResult
+    eval_read: ReadResult | None
+    n_train_records: int
+    n_eval_records: int
+
+
+@dataclass
+class TrainSession:
+    """A run set up and ready to train: :func:`prepare_train` makes it, :func:`finish_train` runs it."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    trainer: SFTLabTrainer
+    data: TrainData
+    checkpoint: str | None
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files and prints (rank 0)."""
+        return self.trainer.args.process_index == 0
+
+
+def run_train(
+    cfg: TrainConfig, *, loss_fn: LossFn | None = None, regularizers: Sequence[Regularizer] = ()
+) -> Path:
+    """Fine-tune ``cfg.model_name_or_path`` on ``cfg.train_file``; returns ``output_dir/model`` or ``/adapter``.
+
+    ``loss_fn`` replaces the config's loss and ``regularizers`` are added to the config's, for
+    programmatic use (experiments, tests); the CLI passes neither.
+    """
+    return finish_train(prepare_train(cfg, loss_fn=loss_fn, regularizers=regularizers))
+
+
+def prepare_train(
+    cfg: TrainConfig, *, loss_fn: LossFn | None = None, regularizers: Sequence[Regularizer] = ()
+) -> TrainSession:
+    """Everything before the first step: run dir, resume point, data, model, method, trainer, callbacks."""
+    disable_library_bars()
+    if cfg.packing:
+        quiet_packed_padding_warning()
+    run_dir = Path(cfg.output_dir)
+    base = _resolve_base(cfg.model_name_or_path)
+    optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
+    checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
+    args = training_arguments(cfg, run_dir, optim, resuming=checkpoint is not None)
+    main = args.process_index == 0
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume == "never":
+            # "never" means a fresh run: stale checkpoints would otherwise be picked by a later resume: auto.
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        if checkpoint:
+            check_resume_config(run_dir, cfg.model_dump(mode="json", by_alias=True), checkpoint, RESUME_SAFE)
+        dump_config(cfg, run_dir / "config.yaml")
+    set_seed(cfg.seed)
+
+    tokenizer = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
+    with args.main_process_first(desc="reading and tokenizing data"):
+        data = load_data(cfg, tokenizer, run_dir / "data" if main else None)
+
+    model = load_model(
+        base,
+        dtype="float32",  # master weights stay fp32; bf16/fp16 training runs under autocast
+        trust_remote_code=cfg.trust_remote_code,
+        merge_adapter=is_adapter_dir(base),
+        dropout=cfg.dropout,
+    )
+    _check_positions(model, cfg.max_length)
+    model = apply_method(cfg, model)
+
+    trainer = SFTLabTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        # Replay rows carry a mask the regularizers may use (KL on replay positions); the model never sees it.
+        data_collator=SFTCollator(tokenizer, return_replay_mask=cfg.replay is not None),
+        processing_class=tokenizer,
+        loss_fn=loss_fn or build_loss(cfg),
+        regularizers=list(regularizers),
+        optimizer_cls_and_kwargs=optimizer_cls,
+    )
+    attach_callbacks(trainer, run_dir, "train")
+    trainer.add_callback(DatasetEpoch(data.train, log=trainer.log))
+    if cfg.early_stopping_patience:
+        trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    session = TrainSession(cfg, run_dir, trainer, data, checkpoint)
+    if main:
+        _print_setup(Console(), session)
+    return session
+
+
+def finish_train(session: TrainSession) -> Path:
+    """Train (or resume), evaluate at the end when there is eval data, save the model or adapter dir."""
+    trainer, data = session.trainer, session.data
+    trainer.train(resume_from_checkpoint=session.checkpoint)
+    if data.eval is not None and not _evaluated_at(trainer, trainer.state.global_step):
+        trainer.evaluate()
+    out = save_final(trainer, session.run_dir / ("adapter" if is_peft_model(trainer.model) else "model"))
+    if session.main:
+        _write_stats(session.run_dir / "data" / "stats.json", data)
+        _print_result(Console(), trainer, out)
+    return out
+
+
+def training_arguments(cfg: TrainConfig, run_dir: Path, optim: str, resuming: bool) -> TrainingArguments:
+    """TrainingArguments from the config: names pass through; checkpoints go to ``run_dir/checkpoints``.
+
+    With eval data, a fresh run also evaluates before the first step, so the summary shows eval loss
+    from start to end even when ``eval_strategy`` is ``no``.
+    """
+    has_eval = bool(cfg.eval_file or cfg.eval_fraction > 0)
+    save: dict[str, Any] = {"save_strategy": cfg.save_strategy, "save_steps": cfg.save_steps}
+    early: dict[str, Any] = {}
+    if cfg.early_stopping_patience:
+        # Early stopping keeps the best checkpoint, so a checkpoint must exist at every evaluation.
+        save = {"save_strategy": cfg.eval_strategy, "save_steps": cfg.eval_steps or cfg.logging_steps}
+        early = {
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+            "restore_callback_states_from_checkpoint": True,
+        }
+    return make_training_arguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=optim,
+        seed=cfg.seed,
+        bf16=cfg.bf16,
+        fp16=cfg.fp16,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        eval_strategy=cfg.eval_strategy,
+        eval_steps=cfg.eval_steps,
+        eval_on_start=has_eval and not resuming,
+        save_total_limit=cfg.save_total_limit,
+        prediction_loss_only=True,
+        remove_unused_columns=False,  # the collator emits exactly what the model takes
+        **save,
+        **early,
+    )
+
+
+def load_data(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Path | None) -> TrainData:
+    """Read, split, tokenize: the train and eval datasets. ``data_dir`` (main process) gets the quarantine."""
+    read = read_records(
+        cfg.train_file, quarantine=data_dir / "quarantine.jsonl" if data_dir else None, strict=cfg.strict_data
+    )
+    records = read.records
+    if not records:
+        raise UserError(
+            f"no usable records in {', '.join(cfg.train_file)} ({len(read.rejected)} rejected"
+            + (f", see {data_dir / 'quarantine.jsonl'}" if data_dir else "")
+            + ")"
+        )
+    eval_read = None
+    if cfg.eval_file:
+        eval_read = read_records(
+            [cfg.eval_file],
+            quarantine=data_dir / "quarantine_eval.jsonl" if data_dir else None,
+            strict=cfg.strict_data,
+        )
+        train_records, eval_records = records, eval_read.records
+    elif cfg.eval_fraction > 0:
+        train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
+    else:
+        train_records, eval_records = records, []
+    replay = read_texts(cfg.replay.corpus) if cfg.replay else None
+    train = build_train_dataset(train_records, tokenizer, cfg, replay_texts=replay)
+    evaluation = build_eval_dataset(eval_records, tokenizer, cfg) if eval_records else None
+    return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records))
+
+
+def _resolve_base(name_or_path: str) -> str:
+    """An existing local path becomes absolute, so an adapter dir records a base that loads from anywhere."""
+    path = Path(name_or_path).expanduser()
+    return str(path.resolve()) if path.exists() else name_or_path
+
+
+def _check_positions(model: torch.nn.Module, max_length: int) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and max_length > limit:
+        raise UserError(
+            f"max_length {max_length} exceeds what the model can attend to ({limit} positions); "
+            f"set max_length <= {limit}"
+        )
+
+
+def _evaluated_at(trainer: SFTLabTrainer, step: int) -> bool:
+    return any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history)
+
+
+def _print_setup(console: Console, session: TrainSession) -> None:
+    cfg, data, run_dir = session.cfg, session.data, session.run_dir
+    trainable, total = count_parameters(session.trainer.model)
+    table = Table(title=f"sftlab train -> {run_dir}", show_header=False, title_justify="left")
+    table.add_row("model", f"{cfg.model_name_or_path} ({total / 1e6:.2f}M parameters)")
+    table.add_row("method", f"{cfg.method}: {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
+    rejected = len(data.read.rejected) + (len(data.eval_read.rejected) if data.eval_read else 0)
+    reasons = data.read.counts + (data.eval_read.counts if data.eval_read else type(data.read.counts)())
+    detail = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
+    table.add_row(
+        "records",
+        f"{data.n_train_records:,} train, {data.n_eval_records:,} eval; {rejected:,} quarantined"
+        + (f" ({detail}) -> {run_dir / 'data'}" if rejected else ""),
+    )
+    st = data.train.stats
+    table.add_row(
+        "examples",
+        f"{st.examples:,} in {st.rows:,} rows of <= {cfg.max_length} tokens ({'packed' if cfg.packing else 'padded'}); "
+        f"{st.trained_tokens:,} trained tokens, real-token fraction {st.real_token_fraction:.1%}, "
+        f"{st.truncated:,} truncated"
+        + (f", {st.no_target:,} dropped (no trained token left)" if st.no_target else "")
+        + (f", replay {st.replay_fraction:.1%} of trained tokens" if st.replay_examples else ""),
+    )
+    if session.checkpoint:
+        table.add_row("resume", session.checkpoint)
+    console.print(table)
+
+
+def _write_stats(path: Path, data: TrainData) -> None:
+    stats: dict[str, Any] = {
+        "records": {"train": data.n_train_records, "eval": data.n_eval_records},
+        "rejected": dict(data.read.counts),
+        "rejected_eval": dict(data.eval_read.counts) if data.eval_read else {},
+        "train_epochs": [data.train.history[e].as_dict() for e in sorted(data.train.history)],
+        "eval": data.eval.stats.as_dict() if data.eval is not None else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stats, indent=2, default=str))
+
+
+def _print_result(console: Console, trainer: SFTLabTrainer, out: Path) -> None:
+    first, last = summarize_logs(trainer.state.log_history, "eval_loss")
+    loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
+    parts = [f"{trainer.state.global_step} steps"]
+    if loss is not None:
+        parts.append(f"last train loss {loss:.4f}")
+    if first is not None:
+        parts.append(f"eval loss {first:.4f} -> {last:.4f}")
+    console.print("; ".join(parts))
+    console.print(f"saved: {out}")
