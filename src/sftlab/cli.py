@@ -104,7 +104,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sftlab.demo import run_demo
 
-    run_demo(out=args.out, quick=args.quick)
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    run_demo(out=args.out, quick=args.quick, seeds=args.seeds)
     return 0
 
 
@@ -155,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", _cmd_demo, "the end-to-end job on the synthetic world")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
     p.add_argument("--out", default="runs/demo")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="validate data files, quarantine bad records, report quality")

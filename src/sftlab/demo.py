@@ -1,0 +1,158 @@
+"""``sftlab demo``: the default end-to-end job, on the synthetic world.
+
+1. Generate the world (skipped when ``OUT/world`` already holds the same one).
+2. Pretrain a tiny GPT-2 base on its corpus (skipped when ``OUT/base/model`` is there: the base is cached).
+3. Sweep strategies on the one-genre ``narrow`` SFT set (movie reviews only): each is trained, audited on
+   open prompts, genre prompts, fact questions and held-out text, and judged by the world's grammar.
+4. Print the table and the path of the HTML report.
+
+``--quick`` is a smaller world, a shorter pretraining and two strategies: what the tests run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sftlab.config import PretrainConfig, SweepConfig, build_config
+from sftlab.offline import set_offline
+from sftlab.world.generator import WorldSizes, generate_world
+
+# The eight strategies of the full demo. Learning rates: LoRA moves a few parameters and needs a larger one.
+FULL_STRATEGIES: list[dict[str, Any]] = [
+    {"name": "full"},
+    {"name": "lora", "train": {"method": "lora", "learning_rate": 3.0e-3, "lora": {"r": 16, "alpha": 32}}},
+    {"name": "full+neftune5", "train": {"neftune_noise_alpha": 5}},
+    {"name": "full+replay0.2", "train": {"replay": {"corpus": "{world}/corpus/train.jsonl", "ratio": 0.2}}},
+    {"name": "full+ewc", "train": {"ewc": {"lambda": 2000.0, "fisher_corpus": "{world}/corpus/train.jsonl",
+                                           "fisher_samples": 64}}},
+    {"name": "full+kl", "train": {"kl_to_base": {"beta": 0.5, "direction": "forward", "on": "response"}}},
+    {"name": "gem", "train": {"loss": "gem"}},
+    {"name": "wise0.5", "interpolate": {"source": "full", "alpha": 0.5}},
+]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Everything the demo runs, at one size."""
+
+    world: WorldSizes
+    pretrain: dict[str, Any]
+    train: dict[str, Any]
+    strategies: list[dict[str, Any]]
+    sampling: dict[str, Any]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    fact_questions: int = 40
+
+
+FULL = DemoPlan(
+    world=WorldSizes(),
+    pretrain={"max_length": 128, "max_steps": 900, "per_device_train_batch_size": 16, "learning_rate": 5.0e-3,
+              "warmup_steps": 0.05, "tokenizer": {"vocab_size": 4096}, "model": {"architecture": "gpt2", "size": "tiny"}},
+    train={"max_length": 128, "packing": True, "learning_rate": 1.0e-3, "num_train_epochs": 2,
+           "per_device_train_batch_size": 16, "warmup_steps": 0.05, "logging_steps": 10, "save_steps": 200},
+    strategies=FULL_STRATEGIES,
+    sampling={"num_samples": 8, "max_new_tokens": 96, "batch_size": 64, "temperature": 1.0},
+)
+
+QUICK = DemoPlan(
+    world=WorldSizes(corpus_docs=12_000, heldout_per_genre=20, known_people=60, new_people=10, sft_train=300,
+                     sft_eval=40),
+    pretrain={"max_length": 128, "max_steps": 350, "per_device_train_batch_size": 16, "learning_rate": 5.0e-3,
+              "warmup_steps": 0.05, "tokenizer": {"vocab_size": 4096}, "model": {"architecture": "gpt2", "size": "tiny"}},
+    train={"max_length": 128, "packing": True, "learning_rate": 1.0e-3, "num_train_epochs": 2,
+           "per_device_train_batch_size": 16, "warmup_steps": 0.05, "logging_steps": 10, "save_steps": 200},
+    strategies=[FULL_STRATEGIES[0], FULL_STRATEGIES[-1]],
+    sampling={"num_samples": 4, "max_new_tokens": 96, "batch_size": 64, "temperature": 1.0},
+    fact_questions=16,
+)
+
+
+def ensure_world(world_dir: Path, seed: int, sizes: WorldSizes, console: Console) -> None:
+    """Generate the world unless the same one (seed and sizes) is already there."""
+    manifest = world_dir / "world.json"
+    if manifest.is_file():
+        meta = json.loads(manifest.read_text())
+        if meta.get("seed") == seed and meta.get("sizes") == asdict(sizes):
+            console.print(f"[dim]world: cached at {world_dir}[/dim]")
+            return
+    console.print(f"world: generating into {world_dir}")
+    generate_world(world_dir, seed=seed, sizes=sizes)
+
+
+def ensure_base(base_dir: Path, cfg: PretrainConfig, console: Console) -> Path:
+    """Pretrain the base unless a finished one with the same config is cached in ``base_dir``."""
+    from sftlab.config import read_yaml
+    from sftlab.recipes.pretrain import run_pretrain
+
+    model_dir = base_dir / "model"
+    saved = base_dir / "config.yaml"
+    if (model_dir / "config.json").is_file() and saved.is_file() and read_yaml(saved) == cfg.model_dump(
+            mode="json", by_alias=True):
+        console.print(f"[dim]base: cached at {model_dir}[/dim]")
+        return model_dir
+    console.print("base: pretraining a tiny GPT-2 on the world's corpus")
+    return run_pretrain(cfg)
+
+
+def audit_prompts(world_dir: Path, n_questions: int) -> Path:
+    """Open prompts, genre prompts and the first questions on test people's facts, in one prompts file."""
+    rows: list[dict[str, Any]] = []
+    for rel in ("prompts/open.jsonl", "prompts/genre.jsonl"):
+        rows += [json.loads(line) for line in (world_dir / rel).read_text().splitlines() if line.strip()]
+    questions = [json.loads(line) for line in (world_dir / "sft/qa_known/test.jsonl").read_text().splitlines()]
+    rows += questions[:n_questions]
+    path = world_dir / "prompts" / "audit.jsonl"
+    path.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    return path
+
+
+def sweep_config(plan: DemoPlan, out: Path, world_dir: Path, base: Path) -> SweepConfig:
+    """The demo's sweep: the plan's strategies on the narrow SFT set, audited on world prompts and text."""
+    world = str(world_dir)
+    strategies = json.loads(json.dumps(plan.strategies).replace("{world}", world))
+    data = {
+        "base_model": str(base),
+        "out": str(out / "sweep"),
+        "seeds": plan.seeds,
+        "world": world,
+        "train": {**plan.train, "train_file": f"{world}/sft/narrow/train.jsonl",
+                  "eval_file": f"{world}/sft/narrow/eval.jsonl"},
+        "strategies": strategies,
+        "audit": {
+            "prompts": str(audit_prompts(world_dir, plan.fact_questions)),
+            "sft_data": f"{world}/sft/narrow/train.jsonl",
+            "reference": [f"{world}/heldout/all.jsonl"],
+            "benchmark": [f"{world}/bench/facts_mc.jsonl"],
+            "sampling": plan.sampling,
+            "bootstrap_samples": 500,
+        },
+    }
+    return build_config(SweepConfig, data, source="demo")
+
+
+def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1) -> Path:
+    """Run the whole demo into ``out``; returns the path of the sweep's HTML report."""
+    from sftlab.sweep import run_sweep
+    from sftlab.world.section import world_section
+
+    set_offline()
+    console = Console()
+    plan = QUICK if quick else FULL
+    if seeds > 1:
+        plan = DemoPlan(**{**plan.__dict__, "seeds": list(range(seeds))})
+    root = Path(out)
+    world_dir = root / "world"
+    ensure_world(world_dir, seed=0, sizes=plan.world, console=console)
+    pretrain = build_config(
+        PretrainConfig,
+        {**plan.pretrain, "corpus": [str(world_dir / "corpus" / "train.jsonl")], "output_dir": str(root / "base")},
+        source="demo",
+    )
+    base = ensure_base(root / "base", pretrain, console)
+    cfg = sweep_config(plan, root, world_dir, base)
+    return run_sweep(cfg, extra_sections=[world_section(world_dir)])

@@ -1,0 +1,341 @@
+"""``sftlab sweep``: train and audit several strategies on one base and data set, and compare them.
+
+Each strategy x seed is one run under ``out/runs/<strategy>/seed<k>/`` (the train run dir, with the audit in
+``audit/``). A run that finished has ``row.json``, so a re-run skips it: a sweep killed half-way resumes
+where it stopped (and an interrupted training run inside it resumes from its own checkpoints).
+
+Every row is measured from files only, like the audit: eval loss of the saved model on the eval set, the
+audit's report.json (diversity, shift, forgetting, task, world), and the cost the run recorded. The
+comparison lives in ``out/sweep.{md,html,json}`` and ``out/plots/``: mean ± std over seeds per strategy,
+plus Pareto plots of task score against diversity kept and against forgetting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from sftlab.audit.report.section import SectionProvider
+from sftlab.config import (
+    AuditConfig,
+    StrategySpec,
+    SweepConfig,
+    TrainConfig,
+    _deep_merge,
+    build_config,
+    load_config,
+)
+from sftlab.errors import UserError
+
+ROW_FILE = "row.json"
+# The diversity metric the table reports as "kept": EAD (Kirk et al. 2024) is length-corrected distinct-n,
+# so it does not reward a model for writing longer answers.
+DIVERSITY_METRIC = "ead"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the comparison table: where the number comes from and how to read it."""
+
+    key: str
+    label: str
+    higher_is_better: bool | None  # None: cost or context, no better direction
+    percent: bool = False
+    digits: int = 3
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("eval_loss", "eval loss", False),
+    Column("task_score", "task score", True),
+    Column("diversity_kept_per_input", "diversity kept, per input", True, percent=True),
+    Column("diversity_kept_across_input", "diversity kept, across inputs", True, percent=True),
+    Column("genres_covered", "genres covered (open prompts)", True, digits=1),
+    Column("genre_entropy", "genre entropy (nats)", True),
+    Column("delta_perplexity", "Δ perplexity (reference)", False, digits=2),
+    Column("delta_benchmark", "Δ benchmark accuracy", True, percent=True),
+    Column("shifted", "shifted tokens", None, percent=True),
+    Column("train_seconds", "train time (s)", None, digits=1),
+    Column("peak_memory_mb", "peak memory (MB)", None, digits=0),
+    Column("trainable_params", "trainable params", None, digits=0),
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One strategy x seed."""
+
+    strategy: StrategySpec
+    seed: int
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        """``strategy/seed``, for messages."""
+        return f"{self.strategy.name}/seed{self.seed}"
+
+
+def load_sweep(path: str, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read and validate a sweep config, including every strategy's train config (errors come before any run)."""
+    cfg = load_config(SweepConfig, path, list(overrides))
+    for spec in plan(cfg):
+        if spec.strategy.interpolate is None:
+            train_config(cfg, spec)
+    audit_config(cfg, cfg.base_model, "-", Path(cfg.out))
+    return cfg
+
+
+def plan(cfg: SweepConfig) -> list[RunSpec]:
+    """Every run, trained strategies before the interpolations that read their models."""
+    ordered = sorted(cfg.strategies, key=lambda s: s.interpolate is not None)
+    return [RunSpec(s, seed, Path(cfg.out) / "runs" / s.name / f"seed{seed}") for seed in cfg.seeds for s in ordered]
+
+
+def train_config(cfg: SweepConfig, spec: RunSpec) -> TrainConfig:
+    """The strategy's overlay on the sweep's shared train keys, with base, seed and run dir set by the sweep."""
+    data = _deep_merge(cfg.train, spec.strategy.train)
+    data.update(model_name_or_path=cfg.base_model, seed=spec.seed, output_dir=str(spec.run_dir))
+    return build_config(TrainConfig, data, source=f"sweep strategy {spec.strategy.name!r}")
+
+
+def audit_config(cfg: SweepConfig, tuned: str, out: str, cache: Path) -> AuditConfig:
+    """The sweep's audit keys for one tuned model; samples are cached sweep-wide so the base is sampled once."""
+    data = {**cfg.audit, "base": cfg.base_model, "tuned": [tuned], "out": out, "cache_dir": str(cache / "cache")}
+    return build_config(AuditConfig, data, source="sweep audit")
+
+
+# --------------------------------------------------------------------------------------------------
+# Running
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak: CUDA's allocator stats, and on Linux the process's peak RSS (``clear_refs`` 5)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak then covers the whole process so far
+
+
+def peak_memory_mb() -> float | None:
+    """Peak GPU memory allocated when on CUDA, else the process's peak RSS (VmHWM) since the last reset."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def train_run(cfg: SweepConfig, spec: RunSpec) -> tuple[Path, dict[str, Any]]:
+    """Train one strategy (resuming its own checkpoints); returns the model dir and its cost."""
+    from sftlab.recipes.train import run_train
+
+    reset_peak_memory()
+    started = time.perf_counter()
+    model_dir = run_train(train_config(cfg, spec))
+    seconds = time.perf_counter() - started
+    summary = json.loads((spec.run_dir / "summary.json").read_text())
+    return model_dir, {
+        "train_seconds": seconds,
+        "peak_memory_mb": peak_memory_mb(),
+        "trainable_params": summary["trainable_params"],
+    }
+
+
+def interpolate_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """WiSE-FT of the source strategy's model (same seed); its cost is the source's plus the mixing."""
+    from sftlab.train.interpolate import interpolate_dirs
+
+    assert spec.strategy.interpolate is not None
+    source_name, alpha = spec.strategy.interpolate.source, spec.strategy.interpolate.alpha
+    source = rows[(source_name, spec.seed)]
+    started = time.perf_counter()
+    (model_dir,) = interpolate_dirs(cfg.base_model, source["model_dir"], [alpha], str(spec.run_dir))
+    cost = {
+        "train_seconds": source["train_seconds"] + time.perf_counter() - started,
+        "peak_memory_mb": source["peak_memory_mb"],
+        "trainable_params": source["trainable_params"],
+    }
+    return Path(model_dir), cost
+
+
+def eval_loss(model_dir: str | Path, cfg: SweepConfig, base_train: dict[str, Any]) -> float | None:
+    """Mean token cross-entropy of a saved model on the sweep's eval file (prompt tokens masked), or None."""
+    from sftlab.data.dataset import build_eval_dataset
+    from sftlab.data.packing import SFTCollator
+    from sftlab.data.readers import read_records
+    from sftlab.models.load import load_model, load_tokenizer
+    from sftlab.train.losses import IGNORE_INDEX, cross_entropy
+
+    eval_file = base_train.get("eval_file")
+    if not eval_file:
+        return None
+    tcfg = build_config(TrainConfig, {**base_train, "model_name_or_path": str(model_dir), "packing": False},
+                        source="sweep eval")
+    tokenizer = load_tokenizer(str(model_dir))
+    dataset = build_eval_dataset(read_records([eval_file]).records, tokenizer, tcfg)
+    collate = SFTCollator(tokenizer)
+    model = load_model(str(model_dir))
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), tcfg.per_device_eval_batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + tcfg.per_device_eval_batch_size, len(dataset)))])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += float(cross_entropy(logits, batch["labels"])) * n
+            count += n
+    return total / count if count else None
+
+
+def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
+    """The table's audit-derived numbers for one tuned model, from its report.json."""
+    sections = report["sections"]
+    base = report["base"]
+    row: dict[str, Any] = {}
+    div = sections["diversity"]["models"]
+    for scope in ("per_input", "across_input"):
+        b, t = div[base][scope][DIVERSITY_METRIC], div[tuned_name][scope][DIVERSITY_METRIC]
+        b, t = (b["mean"], t["mean"]) if scope == "per_input" else (b, t)
+        row[f"diversity_kept_{scope}"] = t / b if b else None
+    row["shifted"] = sections["shift"]["models"][tuned_name]["class_fraction"]["shifted"]
+    forgetting = sections.get("forgetting", {})
+    ppl = forgetting.get("perplexity", {})
+    if ppl:
+        deltas = [per[tuned_name]["perplexity"] - per[base]["perplexity"] for per in ppl.values()]
+        row["delta_perplexity"] = float(np.mean(deltas))
+    mc = forgetting.get("multiple_choice", {})
+    if mc:
+        row["delta_benchmark"] = float(np.mean([per[tuned_name]["accuracy"] - per[base]["accuracy"] for per in mc.values()]))
+    world = sections.get("world")
+    if world:
+        row["genres_covered"] = world["models"][tuned_name]["open"]["covered"]
+        row["genre_entropy"] = world["models"][tuned_name]["open"]["entropy"]
+        row["task_score"] = world["models"][tuned_name].get("task_score")
+    elif "task" in sections:
+        row["task_score"] = sections["task"]["models"][tuned_name].get("rouge_l")
+    return row
+
+
+def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]],
+            extra_sections: Sequence[SectionProvider]) -> dict[str, Any]:
+    """Train (or interpolate), evaluate and audit one run; writes and returns its row."""
+    from sftlab.recipes.audit import model_names, run_audit
+
+    if spec.strategy.interpolate is None:
+        model_dir, cost = train_run(cfg, spec)
+    else:
+        model_dir, cost = interpolate_run(cfg, spec, rows)
+    audit_out = spec.run_dir / "audit"
+    run_audit(audit_config(cfg, str(model_dir), str(audit_out), Path(cfg.out)), extra_sections=extra_sections)
+    report = json.loads((audit_out / "report.json").read_text())
+    tuned_name = list(model_names(cfg.base_model, [str(model_dir)]))[1]
+    row = {"strategy": spec.strategy.name, "seed": spec.seed, "model_dir": str(model_dir),
+           "eval_loss": eval_loss(model_dir, cfg, cfg.train), **cost, **row_from_report(report, tuned_name)}
+    tmp = spec.run_dir / (ROW_FILE + ".tmp")
+    tmp.write_text(json.dumps(row, indent=2))
+    os.replace(tmp, spec.run_dir / ROW_FILE)
+    return row
+
+
+def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = ()) -> Path:
+    """Run every strategy x seed not yet done, then write the comparison; returns the path of sweep.html."""
+    console = Console()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    specs = plan(cfg)
+    for i, spec in enumerate(specs, 1):
+        done = spec.run_dir / ROW_FILE
+        if done.is_file():
+            rows[(spec.strategy.name, spec.seed)] = json.loads(done.read_text())
+            console.print(f"[dim]sweep {i}/{len(specs)}: {spec.label} done earlier, skipped[/dim]")
+            continue
+        console.rule(f"sweep {i}/{len(specs)}: {spec.label}")
+        rows[(spec.strategy.name, spec.seed)] = run_one(cfg, spec, rows, extra_sections)
+    table = aggregate([rows[(s.strategy.name, s.seed)] for s in specs], [s.name for s in cfg.strategies])
+    from sftlab.sweep_report import write_sweep_report
+
+    html_path = write_sweep_report(out, table, cfg)
+    print_table(console, table)
+    console.print(f"[bold]sweep report[/bold]: {html_path}")
+    return html_path
+
+
+def run_sweep_file(path: str, overrides: Sequence[str] = ()) -> Path:
+    """``sftlab sweep CONFIG [KEY=VALUE ...]``."""
+    return run_sweep(load_sweep(path, overrides))
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    clean = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not clean:
+        return None, None
+    return float(np.mean(clean)), float(np.std(clean, ddof=1)) if len(clean) > 1 else None
+
+
+def aggregate(rows: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any]:
+    """Per strategy: mean and sample std over seeds of every column, plus the raw rows."""
+    strategies = {}
+    for name in order:
+        mine = [r for r in rows if r["strategy"] == name]
+        stats = {c.key: dict(zip(("mean", "std"), _mean_std([r.get(c.key) for r in mine]))) for c in COLUMNS}
+        strategies[name] = {"seeds": [r["seed"] for r in mine], "columns": stats}
+    return {"columns": [c.__dict__ for c in COLUMNS], "strategies": strategies, "rows": rows}
+
+
+def format_cell(column: Column, stats: dict[str, float | None]) -> str:
+    """``mean ± std`` in the column's units; ``–`` when missing."""
+    mean, std = stats["mean"], stats["std"]
+    if mean is None:
+        return "–"
+    scale, unit = (100.0, "%") if column.percent else (1.0, "")
+    digits = 1 if column.percent else column.digits
+    text = f"{mean * scale:,.{digits}f}{unit}"
+    if std is not None:
+        text += f" ± {std * scale:,.{digits}f}{unit}"
+    return text
+
+
+def print_table(console: Console, table: dict[str, Any]) -> None:
+    """A short console table: the headline columns only."""
+    keys = ["eval_loss", "task_score", "diversity_kept_per_input", "genres_covered", "delta_perplexity",
+            "shifted", "train_seconds"]
+    cols = [c for c in COLUMNS if c.key in keys]
+    rich_table = RichTable(title="sweep (mean ± std over seeds)")
+    rich_table.add_column("strategy")
+    for c in cols:
+        rich_table.add_column(c.label, justify="right")
+    for name, s in table["strategies"].items():
+        rich_table.add_row(name, *[format_cell(c, s["columns"][c.key]) for c in cols])
+    console.print(rich_table)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (both to be maximised)."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return front
