@@ -102,6 +102,27 @@ def test_packed_rows_scale_by_document_length(model: torch.nn.Module) -> None:
     assert noise[:, 0, 40:].abs().max().item() == 0.0
 
 
+def test_packed_batch_without_mask_leaves_the_padding_tail_clean(model: torch.nn.Module) -> None:
+    """As the packing collator sends it: no attention mask, the padding tail a document of pad ids."""
+    from sftlab.data.packing import SFTCollator
+
+    pad = 0
+    emb = model.get_input_embeddings()
+    rows = [
+        {"input_ids": list(range(10, 22)), "labels": list(range(10, 22)), "position_ids": list(range(12))},
+        {"input_ids": list(range(30, 50)), "labels": list(range(30, 50)),
+         "position_ids": list(range(8)) + list(range(12))},
+    ]
+    batch = SFTCollator(pad)(rows)
+    assert "attention_mask" not in batch
+    attach_neftune(model, ALPHA, pad_token_id=pad)
+    noise = _measured_noise(model, emb, input_ids=batch["input_ids"], position_ids=batch["position_ids"])
+    _check_scale(noise[:, 0, :12], 12, emb.embedding_dim)
+    assert noise[:, 0, 12:].abs().max().item() == 0.0  # row 0's 8-token pad tail
+    _check_scale(noise[:, 1, :8], 8, emb.embedding_dim)
+    _check_scale(noise[:, 1, 8:], 12, emb.embedding_dim)
+
+
 def test_sequence_lengths_by_hand() -> None:
     real = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]])
     assert sequence_lengths(real).tolist() == [[5, 5, 5, 5, 5, 0], [0, 0, 4, 4, 4, 4]]

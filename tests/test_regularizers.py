@@ -263,3 +263,77 @@ def test_build_regularizers_from_config(tiny_model_dir: Path, tiny_tokenizer, tm
         build_regularizers(
             _cfg(tmp_path, ewc={"fisher_corpus": str(tmp_path / "missing.txt")}), model, tmp_path, tiny_tokenizer
         )
+
+
+@pytest.mark.parametrize("on", ["response", "replay"])
+def test_kl_on_scored_logits_equals_kl_on_full_logits(tiny_model_dir: Path, on: str) -> None:
+    """The trainer's fast path (head on scored positions only) gives the same KL and the same gradient."""
+    from sftlab.train.regularizers import SCORED_POSITIONS_KEY
+    from sftlab.train.trainer import scored_positions_only
+
+    model = _load(tiny_model_dir)
+    reg = KLToBase(model, beta=0.3, on=on)
+    assert reg.scored_logits_suffice and not KLToBase(model, 1.0, on="all").scored_logits_suffice
+    _perturb(list(model.parameters()), scale=0.05)
+    inputs = _batch()
+    inputs[REPLAY_MASK_KEY] = torch.tensor([[0] * 6 + [1] * 4, [1] * 10])
+    model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", REPLAY_MASK_KEY)}
+
+    full = reg.penalty(model, inputs, model(**model_inputs))
+    (full_grad,) = torch.autograd.grad(full, [model.transformer.wte.weight])
+    with scored_positions_only(model.get_output_embeddings(), inputs["labels"]):
+        gathered = model(**model_inputs)
+    scored = torch.zeros(2, 10, dtype=torch.bool)
+    scored[:, :-1] = inputs["labels"][:, 1:] != -100
+    assert gathered.logits.shape[:2] == (1, int(scored.sum()) + 1)
+    fast = reg.penalty(model, {**inputs, SCORED_POSITIONS_KEY: scored}, gathered)
+    (fast_grad,) = torch.autograd.grad(fast, [model.transformer.wte.weight])
+    assert full.item() > 1e-4
+    assert fast.item() == pytest.approx(full.item(), rel=1e-5)
+    torch.testing.assert_close(fast_grad, full_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_kl_all_on_packed_rows_skips_the_padding_tail(tiny_model_dir: Path) -> None:
+    """Packed batches have no attention mask; the collator's all-pad last document is not text."""
+    from sftlab.train.neftune import packed_padding
+
+    pad = 0
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, pad, pad], [5, 6, 7, 8, 9, 10, 11, pad]])
+    # Row 0: documents of 3 and 3 tokens, then a 2-token pad tail; row 1: a document ending in the pad
+    # id (pad = EOS) with nothing after it, which is real.
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1], [0, 1, 2, 3, 0, 1, 2, 3]])
+    assert packed_padding(ids, pos, pad).int().tolist() == [[0] * 6 + [1, 1], [0] * 8]
+
+    model = _load(tiny_model_dir)
+    reg = KLToBase(model, 1.0, on="all", pad_token_id=pad)
+    inputs = {"input_ids": ids, "position_ids": pos, "labels": ids.clone()}
+    assert reg.positions(inputs, (2, 8)).int().tolist() == [[1] * 6 + [0, 0], [1] * 8]
+    _perturb(list(model.parameters()), scale=0.05)
+    out = model(input_ids=ids, position_ids=pos, use_cache=False)
+    base_logits = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))(
+        input_ids=ids, position_ids=pos, use_cache=False
+    ).logits.detach()
+    sel = reg.positions(inputs, (2, 8))
+    expected = _hand_kl(out.logits.detach(), base_logits, sel, "forward")
+    assert reg.penalty(model, inputs, out).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_weight_penalties_leave_the_logits_alone(tiny_model_dir: Path) -> None:
+    """L2-SP and EWC declare uses_logits = False, so the trainer keeps its scored-positions-only head."""
+    model = _load(tiny_model_dir)
+    anchor = Anchor(model)
+    fisher = {n: torch.ones_like(p) for n, p in zip(anchor.names, anchor.params)}
+    assert L2SP(anchor, 1.0).uses_logits is False
+    assert EWC(anchor, fisher, 1.0).uses_logits is False
+
+
+def test_kl_on_key_survives_yaml(tmp_path: Path) -> None:
+    """PyYAML reads an unquoted `on:` key as True; the config still means kl_to_base.on."""
+    from sftlab.config import dump_config, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model_name_or_path: m\ntrain_file: t.jsonl\nkl_to_base:\n  beta: 0.2\n  on: all\n")
+    cfg = load_config(TrainConfig, path)
+    assert cfg.kl_to_base is not None and cfg.kl_to_base.on == "all"
+    dump_config(cfg, tmp_path / "again.yaml")
+    assert load_config(TrainConfig, tmp_path / "again.yaml") == cfg

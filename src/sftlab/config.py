@@ -96,6 +96,14 @@ class KLToBaseSettings(StrictModel):
     direction: Literal["forward", "reverse"] = "forward"
     on: Literal["response", "replay", "all"] = "response"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean True.
+        if isinstance(data, dict) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
 
 class EdaSettings(StrictModel):
     """EDA-style word edits on the instruction (never the response)."""

@@ -6,7 +6,15 @@ Run dir (``output_dir``)::
     data/                quarantine.jsonl (rejected records: file, line, field, reason) and stats.json
     checkpoints/         checkpoint-N dirs, each written atomically; ``resume: auto`` picks the newest
     metrics.jsonl        one JSON object per log event (train loss and its components, eval loss, ...)
+    ewc_fisher.safetensors   EWC's diagonal Fisher (with ``ewc``), computed once and reused on resume
+    summary.json         what the run cost and reached (see :func:`write_summary`)
     model/ or adapter/   the result: a full model dir, or a PEFT adapter dir (``sftlab merge`` folds it in)
+
+Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss), ``l2sp`` / ``ewc`` /
+``kl_to_base`` (build_regularizers), ``neftune_noise_alpha`` (attach_neftune), ``replay`` (the data
+pipeline). The order matters: method (PEFT) -> Trainer (places the model on its device) ->
+regularizers (anchors, Fisher and KL base from the starting weights, before a checkpoint loads in
+``train``) -> NEFTune (after, so a frozen KL base copy carries no hook) -> train.
 
 Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
 UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer``).
@@ -15,7 +23,9 @@ UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +51,8 @@ from sftlab.train.callbacks import (
     summarize_logs,
 )
 from sftlab.train.losses import LossFn, build_loss
-from sftlab.train.regularizers import Regularizer
+from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
+from sftlab.train.regularizers import Regularizer, build_regularizers
 from sftlab.train.trainer import (
     SFTLabTrainer,
     check_resume_config,
@@ -104,6 +115,7 @@ def prepare_train(
     disable_library_bars()
     if cfg.packing:
         quiet_packed_padding_warning()
+    reset_peak_memory()
     run_dir = Path(cfg.output_dir)
     base = _resolve_base(cfg.model_name_or_path)
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
@@ -143,9 +155,21 @@ def prepare_train(
         data_collator=SFTCollator(tokenizer, return_replay_mask=cfg.replay is not None),
         processing_class=tokenizer,
         loss_fn=loss_fn or build_loss(cfg),
-        regularizers=list(regularizers),
         optimizer_cls_and_kwargs=optimizer_cls,
     )
+    # Now that the Trainer has put the model on its device, and before train() loads a checkpoint: the
+    # anchors, EWC's Fisher and the KL base must be the starting weights, and live beside the model.
+    with args.main_process_first(desc="regularizers (EWC Fisher)"):
+        trainer.regularizers = build_regularizers(cfg, trainer.model, run_dir, tokenizer) + list(regularizers)
+    if cfg.neftune_noise_alpha is not None:
+        # Ours, never transformers' (args.neftune_noise_alpha stays None): its hook scales by the padded
+        # batch length, noises padding and treats a packed row as one sequence.
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        hook = attach_neftune(
+            trainer.model, cfg.neftune_noise_alpha, cfg.neftune_noise_type, cfg.neftune_schedule, pad_token_id=pad
+        )
+        trainer.add_callback(NEFTuneProgressCallback(hook))
+        trainer.log_sources.append(hook.log_values)
     attach_callbacks(trainer, run_dir, "train")
     trainer.add_callback(DatasetEpoch(data.train, log=trainer.log))
     if cfg.early_stopping_patience:
@@ -159,14 +183,68 @@ def prepare_train(
 def finish_train(session: TrainSession) -> Path:
     """Train (or resume), evaluate at the end when there is eval data, save the model or adapter dir."""
     trainer, data = session.trainer, session.data
+    started = time.perf_counter()
     trainer.train(resume_from_checkpoint=session.checkpoint)
+    train_seconds = time.perf_counter() - started
     if data.eval is not None and not _evaluated_at(trainer, trainer.state.global_step):
         trainer.evaluate()
     out = save_final(trainer, session.run_dir / ("adapter" if is_peft_model(trainer.model) else "model"))
     if session.main:
         _write_stats(session.run_dir / "data" / "stats.json", data)
+        write_summary(session.run_dir / "summary.json", session, train_seconds)
         _print_result(Console(), trainer, out)
     return out
+
+
+def write_summary(path: Path, session: TrainSession, train_seconds: float) -> dict[str, Any]:
+    """Write ``summary.json``: what this run cost and reached, for sweeps and reports.
+
+    ``train_seconds`` is this invocation's wall time in ``trainer.train`` (a resumed run counts only
+    its own part); ``peak_memory_mb`` is :func:`peak_memory_mb` since ``prepare_train`` began; losses
+    come from the Trainer's log history, which a resumed run inherits from its checkpoint.
+    """
+    trainer = session.trainer
+    history = trainer.state.log_history
+    trainable, total = count_parameters(trainer.model)
+    first, last = summarize_logs(history, "eval_loss")
+    summary = {
+        "method": session.cfg.method,
+        "global_step": trainer.state.global_step,
+        "train_seconds": train_seconds,
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_memory_mb": peak_memory_mb(),
+        "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+        "eval_loss_first": first,
+        "eval_loss_last": last,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
+    return summary
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak: CUDA's allocator stats, and on Linux the process's peak RSS (``clear_refs`` 5)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux, or not allowed: the peak then covers the whole process so far
+
+
+def peak_memory_mb() -> float | None:
+    """Peak GPU memory allocated when on CUDA, else the process's peak RSS (VmHWM) since the last reset."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def training_arguments(cfg: TrainConfig, run_dir: Path, optim: str, resuming: bool) -> TrainingArguments:
@@ -288,9 +366,33 @@ def _print_setup(console: Console, session: TrainSession) -> None:
         + (f", {st.no_target:,} dropped (no trained token left)" if st.no_target else "")
         + (f", replay {st.replay_fraction:.1%} of trained tokens" if st.replay_examples else ""),
     )
+    remedies = describe_remedies(cfg)
+    if remedies:
+        table.add_row("remedies", "; ".join(remedies))
     if session.checkpoint:
         table.add_row("resume", session.checkpoint)
     console.print(table)
+
+
+def describe_remedies(cfg: TrainConfig) -> list[str]:
+    """One short phrase per remedy the config turns on (loss, regularizers, NEFTune, replay)."""
+    parts = []
+    if cfg.loss == "gem":
+        parts.append(f"loss gem (beta {cfg.gem.beta}, h {cfg.gem.h})")
+    elif cfg.loss == "label_smoothing":
+        parts.append(f"label smoothing {cfg.label_smoothing_factor}")
+    if cfg.neftune_noise_alpha is not None:
+        parts.append(f"NEFTune alpha {cfg.neftune_noise_alpha} ({cfg.neftune_noise_type}, {cfg.neftune_schedule})")
+    if cfg.replay is not None:
+        parts.append(f"replay {cfg.replay.ratio:.0%} of tokens from {cfg.replay.corpus}")
+    if cfg.l2sp is not None:
+        parts.append(f"L2-SP lambda {cfg.l2sp.lambda_}")
+    if cfg.ewc is not None:
+        parts.append(f"EWC lambda {cfg.ewc.lambda_} (Fisher on {cfg.ewc.fisher_samples} samples)")
+    if cfg.kl_to_base is not None:
+        kl = cfg.kl_to_base
+        parts.append(f"KL-to-base beta {kl.beta} ({kl.direction}, on {kl.on})")
+    return parts
 
 
 def _write_stats(path: Path, data: TrainData) -> None:

@@ -1,7 +1,10 @@
 """Penalties added to the task loss to keep the tuned model near its base: L2-SP, EWC, KL-to-base.
 
 A regularizer is any object with a ``name`` and a ``penalty(model, inputs, outputs)`` that returns a
-scalar tensor; the trainer adds every penalty to the task loss and logs each one by name.
+scalar tensor; the trainer adds every penalty to the task loss and logs each one by name. Two optional
+attributes tell the trainer which logits a regularizer reads, so that it can run the output head on the
+scored positions only (see ``sftlab.train.trainer.scored_positions_only``): ``uses_logits = False``
+(a pure weight penalty: none) and ``scored_logits_suffice = True`` (only logits at scored positions).
 
 Weight-space penalties (L2-SP, EWC) count only trainable parameters and anchor them at their values
 when the regularizer is built, which must be the start of training (before a checkpoint is loaded on
@@ -16,7 +19,7 @@ import copy
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -27,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from sftlab.errors import UserError
 from sftlab.train.losses import IGNORE_INDEX, cross_entropy
+from sftlab.train.neftune import packed_padding
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -38,12 +42,23 @@ log = logging.getLogger(__name__)
 # Batch key the data pipeline sets on replay tokens: a [B, T] (per token, needed under packing) or
 # [B] (per row) 0/1 tensor. The trainer must drop it before calling the model.
 REPLAY_MASK_KEY = "replay_mask"
+# Batch key the trainer sets for the regularizers when the output head ran on scored positions only: a
+# [B, T] bool mask, True at each position t whose logits were computed (labels[t+1] != -100). The logits
+# are then ``[1, N+1, V]``: the N scored positions in row-major order, then one row no label scores.
+SCORED_POSITIONS_KEY = "scored_positions"
+# Batch keys that are not model inputs.
+NOT_MODEL_INPUTS = ("labels", REPLAY_MASK_KEY, SCORED_POSITIONS_KEY)
 FISHER_FILE = "ewc_fisher.safetensors"
 _FISHER_FORMAT = "sftlab-ewc-diagonal-fisher-v1"
 
 
 class Regularizer(Protocol):
-    """One additive penalty term."""
+    """One additive penalty term.
+
+    A regularizer may also set ``uses_logits = False`` (it never reads ``outputs.logits``) or
+    ``scored_logits_suffice = True`` (it reads them at scored positions only and understands the
+    gathered layout flagged by ``inputs[SCORED_POSITIONS_KEY]``); without either, it gets full logits.
+    """
 
     name: str
 
@@ -89,6 +104,7 @@ class L2SP:
     """
 
     name = "l2sp"
+    uses_logits = False  # a weight penalty: the trainer may skip unscored positions' logits
 
     def __init__(self, anchor: Anchor, lam: float) -> None:
         self.anchor = anchor
@@ -109,6 +125,7 @@ class EWC:
     """
 
     name = "ewc"
+    uses_logits = False  # a weight penalty: the trainer may skip unscored positions' logits
 
     def __init__(self, anchor: Anchor, fisher: dict[str, torch.Tensor], lam: float) -> None:
         missing = [n for n in anchor.names if n not in fisher]
@@ -236,12 +253,20 @@ class KLToBase:
     - ``response``: positions with a trained target (labels[t+1] != -100): the SFT responses, and replay
       text, which is trained in full.
     - ``replay``: those positions inside replay examples (batch key ``replay_mask``).
-    - ``all``: every real (non-pad) position, prompts included.
+    - ``all``: every real position, prompts included: the attention mask's; in a packed batch (no
+      mask) every position except the padding tail (the collator's last, all-pad document of a row),
+      which is found with ``pad_token_id``.
 
     The base is the frozen starting model: for a PEFT model, the same model under
     ``disable_adapter()`` (no second copy in memory); otherwise a frozen deep copy made here. The base
     runs in eval mode (no dropout, no NEFTune), so at the first step, when the tuned model equals the
-    base and its own forward is deterministic, the penalty is 0.
+    base and its own forward is deterministic, the penalty is 0. It gets the tuned forward's inputs
+    (``position_ids``, ``attention_mask``) and ``use_cache=False``, which transformers needs to build
+    the per-document mask of a packed batch. Its output head runs on the selected positions only.
+
+    With ``on`` response or replay the selected positions are all scored ones, so the trainer may run
+    the tuned model's head on scored positions only (``scored_logits_suffice``); the KL then reads the
+    gathered logits (see ``SCORED_POSITIONS_KEY``).
     """
 
     name = "kl_to_base"
@@ -252,6 +277,7 @@ class KLToBase:
         beta: float,
         direction: Literal["forward", "reverse"] = "forward",
         on: Literal["response", "replay", "all"] = "response",
+        pad_token_id: int | None = None,
     ) -> None:
         from peft import PeftModel
 
@@ -262,20 +288,40 @@ class KLToBase:
         self.beta = beta
         self.direction = direction
         self.on = on
+        self.pad_token_id = pad_token_id
+        self.scored_logits_suffice = on != "all"
         self.peft_model = model if isinstance(model, PeftModel) else None
         self.base_copy: torch.nn.Module | None = None
         if self.peft_model is None:
             # Build this before NEFTune is attached, or the copy carries its hooks (inert in eval mode).
             self.base_copy = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def _base_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", REPLAY_MASK_KEY)}
-        if self.peft_model is not None:
-            with self.peft_model.disable_adapter(), eval_mode(self.peft_model), torch.no_grad():
-                return self.peft_model(**model_inputs).logits
-        assert self.base_copy is not None
-        with torch.no_grad():
-            return self.base_copy(**model_inputs).logits
+    def _base_logits(self, inputs: dict[str, torch.Tensor], sel: torch.Tensor) -> torch.Tensor:
+        """The base model's logits at the ``sel`` [B, T] positions, [M, V] in row-major order."""
+        model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
+        model = self.peft_model if self.peft_model is not None else self.base_copy
+        assert model is not None
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+        def gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            # Vocabulary-wide logits only where the KL is taken; hidden states align with sel from the right.
+            hidden = args[0]
+            return (hidden[:, hidden.size(1) - sel.size(1) :][sel].unsqueeze(0), *args[1:])
+
+        handle = head.register_forward_pre_hook(gather) if head is not None else None
+        try:
+            with ExitStack() as stack:
+                if self.peft_model is not None:
+                    stack.enter_context(self.peft_model.disable_adapter())
+                    stack.enter_context(eval_mode(self.peft_model))
+                stack.enter_context(torch.no_grad())
+                logits = model(**model_inputs, use_cache=False).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        if head is None:
+            return logits[:, logits.size(1) - sel.size(1) :][sel]
+        return logits[0]
 
     def positions(self, inputs: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
         """The [B, T] bool mask of logit positions the KL is taken at."""
@@ -285,7 +331,11 @@ class KLToBase:
             mask = inputs.get("attention_mask")
             if mask is not None and mask.dim() == 2:
                 return mask.bool()
-            return torch.ones(batch, length, dtype=torch.bool, device=device)
+            sel = torch.ones(batch, length, dtype=torch.bool, device=device)
+            position_ids = inputs.get("position_ids")
+            if position_ids is not None and self.pad_token_id is not None:
+                sel &= ~packed_padding(inputs["input_ids"], position_ids, self.pad_token_id)
+            return sel
         labels = inputs["labels"]
         sel = torch.zeros(batch, length, dtype=torch.bool, device=device)
         sel[:, :-1] = labels[:, 1:] != IGNORE_INDEX
@@ -302,13 +352,18 @@ class KLToBase:
 
     def penalty(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
         """beta * mean KL at the selected positions (0 when there are none)."""
-        base_logits = self._base_logits(inputs)
-        batch, length = base_logits.shape[:2]
-        # Prompt tuning prepends virtual tokens to the tuned output: keep the positions of real input.
-        tuned_logits = outputs.logits[:, -length:]
+        batch, length = inputs["input_ids"].shape
         sel = self.positions(inputs, (batch, length))
-        log_tuned = F.log_softmax(tuned_logits[sel].float(), dim=-1)
-        log_base = F.log_softmax(base_logits[sel].float(), dim=-1)
+        scored = inputs.get(SCORED_POSITIONS_KEY)
+        if scored is not None:
+            # Gathered logits [1, N+1, V]: row i is the i-th scored position; sel is a subset of those.
+            tuned = outputs.logits[0, :-1][sel[scored]]
+        else:
+            # Prompt tuning prepends virtual tokens to the tuned output: keep the positions of real input.
+            tuned = outputs.logits[:, -length:][sel]
+        base = self._base_logits(inputs, sel)
+        log_tuned = F.log_softmax(tuned.float(), dim=-1)
+        log_base = F.log_softmax(base.float(), dim=-1)
         if self.direction == "forward":
             kl = F.kl_div(log_tuned, log_base, log_target=True, reduction="sum")
         else:
@@ -334,8 +389,11 @@ def build_regularizers(
 ) -> list[Regularizer]:
     """The regularizers a train config asks for (``l2sp``, ``ewc``, ``kl_to_base``).
 
-    Call it on the model as it starts training: after the PEFT wrapping, before a checkpoint is loaded
-    and before NEFTune is attached. EWC's Fisher is cached in ``run_dir`` and reused on resume.
+    Call it on the model as it starts training, on the device it trains on: after the PEFT wrapping,
+    before a checkpoint is loaded (the anchors and the KL base are the starting weights) and before
+    NEFTune is attached. EWC's Fisher is cached in ``run_dir`` and reused on resume; in a multi-process
+    run, let the main process build first (``TrainingArguments.main_process_first``) so the others
+    read its Fisher instead of all computing it.
     """
     regs: list[Regularizer] = []
     anchor = Anchor(model) if (cfg.l2sp or cfg.ewc) else None
@@ -345,7 +403,10 @@ def build_regularizers(
         ewc = cfg.ewc
         if not Path(ewc.fisher_corpus).exists():
             raise UserError(f"ewc.fisher_corpus not found: {ewc.fisher_corpus}")
+        model_path = Path(cfg.model_name_or_path).expanduser()
         meta = {
+            "model": str(model_path.resolve()) if model_path.exists() else cfg.model_name_or_path,
+            "method": cfg.method,
             "fisher_corpus": str(Path(ewc.fisher_corpus).resolve()),
             "fisher_samples": str(ewc.fisher_samples),
             "max_length": str(cfg.max_length),
@@ -365,5 +426,6 @@ def build_regularizers(
         kl = cfg.kl_to_base
         if kl.on == "replay" and cfg.replay is None:
             raise UserError("kl_to_base.on: replay needs a replay corpus: set replay.corpus (or use on: response)")
-        regs.append(KLToBase(model, kl.beta, kl.direction, kl.on))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        regs.append(KLToBase(model, kl.beta, kl.direction, kl.on, pad_token_id=pad))
     return regs

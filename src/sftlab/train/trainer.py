@@ -8,7 +8,8 @@ What this subclass adds:
   normalised by ``num_items_in_batch`` (the target-token count of the whole accumulated, all-rank
   batch), so gradient accumulation and DDP give exactly the gradient of one big batch. Each penalty is a
   per-step quantity: each micro-batch adds 1/G of it. Every component is logged by name
-  (``loss/task``, ``loss/<regularizer>``). Evaluation reports the task loss alone.
+  (``loss/task``, ``loss/<regularizer>``), with any ``log_sources`` (NEFTune's alpha). Evaluation
+  reports the task loss alone.
 - **A NaN or inf loss stops the run** with :class:`NonFiniteLossError` (a UserError: exit 2, no
   traceback) before the optimizer step, so the bad step changes no weight and saves nothing.
 - **Atomic checkpoints.** Each checkpoint is written into ``checkpoints/.staging/`` and renamed into
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,8 @@ from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
 from sftlab.train.losses import IGNORE_INDEX, LossFn, cross_entropy
-from sftlab.train.regularizers import Regularizer
+from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
 
-# Batch keys for the loss and the regularizers, not for the model's forward.
-NOT_MODEL_INPUTS = ("labels", "replay_mask")
 STAGING_DIR = ".staging"
 TRASH_DIR = ".trash"
 
@@ -71,6 +70,8 @@ class SFTLabTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
         self.loss_is_scaled_for_ga = True
+        # Callables whose values join every training log (e.g. NEFTune's alpha in effect).
+        self.log_sources: list[Callable[[], dict[str, float]]] = []
         self._components: dict[str, torch.Tensor] = {}
         self._components_since = 0
         self._staging = False
@@ -109,7 +110,13 @@ class SFTLabTrainer(Trainer):
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
         head = self._scoring_head(model)
+        reg_inputs = inputs
         if head is not None:
+            if self.regularizers and model.training:
+                # Tells a regularizer reading logits (KL-to-base on responses) where the gathered rows come from.
+                scored = torch.zeros_like(labels, dtype=torch.bool)
+                scored[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+                reg_inputs = {**inputs, SCORED_POSITIONS_KEY: scored}
             with scored_positions_only(head, labels) as labels:
                 outputs = model(**model_inputs)
             logits = outputs.logits
@@ -127,7 +134,7 @@ class SFTLabTrainer(Trainer):
             self._record("loss/task", task)
             steps = max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
             for reg in self.regularizers:
-                penalty = reg.penalty(model, inputs, outputs) / steps
+                penalty = reg.penalty(model, reg_inputs, outputs) / steps
                 self._record(f"loss/{reg.name}", penalty)
                 loss = loss + penalty
         return (loss, outputs) if return_outputs else loss
@@ -135,10 +142,14 @@ class SFTLabTrainer(Trainer):
     def _scoring_head(self, model: torch.nn.Module) -> torch.nn.Module | None:
         """The output head to feed scored positions only, or None when full logits are needed.
 
-        A regularizer reads ``outputs.logits`` unless it declares ``uses_logits = False`` (a pure weight
-        penalty such as EWC or L2-SP); then every position keeps its logits.
+        A regularizer reads every position's logits unless it declares ``uses_logits = False`` (a pure
+        weight penalty such as EWC or L2-SP) or ``scored_logits_suffice = True`` (KL-to-base on response
+        or replay positions, which reads the gathered logits); one that does keeps the full logits.
         """
-        if any(getattr(reg, "uses_logits", True) for reg in self.regularizers):
+        if any(
+            getattr(reg, "uses_logits", True) and not getattr(reg, "scored_logits_suffice", False)
+            for reg in self.regularizers
+        ):
             return None
         unwrapped = self.accelerator.unwrap_model(model)
         return unwrapped.get_output_embeddings() if hasattr(unwrapped, "get_output_embeddings") else None
@@ -146,6 +157,9 @@ class SFTLabTrainer(Trainer):
     def _record(self, name: str, value: torch.Tensor) -> None:
         """Accumulate a loss component on its device; read out (one sync) only when the Trainer logs."""
         value = value.detach()
+        if not self._components:
+            # The first record since the last log (or since a resume): the steps to average over start here.
+            self._components_since = self.state.global_step
         self._components[name] = self._components[name] + value if name in self._components else value
 
     def training_step(
@@ -179,13 +193,16 @@ class SFTLabTrainer(Trainer):
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss component per optimizer step since the last training log."""
+        """Add the mean of each loss component per optimizer step since the last training log, and the
+        values of ``log_sources``."""
         if "loss" in logs and self._components:
             steps = max(self.state.global_step - self._components_since, 1)
             for name, total in self._components.items():
                 logs[name] = nested_gather(total, self.args.parallel_mode).mean().item() / steps
             self._components = {}
-            self._components_since = self.state.global_step
+        if "loss" in logs:
+            for source in self.log_sources:
+                logs.update(source())
         super().log(logs, start_time)
 
     # ---- atomic checkpoints ------------------------------------------------------------------------
