@@ -118,43 +118,13 @@ def audit_config(cfg: SweepConfig, tuned: str, out: str, cache: Path) -> AuditCo
 # Running
 
 
-def reset_peak_memory() -> None:
-    """Start a new peak: CUDA's allocator stats, and on Linux the process's peak RSS (``clear_refs`` 5)."""
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # not Linux, or not allowed: the peak then covers the whole process so far
-
-
-def peak_memory_mb() -> float | None:
-    """Peak GPU memory allocated when on CUDA, else the process's peak RSS (VmHWM) since the last reset."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def train_run(cfg: SweepConfig, spec: RunSpec) -> tuple[Path, dict[str, Any]]:
     """Train one strategy (resuming its own checkpoints); returns the model dir and its cost."""
     from sftlab.recipes.train import run_train
 
-    reset_peak_memory()
-    started = time.perf_counter()
     model_dir = run_train(train_config(cfg, spec))
-    seconds = time.perf_counter() - started
     summary = json.loads((spec.run_dir / "summary.json").read_text())
-    return model_dir, {
-        "train_seconds": seconds,
-        "peak_memory_mb": peak_memory_mb(),
-        "trainable_params": summary["trainable_params"],
-    }
+    return model_dir, {key: summary[key] for key in ("train_seconds", "peak_memory_mb", "trainable_params")}
 
 
 def interpolate_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
@@ -223,9 +193,10 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
         row["delta_benchmark"] = float(np.mean([per[tuned_name]["accuracy"] - per[base]["accuracy"] for per in mc.values()]))
     world = sections.get("world")
     if world:
-        row["genres_covered"] = world["models"][tuned_name]["open"]["covered"]
-        row["genre_entropy"] = world["models"][tuned_name]["open"]["entropy"]
-        row["task_score"] = world["models"][tuned_name].get("task_score")
+        judged = world["models"][tuned_name]
+        row["genres_covered"] = judged["open"]["covered"] if judged["open"] else None
+        row["genre_entropy"] = judged["open"]["entropy"] if judged["open"] else None
+        row["task_score"] = judged["task"]
     elif "task" in sections:
         row["task_score"] = sections["task"]["models"][tuned_name].get("rouge_l")
     return row
@@ -317,13 +288,13 @@ def format_cell(column: Column, stats: dict[str, float | None]) -> str:
 
 def print_table(console: Console, table: dict[str, Any]) -> None:
     """A short console table: the headline columns only."""
-    keys = ["eval_loss", "task_score", "diversity_kept_per_input", "genres_covered", "delta_perplexity",
-            "shifted", "train_seconds"]
-    cols = [c for c in COLUMNS if c.key in keys]
+    short = {"eval_loss": "eval loss", "task_score": "task", "diversity_kept_per_input": "div. kept",
+             "genres_covered": "genres", "delta_perplexity": "Δ ppl", "shifted": "shifted", "train_seconds": "train s"}
+    cols = [c for c in COLUMNS if c.key in short]
     rich_table = RichTable(title="sweep (mean ± std over seeds)")
-    rich_table.add_column("strategy")
+    rich_table.add_column("strategy", no_wrap=True)
     for c in cols:
-        rich_table.add_column(c.label, justify="right")
+        rich_table.add_column(short[c.key], justify="right", no_wrap=True)
     for name, s in table["strategies"].items():
         rich_table.add_row(name, *[format_cell(c, s["columns"][c.key]) for c in cols])
     console.print(rich_table)
