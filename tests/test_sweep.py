@@ -1,0 +1,64 @@
+"""Sweep pieces that need no training: config checks, aggregation, the Pareto front, formatting."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sftlab.errors import UserError
+from sftlab.sweep import COLUMNS, aggregate, format_cell, load_sweep, pareto_front, plan
+
+
+def _sweep(tmp_path, **overrides):
+    data = {
+        "base_model": "base",
+        "out": str(tmp_path / "sweep"),
+        "train": {"train_file": "train.jsonl"},
+        "strategies": [{"name": "full"}, {"name": "wise", "interpolate": {"source": "full", "alpha": 0.5}}],
+        "audit": {"prompts": "prompts.jsonl"},
+        **overrides,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_plan_runs_trained_strategies_before_interpolations(tmp_path):
+    cfg = load_sweep(str(_sweep(tmp_path, strategies=[
+        {"name": "wise", "interpolate": {"source": "full"}}, {"name": "full"}], seeds=[0, 1])))
+    assert [(s.strategy.name, s.seed) for s in plan(cfg)] == [("full", 0), ("wise", 0), ("full", 1), ("wise", 1)]
+    assert plan(cfg)[1].run_dir == tmp_path / "sweep" / "runs" / "wise" / "seed0"
+
+
+def test_a_typo_in_a_strategy_is_caught_before_any_run(tmp_path):
+    path = _sweep(tmp_path, strategies=[{"name": "full", "train": {"learning_rat": 0.1}}])
+    with pytest.raises(UserError, match="did you mean 'learning_rate'"):
+        load_sweep(str(path))
+
+
+@pytest.mark.parametrize("strategies, message", [
+    ([{"name": "a"}, {"name": "a"}], "unique"),
+    ([{"name": "w", "interpolate": {"source": "missing"}}], "not a trained strategy"),
+    ([{"name": "w", "interpolate": {"source": "w"}}], "not a trained strategy"),
+])
+def test_bad_strategy_lists_are_user_errors(tmp_path, strategies, message):
+    with pytest.raises(UserError, match=message):
+        load_sweep(str(_sweep(tmp_path, strategies=strategies)))
+
+
+def test_pareto_front_by_hand():
+    # (1,1) is beaten by (2,2); (3,0) and (0,3) and (2,2) trade off; (2,2) duplicates are both kept.
+    points = [(1, 1), (2, 2), (3, 0), (0, 3), (2, 2)]
+    assert pareto_front(points) == [1, 2, 3, 4]
+
+
+def test_aggregate_mean_and_sample_std_over_seeds():
+    rows = [{"strategy": "a", "seed": 0, "eval_loss": 1.0}, {"strategy": "a", "seed": 1, "eval_loss": 3.0},
+            {"strategy": "b", "seed": 0, "eval_loss": 2.0}]
+    table = aggregate(rows, ["a", "b"])
+    a, b = table["strategies"]["a"]["columns"]["eval_loss"], table["strategies"]["b"]["columns"]["eval_loss"]
+    assert a == {"mean": 2.0, "std": pytest.approx(2 ** 0.5)} and b == {"mean": 2.0, "std": None}
+    assert table["strategies"]["b"]["columns"]["shifted"] == {"mean": None, "std": None}
+    columns = {c.key: c for c in COLUMNS}
+    assert format_cell(columns["shifted"], {"mean": 0.0412, "std": 0.005}) == "4.1% ± 0.5%"
+    assert format_cell(columns["eval_loss"], {"mean": None, "std": None}) == "–"
