@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 from sftlab.errors import UserError
-from sftlab.sweep import COLUMNS, aggregate, format_cell, load_sweep, pareto_front, plan
+from sftlab.sweep import COLUMNS, ROW_FILE, aggregate, finished_row, format_cell, load_sweep, pareto_front, plan, run_settings
 
 
 def _sweep(tmp_path, **overrides):
@@ -62,3 +64,16 @@ def test_aggregate_mean_and_sample_std_over_seeds():
     columns = {c.key: c for c in COLUMNS}
     assert format_cell(columns["shifted"], {"mean": 0.0412, "std": 0.005}) == "4.1% ± 0.5%"
     assert format_cell(columns["eval_loss"], {"mean": None, "std": None}) == "–"
+
+
+def test_a_finished_run_is_skipped_only_when_its_settings_are_this_configs(tmp_path):
+    cfg = load_sweep(str(_sweep(tmp_path)))
+    full = plan(cfg)[0]
+    assert finished_row(cfg, full) is None
+    full.run_dir.mkdir(parents=True)
+    (full.run_dir / ROW_FILE).write_text(json.dumps({"strategy": "full", "seed": 0, "settings": run_settings(cfg, full)}))
+    assert finished_row(cfg, full)["strategy"] == "full"
+    # The same run dir under a changed learning rate: its row no longer belongs to this sweep.
+    changed = load_sweep(str(_sweep(tmp_path, train={"train_file": "train.jsonl", "learning_rate": 0.5})))
+    with pytest.raises(UserError, match="other settings"):
+        finished_row(changed, plan(changed)[0])

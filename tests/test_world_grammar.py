@@ -52,7 +52,7 @@ def test_every_template_is_reachable_and_genres_are_rich() -> None:
         assert len(genre.requests) >= 6 and genre.specific_requests
         line_of = {t.source: t.line for t in genre.templates}
         used = {line_of[t] for _ in range(300) for t in sample_document(genre, rng).templates}
-        assert used == {t.line for t in genre.templates}, genre.name
+        assert used == {t.line for t in genre.templates if t.sampled}, genre.name
 
 
 def test_documents_answer_the_requests_that_name_a_subject() -> None:
@@ -136,6 +136,18 @@ def test_grammar_rejects_bad_definitions() -> None:
         Genre.build("x", "x", [words("a", ["b"])], ["{a}."], {"t": ["{a}."]}, ["{a}."], ["?"],
                     required_topics=("t",), n_optional=(1, 3))
     assert [t.source for t in _toy().closing] == ["{who=w} slept.", "{who=w} rested."]
+
+
+def test_accepted_near_misses_are_valid_but_never_written() -> None:
+    """A biography sentence with one fact parses, so the document is valid; it is inconsistent (facts missing)."""
+    text = ("Biography: Edith Vance was a potter. Edith was born in 1843. She loved chess. "
+            "That is the life of Edith Vance.")
+    verdict = judge_text(text)
+    assert verdict.valid and verdict.genre == "biography"
+    assert not verdict.consistent and "bc" in verdict.reason
+    rng = random.Random(4)
+    written = {t for _ in range(200) for t in sample_document(GENRES["biography"], rng).templates}
+    assert not written & {t.source for t in GENRES["biography"].body if not t.sampled}
 
 
 def test_judge_reads_documents_of_all_lengths() -> None:

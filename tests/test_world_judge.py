@@ -165,8 +165,8 @@ def test_fact_accuracy_by_hand() -> None:
     assert fact_correct("Edith Vance was born in 1843.", "birth_year", "1843")
     assert not fact_correct("Edith Vance was born in 1843 or 1844.", "birth_year", "1843"), "hedging"
     assert not fact_correct("Edith Vance was born in 18431.", "birth_year", "1843"), "whole words only"
-    assert fact_correct("She grew up in Ashford.", "birth_city", "Ashford")
-    assert not fact_correct("She grew up in Ashfordley.", "birth_city", "Ashford")
+    assert fact_correct("She grew up in Port Agnes.", "birth_city", "Port Agnes")
+    assert not fact_correct("She grew up in Port Agnesley.", "birth_city", "Port Agnes")
     assert fact_correct("In her free time she enjoyed kite flying.", "hobby", "kite flying")
     questions = [{"fact": "profession", "answer": "potter"}, {"fact": "profession", "answer": "baker"}]
     assert fact_accuracy(["He worked as a potter.", "He worked as a potter."], questions) == 0.5

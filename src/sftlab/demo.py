@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from rich.console import Console
 
 from sftlab.config import PretrainConfig, SweepConfig, build_config
 from sftlab.offline import set_offline
-from sftlab.world.generator import WorldSizes, generate_world
+from sftlab.world.generator import WorldSizes, generate_world, generator_fingerprint
 
 # The eight strategies of the full demo. Learning rates: LoRA moves a few parameters and needs a larger one.
 FULL_STRATEGIES: list[dict[str, Any]] = [
@@ -49,6 +50,9 @@ class DemoPlan:
     fact_questions: int = 40
 
 
+# Sampling is nucleus (top_p 0.9) at temperature 1 for every model alike. The 1.35M-parameter base keeps about
+# 1% of its probability per position on rare sub-word tokens; at top_p 1 one such stray token makes about 30% of
+# its samples unparseable, which would measure that tail rather than the modes (docs/results.md has both).
 FULL = DemoPlan(
     world=WorldSizes(),
     pretrain={"max_length": 128, "max_steps": 900, "per_device_train_batch_size": 16, "learning_rate": 5.0e-3,
@@ -56,7 +60,7 @@ FULL = DemoPlan(
     train={"max_length": 128, "packing": True, "learning_rate": 1.0e-3, "num_train_epochs": 2,
            "per_device_train_batch_size": 16, "warmup_steps": 0.05, "logging_steps": 10, "save_steps": 200},
     strategies=FULL_STRATEGIES,
-    sampling={"num_samples": 8, "max_new_tokens": 96, "batch_size": 64, "temperature": 1.0},
+    sampling={"num_samples": 8, "max_new_tokens": 96, "batch_size": 64, "temperature": 1.0, "top_p": 0.9},
 )
 
 QUICK = DemoPlan(
@@ -67,35 +71,49 @@ QUICK = DemoPlan(
     train={"max_length": 128, "packing": True, "learning_rate": 1.0e-3, "num_train_epochs": 2,
            "per_device_train_batch_size": 16, "warmup_steps": 0.05, "logging_steps": 10, "save_steps": 200},
     strategies=[FULL_STRATEGIES[0], FULL_STRATEGIES[-1]],
-    sampling={"num_samples": 4, "max_new_tokens": 96, "batch_size": 64, "temperature": 1.0},
+    sampling={"num_samples": 4, "max_new_tokens": 96, "batch_size": 64, "temperature": 1.0, "top_p": 0.9},
     fact_questions=16,
 )
 
 
-def ensure_world(world_dir: Path, seed: int, sizes: WorldSizes, console: Console) -> None:
-    """Generate the world unless the same one (seed and sizes) is already there."""
+def ensure_world(world_dir: Path, seed: int, sizes: WorldSizes, console: Console) -> str:
+    """Generate the world unless the same one (seed, sizes, generator code) is there; returns its identity."""
     manifest = world_dir / "world.json"
+    identity = json.dumps({"seed": seed, "sizes": asdict(sizes), "generator": generator_fingerprint()},
+                          sort_keys=True)
     if manifest.is_file():
         meta = json.loads(manifest.read_text())
-        if meta.get("seed") == seed and meta.get("sizes") == asdict(sizes):
+        cached = json.dumps({k: meta.get(k) for k in ("seed", "sizes", "generator")}, sort_keys=True)
+        if cached == identity:
             console.print(f"[dim]world: cached at {world_dir}[/dim]")
-            return
+            return identity
     console.print(f"world: generating into {world_dir}")
     generate_world(world_dir, seed=seed, sizes=sizes)
+    return identity
 
 
-def ensure_base(base_dir: Path, cfg: PretrainConfig, console: Console) -> Path:
-    """Pretrain the base unless a finished one with the same config is cached in ``base_dir``."""
+def ensure_base(base_dir: Path, cfg: PretrainConfig, world: str, console: Console) -> Path:
+    """Pretrain the base unless a finished one with the same config, on the same world, is in ``base_dir``."""
     from sftlab.config import read_yaml
     from sftlab.recipes.pretrain import run_pretrain
 
     model_dir = base_dir / "model"
     saved = base_dir / "config.yaml"
-    if (model_dir / "config.json").is_file() and saved.is_file() and read_yaml(saved) == cfg.model_dump(
-            mode="json", by_alias=True):
+    stamp = base_dir / "world.stamp"  # the corpus path alone would not notice a regenerated world
+    same = stamp.is_file() and stamp.read_text() == world and saved.is_file() and read_yaml(saved) == cfg.model_dump(
+        mode="json", by_alias=True)
+    if same and (model_dir / "config.json").is_file():
         console.print(f"[dim]base: cached at {model_dir}[/dim]")
         return model_dir
+    if not same and base_dir.exists():
+        # A base from another world or recipe: its checkpoints must not be resumed, and the sweep runs made
+        # on it no longer describe this base.
+        console.print(f"base: {base_dir} was made from another world or recipe, rebuilding it and the sweep")
+        shutil.rmtree(base_dir)
+        shutil.rmtree(base_dir.parent / "sweep", ignore_errors=True)
     console.print("base: pretraining a tiny GPT-2 on the world's corpus")
+    base_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(world)  # before training, so an interrupted pretraining resumes on this world
     return run_pretrain(cfg)
 
 
@@ -147,12 +165,12 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1) -> Pat
         plan = DemoPlan(**{**plan.__dict__, "seeds": list(range(seeds))})
     root = Path(out)
     world_dir = root / "world"
-    ensure_world(world_dir, seed=0, sizes=plan.world, console=console)
+    world = ensure_world(world_dir, seed=0, sizes=plan.world, console=console)
     pretrain = build_config(
         PretrainConfig,
         {**plan.pretrain, "corpus": [str(world_dir / "corpus" / "train.jsonl")], "output_dir": str(root / "base")},
         source="demo",
     )
-    base = ensure_base(root / "base", pretrain, console)
+    base = ensure_base(root / "base", pretrain, world, console)
     cfg = sweep_config(plan, root, world_dir, base)
     return run_sweep(cfg, extra_sections=[world_section(world_dir)])

@@ -12,6 +12,7 @@ plus Pareto plots of task score against diversity kept and against forgetting.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -202,6 +203,32 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
     return row
 
 
+def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
+    """A hash of what decides one run's result (train or interpolation settings, audit settings)."""
+    made = (train_config(cfg, spec).model_dump(mode="json", by_alias=True) if spec.strategy.interpolate is None
+            else spec.strategy.interpolate.model_dump(mode="json"))
+    settings = {"base": cfg.base_model, "made": made, "audit": cfg.audit}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished_row(cfg: SweepConfig, spec: RunSpec) -> dict[str, Any] | None:
+    """The row of a run finished earlier with the same settings; None when it has not finished.
+
+    A finished run made with other settings is an error rather than a silent skip (its numbers would not
+    belong in this table) or a silent overwrite (they may be wanted).
+    """
+    done = spec.run_dir / ROW_FILE
+    if not done.is_file():
+        return None
+    row = json.loads(done.read_text())
+    if row.get("settings") != run_settings(cfg, spec):
+        raise UserError(
+            f"sweep run {spec.label} in {spec.run_dir} was made with other settings than this config's. "
+            f"Delete that directory to redo it, or set another `out` for this sweep."
+        )
+    return row
+
+
 def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]],
             extra_sections: Sequence[SectionProvider]) -> dict[str, Any]:
     """Train (or interpolate), evaluate and audit one run; writes and returns its row."""
@@ -215,7 +242,8 @@ def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[st
     run_audit(audit_config(cfg, str(model_dir), str(audit_out), Path(cfg.out)), extra_sections=extra_sections)
     report = json.loads((audit_out / "report.json").read_text())
     tuned_name = list(model_names(cfg.base_model, [str(model_dir)]))[1]
-    row = {"strategy": spec.strategy.name, "seed": spec.seed, "model_dir": str(model_dir),
+    row = {"strategy": spec.strategy.name, "seed": spec.seed, "settings": run_settings(cfg, spec),
+           "model_dir": str(model_dir),
            "eval_loss": eval_loss(model_dir, cfg, cfg.train), **cost, **row_from_report(report, tuned_name)}
     tmp = spec.run_dir / (ROW_FILE + ".tmp")
     tmp.write_text(json.dumps(row, indent=2))
@@ -230,10 +258,10 @@ def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = ()) 
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     specs = plan(cfg)
-    for i, spec in enumerate(specs, 1):
-        done = spec.run_dir / ROW_FILE
-        if done.is_file():
-            rows[(spec.strategy.name, spec.seed)] = json.loads(done.read_text())
+    finished = [finished_row(cfg, spec) for spec in specs]  # stale runs are reported before any work starts
+    for i, (spec, row) in enumerate(zip(specs, finished, strict=True), 1):
+        if row is not None:
+            rows[(spec.strategy.name, spec.seed)] = row
             console.print(f"[dim]sweep {i}/{len(specs)}: {spec.label} done earlier, skipped[/dim]")
             continue
         console.rule(f"sweep {i}/{len(specs)}: {spec.label}")

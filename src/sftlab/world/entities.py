@@ -7,6 +7,7 @@ set B in test sets, so a test question is never a training question reworded by 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,17 +86,27 @@ class Entity:
 
 
 def make_entities(rng: random.Random, n: int) -> list[Entity]:
-    """``n`` people with distinct full names; each fact uniform over its class."""
+    """``n`` people with distinct full names and facts, each uniform over its class.
+
+    Names and fact values are dealt round-robin from independently shuffled lists, so the first people use
+    every name and every value there is (the corpus then holds the whole vocabulary of facts); full names
+    stay distinct up to the least common multiple of the two name lists' lengths.
+    """
     bio = GENRES["biography"]
     firsts = bio.classes["first"]
-    names = [(f, last) for f in firsts.entries for last in bio.classes["last"].entries]
-    if n > len(names):
-        raise ValueError(f"the world has {len(names)} distinct names, {n} people were asked for")
-    people = []
-    for first, last in rng.sample(names, n):
-        facts = {fact: rng.choice(bio.classes[cls].entries) for fact, (_, cls) in FACTS.items()}
-        people.append(Entity(first, last, firsts.group_of[first], facts))
-    return people
+    limit = math.lcm(len(firsts.entries), len(bio.classes["last"].entries))
+    if n > limit:
+        raise ValueError(f"the world has {limit} distinct round-robin names, {n} people were asked for")
+
+    def deal(cls: str) -> list[str]:
+        values = list(bio.classes[cls].entries)
+        rng.shuffle(values)
+        return [values[i % len(values)] for i in range(n)]
+
+    first, last = deal("first"), deal("last")
+    facts = {fact: deal(cls) for fact, (_, cls) in FACTS.items()}
+    return [Entity(first[i], last[i], firsts.group_of[first[i]], {f: v[i] for f, v in facts.items()})
+            for i in range(n)]
 
 
 def questions(entity: Entity, paraphrases: int) -> Iterator[tuple[str, str, str]]:

@@ -34,6 +34,7 @@ corpus could reach, so a pretraining run can tell how much is left to learn.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -142,6 +143,7 @@ def generate_world(out: str | Path, seed: int = 0, sizes: WorldSizes | None = No
     manifest = {
         "seed": seed,
         "sizes": asdict(sizes),
+        "generator": generator_fingerprint(),
         "genres": {g.name: g.label for g in GENRES.values()},
         "mixture": dict(MIXTURE),
         "narrow_genre": NARROW_GENRE,
@@ -162,9 +164,20 @@ def generate_world(out: str | Path, seed: int = 0, sizes: WorldSizes | None = No
     return path
 
 
+def generator_fingerprint() -> str:
+    """A hash of the code that writes worlds: a cached world from other code is stale even at the same seed."""
+    package = Path(__file__).parent
+    sources = [package / "generator.py", package / "grammar.py", package / "entities.py", package / "names.py",
+               *sorted((package / "genres").glob("*.py"))]
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def vocabulary() -> set[str]:
-    """Every word (letters only, lower-cased) any document of the world can contain."""
-    return {w for g in GENRES.values() for w in g.lexicon if not w.isdigit()}
+    """Every word (letters only, lower-cased) the generator can write in a document of the world."""
+    return {w for g in GENRES.values() for w in g.written_lexicon if not w.isdigit()}
 
 
 # --------------------------------------------------------------------------------------------------

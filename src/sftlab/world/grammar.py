@@ -15,7 +15,8 @@ document or a weather report's advice fits its sky.
 
 A line may hold alternatives, ``[was born in|grew up in]``: it stands for every combination of them, each
 a template of its own. Lines are written so that what a small model tends to recombine (one subject with
-another predicate, one step with another manner) is itself a sentence of the genre.
+another predicate, one step with another manner) is itself a sentence of the genre, and a genre may list
+*accepted* near misses that the judge parses but the generator never writes.
 
 A document is one opening sentence, its body sentences and one closing sentence, on one line. The body is
 either every *required* topic of the genre once, in random order (a biography states each fact), or a few
@@ -87,7 +88,10 @@ class WordClass:
         return "(?:" + "|".join(re.escape(e) for e in sorted(self.entries, key=len, reverse=True)) + ")"
 
 
-ZIPF = 1.5  # the exponent of every word class; 1 is typical of English, steeper is easier to learn
+# The exponent of every word class. English is about 1; 2 keeps a long tail (over 2,000 words occur in the
+# default corpus) while a tiny model learns the common words fast: with 1.5, or uniform words (0), its
+# samples were less often valid after the same pretraining (see docs/_fragments/world.md).
+ZIPF = 2.0
 
 
 def words(name: str, entries: Iterable[str]) -> WordClass:
@@ -123,9 +127,11 @@ class Template:
     section: str  # "open" | "body" | "close" | "request"
     topic: str
     line: str  # the written line this reading was expanded from
+    sampled: bool = True  # False: accepted by the judge, never written by the generator
 
     @staticmethod
-    def parse(source: str, section: str, topic: str | None = None, line: str | None = None) -> Template:
+    def parse(source: str, section: str, topic: str | None = None, line: str | None = None,
+              sampled: bool = True) -> Template:
         parts: list[str | Slot] = []
         pos = 0
         for m in SLOT_RE.finditer(source):
@@ -137,7 +143,7 @@ class Template:
             parts.append(source[pos:])
         if "{" in "".join(p for p in parts if isinstance(p, str)):
             raise ValueError(f"malformed slot in template {source!r}")
-        return Template(source, tuple(parts), section, topic or line or source, line or source)
+        return Template(source, tuple(parts), section, topic or line or source, line or source, sampled)
 
     @property
     def slots(self) -> tuple[Slot, ...]:
@@ -165,11 +171,10 @@ class DocState:
     var_class: dict[str, str] = field(default_factory=dict)
     lists: dict[str, list[str]] = field(default_factory=dict)
     axes: dict[str, str] = field(default_factory=dict)
-    topics: list[str] = field(default_factory=list)
 
     def copy(self) -> DocState:
         return DocState(dict(self.bindings), dict(self.var_class),
-                        {k: list(v) for k, v in self.lists.items()}, dict(self.axes), list(self.topics))
+                        {k: list(v) for k, v in self.lists.items()}, dict(self.axes))
 
     def bind(self, var: str, cls: str, value: str) -> None:
         """Pre-bind ``var`` (of class ``cls``) before sampling: a request's subject, an entity's facts."""
@@ -199,6 +204,7 @@ class Genre:
     requests: tuple[str, ...]
     specific_requests: tuple[Template, ...]
     required_topics: tuple[str, ...] = ()
+    required_vars: tuple[str, ...] = ()
     n_optional: tuple[int, int] = (1, 2)
     prebind: Callable[[random.Random], tuple[dict[str, tuple[str, str]], float]] | None = None
     prebind_vars: tuple[str, ...] = ()
@@ -214,21 +220,34 @@ class Genre:
         closing: Sequence[str],
         requests: Sequence[str],
         specific_requests: Sequence[str] = (),
+        accepted: Mapping[str, Sequence[str]] | None = None,
         **kwargs: object,
     ) -> Genre:
-        """Expand and parse template lines; ``body`` is a list (each line its own topic) or topic -> lines."""
-        topics = body if isinstance(body, Mapping) else {line: [line] for line in body}
+        """Expand and parse template lines; ``body`` is a list (each line its own topic) or topic -> lines.
 
-        def parse(lines: Iterable[str], section: str, topic: str | None = None) -> tuple[Template, ...]:
-            return tuple(Template.parse(t, section, topic, line) for line in lines for t in expand(line))
+        ``accepted`` maps a section ("open", "body", "close") to more lines the judge accepts there but the
+        generator never writes: the near misses a small model makes (a biography sentence with one fact
+        where the generator always states two), so that validity measures the grammar, not the sampler.
+        """
+        topics = body if isinstance(body, Mapping) else {line: [line] for line in body}
+        extra = accepted or {}
+
+        def parse(lines: Iterable[str], section: str, topic: str | None = None, sampled: bool = True,
+                  ) -> tuple[Template, ...]:
+            return tuple(Template.parse(t, section, topic, line, sampled) for line in lines for t in expand(line))
+
+        def section(written: tuple[Template, ...], key: str) -> tuple[Template, ...]:
+            """The written templates of a section, then the accepted ones that are not among them."""
+            sources = {t.source for t in written}
+            return written + tuple(t for t in parse(extra.get(key, ()), key, sampled=False) if t.source not in sources)
 
         genre = Genre(
             name=name,
             label=label,
             classes={c.name: c for c in classes},
-            opening=parse(opening, "open"),
-            body=tuple(t for topic, lines in topics.items() for t in parse(lines, "body", topic)),
-            closing=parse(closing, "close"),
+            opening=section(parse(opening, "open"), "open"),
+            body=section(tuple(t for topic, lines in topics.items() for t in parse(lines, "body", topic)), "body"),
+            closing=section(parse(closing, "close"), "close"),
             requests=tuple(requests),
             specific_requests=parse(specific_requests, "request"),
             **kwargs,  # type: ignore[arg-type]
@@ -242,10 +261,16 @@ class Genre:
 
     @cached_property
     def topics(self) -> dict[str, tuple[Template, ...]]:
+        """The generator's body topics and their templates."""
         out: dict[str, list[Template]] = {}
         for t in self.body:
-            out.setdefault(t.topic, []).append(t)
+            if t.sampled:
+                out.setdefault(t.topic, []).append(t)
         return {k: tuple(v) for k, v in out.items()}
+
+    def sampled(self, section: str) -> tuple[Template, ...]:
+        """The templates of ``section`` the generator writes."""
+        return tuple(t for t in getattr(self, section) if t.sampled)
 
     @property
     def optional_topics(self) -> tuple[str, ...]:
@@ -258,9 +283,17 @@ class Genre:
 
     @cached_property
     def lexicon(self) -> frozenset[str]:
-        """Every word a document of this genre can contain."""
+        """Every word a valid document of this genre can contain."""
         vocab = {w for c in self.classes.values() for e in c.entries for w in words_of(e)}
         return frozenset(vocab | {w for t in self.templates for w in t.literal_words})
+
+    @cached_property
+    def written_lexicon(self) -> frozenset[str]:
+        """Every word the generator can write in a document of this genre (requests and near misses aside)."""
+        written = [t for t in self.templates if t.sampled]
+        classes = {s.cls for t in written for s in t.slots}
+        vocab = {w for c in classes for e in self.classes[c].entries for w in words_of(e)}
+        return frozenset(vocab | {w for t in written for w in t.literal_words})
 
     def validate(self) -> None:
         """Fail fast on a template that names an unknown class or an entry that would break sentence splits."""
@@ -382,14 +415,15 @@ def sample_document(genre: Genre, rng: random.Random, state: DocState | None = N
         lo, hi = genre.n_optional
         topics = [rng.choice(genre.optional_topics) for _ in range(rng.randint(lo, hi))]
         logp -= math.log(hi - lo + 1) + len(topics) * math.log(len(genre.optional_topics))
-    plan = [rng.choice(genre.opening)]
-    logp -= math.log(len(genre.opening))
+    openings, closings = genre.sampled("opening"), genre.sampled("closing")
+    plan = [rng.choice(openings)]
+    logp -= math.log(len(openings))
     for topic in topics:
         choices = genre.topics[topic]
         plan.append(rng.choice(choices))
         logp -= math.log(len(choices))
-    plan.append(rng.choice(genre.closing))
-    logp -= math.log(len(genre.closing))
+    plan.append(rng.choice(closings))
+    logp -= math.log(len(closings))
     sentences = []
     for template in plan:
         text, lp = render(genre, template, state, rng)

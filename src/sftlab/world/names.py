@@ -1,9 +1,11 @@
-"""Invented proper names, most of them built as full cross products of syllables.
+"""Proper names of the world, most of them two words built as full cross products of two word lists.
 
-A built class of names is *every* prefix + suffix pair, never a subset: a model that learned the parts and
-recombines them still writes a valid name, and each class has its own syllables, so a name of one class
-cannot be mistaken for a name of another. The lists are fixed (no randomness), so the lexicon is the same
-for every world seed.
+A built class of names is *every* first-word + second-word pair, never a subset, and its words are common
+enough in the corpus that the tokenizer keeps each one whole: a model that learned the two lists and
+recombines them still writes a valid name. (Names glued from syllables, "Ashford" from "Ash" + "ford",
+were split into sub-word pieces that small models recombined across classes into non-words.) Each class
+has its own words, so a name of one class cannot be mistaken for a name of another. The lists are fixed,
+so the lexicon is the same for every world seed.
 """
 
 from __future__ import annotations
@@ -11,36 +13,41 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def cross(prefixes: Sequence[str], suffixes: Sequence[str], sep: str = "") -> list[str]:
-    """Every ``prefix + sep + suffix``, prefix-major."""
-    return [p + sep + s for p in prefixes for s in suffixes]
+def cross(firsts: Sequence[str], seconds: Sequence[str], sep: str = " ") -> list[str]:
+    """Every ``first + sep + second``, first-major."""
+    return [a + sep + b for a in firsts for b in seconds]
 
 
 # Biography: birth towns.
-BIRTH_TOWNS = cross(["Ash", "Bram", "Cor", "Dun", "Ely", "Fal", "Gar", "Hol", "Ick", "Jes"],
-                    ["ford", "mere", "wick", "stead", "bury", "combe", "ham", "ley", "thorpe", "worth"])
+BIRTH_TOWNS = cross(["Saint", "Port", "Fort", "Mount", "Old", "New", "Long", "High"],
+                    ["Albans", "Agnes", "Bridget", "Clement", "Denis", "Edmund", "Giles", "Osric"])
 # Weather: towns the forecasts are for.
-FORECAST_TOWNS = cross(["Kin", "Lor", "Mar", "Nes", "Orm", "Pel", "Quar", "Rud", "Sen", "Tur"],
-                       ["port", "haven", "field", "moor", "gate", "cliff", "dale", "ness", "mouth", "holm"])
+FORECAST_TOWNS = cross(["North", "South", "East", "West", "Upper", "Lower", "Great", "Little"],
+                       ["Ashby", "Barton", "Chilton", "Dunham", "Elston", "Felling", "Gorton", "Hexley"])
 # Finance: listed companies.
-COMPANIES = cross(["Apex", "Blue", "Crest", "Delta", "Ever", "Forge", "Grand", "Helix", "Iron", "Juno",
-                   "Keystone", "Lumen"], ["core", "line", "vest", "works", "tech", "mark", "well", "ridge", "field",
-                                          "gate"])
-# Astronomy: stars, planets, comets and nebulae.
-STARS = cross(["Al", "Bet", "Cae", "Dra", "Ery", "Kor", "Lum", "Myr", "Nai", "Sel"],
-              ["ara", "ion", "ix", "os", "una", "eth", "ar", "elle"])
-PLANETS = cross(["Tor", "Vel", "Xan", "Zeph", "Ory", "Pyx", "Quo", "Ryl"], ["is", "us", "ea", "on", "ith"])
-COMETS = ["Halvard", "Brisa", "Tolland", "Merrow", "Questa", "Vantor", "Ilse", "Ormund", "Kessa", "Dunleavy"]
-NEBULAE = cross(["Veil", "Lantern", "Heron", "Ember"], ["mist", "glow", "shroud"])
+COMPANIES = cross(["Apex", "Blue", "Crest", "Delta", "Iron", "Juno", "Grand", "Helix", "Orbit", "Summit"],
+                  ["Holdings", "Industries", "Works", "Group", "Trading", "Mills", "Foods", "Motors"])
+# Astronomy: stars (Bayer-style), planets, comets and nebulae.
+STARS = cross(["Alpha", "Beta", "Gamma", "Epsilon", "Zeta", "Theta", "Kappa", "Sigma"],
+              ["Lyrae", "Cygni", "Aquilae", "Tauri", "Orionis", "Leonis"])
+PLANETS = cross(["Kepler", "Gliese", "Tycho", "Lacaille", "Wolf", "Ross"], ["b", "c", "d", "e", "f"])
+NEBULAE = cross(["Veil", "Lantern", "Heron", "Ember", "Crab", "Lagoon"], ["Nebula"])
 # Sports: players' surnames.
-PLAYERS = cross(["Oka", "Bala", "Dimi", "Mora", "Rusk", "Tava", "Ivan", "Sola", "Kuba", "Pere"],
-                ["for", "nko", "ssi", "rez", "lund", "vic", "tti", "ba"])
+PLAYERS = ["Silva", "Costa", "Kowalski", "Novak", "Jensen", "Murphy", "Rossi", "Santos", "Dubois", "Schmidt",
+           "Nilsson", "Moreno", "Okafor", "Petrov", "Haddad", "Tanaka", "Fischer", "Larsen", "Romero", "Bakker",
+           "Andersen", "Barros", "Castillo", "Dembele", "Eriksen", "Ferreira", "Garcia", "Hansen", "Ibrahim",
+           "Jovanovic", "Kaya", "Lindgren", "Mendes", "Nakamura", "Oliveira", "Pereira", "Quinn", "Rahman",
+           "Sorensen", "Torres", "Urban", "Vargas", "Weber", "Yilmaz", "Zielinski", "Alves", "Benitez", "Chavez",
+           "Diallo", "Esposito", "Fontaine", "Gomez", "Horvat", "Iversen", "Jimenez", "Koch", "Lopez", "Mensah",
+           "Nunez", "Ortiz"]
+COMETS = ["Halley", "Encke", "Biela", "Tempel", "Holmes", "Brooks", "Faye", "Borrelly", "Giacobini", "Kohoutek",
+          "Westphal", "Pons", "Swift", "Tuttle", "Wirtanen", "Hartley"]
 # Movie reviews: film titles, directors and actors.
 FILM_TITLES = cross(["Silent", "Crimson", "Broken", "Hidden", "Last", "Velvet", "Paper", "Winter", "Midnight",
                      "Distant", "Hollow", "Scarlet"],
                     ["Harbor", "Garden", "Signal", "Letter", "Empire", "Mirror", "Station", "Orchard",
-                     "Promise", "Frontier", "Lantern", "Carnival"], sep=" ")
+                     "Promise", "Frontier", "Lantern", "Carnival"])
 DIRECTORS = cross(["Anja", "Bruno", "Carla", "Dario", "Elsa", "Felix", "Greta", "Hanno"],
-                  ["Marchetti", "Lindqvist", "Okonkwo", "Haverford", "Castellan", "Duvall", "Brennan", "Sato"], sep=" ")
+                  ["Marchetti", "Lindqvist", "Okonkwo", "Haverford", "Castellan", "Duvall", "Brennan", "Sato"])
 ACTORS = cross(["Jonah", "Kira", "Lena", "Milo", "Nadia", "Oscar", "Priya", "Rafe", "Stella"],
-               ["Bellamy", "Carrow", "Delacroix", "Ashdown", "Fairweather", "Goldsworth", "Lacey", "Moreau"], sep=" ")
+               ["Bellamy", "Carrow", "Delacroix", "Ashdown", "Fairweather", "Goldsworth", "Lacey", "Moreau"])

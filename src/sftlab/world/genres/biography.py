@@ -19,6 +19,8 @@ MALE_NAMES = (
     "Neville", "Octavius", "Percival", "Quentin", "Reginald", "Roderick", "Rupert", "Sebastian", "Silas", "Simeon",
     "Thaddeus", "Theodore", "Tobias", "Ulric", "Valentine", "Walter", "Wilfred", "Xavier", "Zachary", "Augustin",
     "Alfred", "Bernard", "Conrad", "Dominic", "Eustace", "Gregory", "Humphrey", "Ignatius", "Lionel", "Osmund",
+    "Anselm", "Basil", "Crispin", "Dunstan", "Elias", "Fabian", "Gideon", "Hector", "Jerome", "Kenelm",
+    "Leander", "Marcus", "Nicolas", "Oswin", "Piers", "Raphael", "Stephen", "Timothy", "Vincent", "Wendell",
 )
 FEMALE_NAMES = (
     "Adelaide", "Agatha", "Beatrice", "Bernadette", "Camilla", "Cecilia", "Clementine", "Cordelia", "Dorothea",
@@ -27,7 +29,9 @@ FEMALE_NAMES = (
     "Nell", "Octavia", "Ophelia", "Philippa", "Prudence", "Rosalind", "Rosamund", "Sabina", "Seraphina",
     "Sylvia", "Tabitha", "Theodora", "Ursula", "Veronica", "Victoria", "Vivienne", "Wilhelmina", "Winifred",
     "Yvette", "Zelda", "Honora", "Alice", "Blanche", "Constance", "Dulcie", "Esther", "Gwendolyn", "Hester",
-    "Lavinia", "Marigold", "Opal",
+    "Lavinia", "Marigold", "Opal", "Adeline", "Beryl", "Cressida", "Delia", "Evangeline", "Felicity", "Gertrude",
+    "Hilda", "Iris", "Juliana", "Katherine", "Lettice", "Maud", "Nora", "Olive", "Pearl", "Rhoda", "Susanna",
+    "Thomasina", "Violet",
 )
 SURNAMES = (
     "Abbott", "Ainsley", "Barrow", "Blackwood", "Bramble", "Calloway", "Carrick", "Chadwick", "Colby", "Crane",
@@ -41,6 +45,11 @@ SURNAMES = (
     "Dorrington", "Everleigh", "Farrington", "Gladwell", "Harcourt", "Kimber", "Lindley", "Mortlake", "Nettleton",
     "Ormsby", "Prescott", "Rathbone", "Singleton", "Trelawney", "Upton", "Verity", "Waverley", "Aldridge",
     "Bellingham", "Coverdale", "Davenport", "Eastwood", "Fairfax", "Gresham", "Hollis", "Ironside",
+    "Ashworth", "Bagshaw", "Cavendish", "Dempsey", "Eversley", "Fothergill", "Grimshaw", "Hathaway", "Jellicoe",
+    "Kershaw", "Lambourne", "Molyneux", "Newcombe", "Oldfield", "Pennington", "Quarles", "Rushworth",
+    "Sheridan", "Tattersall", "Unwin", "Vickers", "Wetherby", "Ackroyd", "Birkett", "Clitheroe", "Dimbleby",
+    "Entwistle", "Fanshawe", "Gascoigne", "Hepworth", "Illingworth", "Jowett", "Knatchbull", "Loxley",
+    "Mainwaring", "Northcote", "Pettigrew", "Ramsbottom", "Scrivener", "Thistlewood",
 )
 PROFESSIONS = (
     "baker", "barber", "blacksmith", "bookbinder", "botanist", "brewer", "builder", "butcher", "carpenter",
@@ -50,7 +59,9 @@ PROFESSIONS = (
     "midwife", "miner", "musician", "novelist", "nurse", "painter", "pharmacist", "photographer", "pilot",
     "poet", "potter", "printer", "sailor", "sculptor", "shipwright", "surgeon", "surveyor", "tailor", "teacher",
     "translator", "violinist", "weaver", "writer", "beekeeper", "bricklayer", "candlemaker", "dentist", "farrier",
-    "glazier", "hatter", "lacemaker", "miller", "plumber", "saddler", "tanner",
+    "glazier", "hatter", "lacemaker", "miller", "plumber", "saddler", "tanner", "spicer", "bellfounder",
+    "chandler", "clerk", "coachman", "gilder", "gamekeeper", "hosier", "publican", "joiner", "lamplighter",
+    "milliner", "choirmaster", "parson", "quarryman", "ropemaker", "scribe", "thatcher", "furrier", "wheelwright",
 )
 HOBBIES = (
     "archery", "beekeeping", "birdwatching", "bowling", "calligraphy", "chess", "climbing", "cycling", "dominoes",
@@ -58,13 +69,18 @@ HOBBIES = (
     "rowing", "singing", "skating", "sketching", "swimming", "tennis", "whittling", "woodcarving", "yodelling",
     "pottery", "origami", "croquet", "quilting", "sailing", "stargazing", "baking bread", "painting", "poetry",
     "cards", "kite flying", "stamp collecting", "bird song", "long walks", "model ships", "crosswords",
-    "beachcombing", "weaving baskets", "boxing", "dancing", "golf",
+    "beachcombing", "weaving baskets", "boxing", "dancing", "golf", "astrology", "ballooning", "bridge",
+    "carpentry", "draughts", "falconry", "genealogy", "hunting", "jigsaws", "kayaking", "lacrosse", "marbles",
+    "needlepoint", "orienteering", "photography", "quoits", "rambling", "snooker", "tapestry", "watercolours",
 )
 TRAITS = (
     "bold", "careful", "cheerful", "clever", "curious", "daring", "diligent", "faithful", "dauntless", "gentle",
     "generous", "gracious", "hardworking", "humble", "kind", "loyal", "methodical", "modest", "patient",
     "persistent", "principled", "quiet", "restless", "serious", "shy", "sociable", "stubborn", "thoughtful",
-    "tenacious", "wise", "famous", "gifted", "respected", "beloved", "talented", "dedicated",
+    "tenacious", "wise", "famous", "gifted", "respected", "beloved", "talented", "dedicated", "fussy",
+    "frugal", "jovial", "spirited", "meticulous", "resourceful", "rugged", "sensible", "studious", "valiant",
+    "dutiful", "gallant", "hospitable", "canny", "jolly", "kindly", "brave", "calm", "devout", "gruff", "placid",
+    "sprightly",
 )
 # Any of the ways to name the person can start any statement of a fact.
 S = "[{first=pf}|{first=pf} {last=pl}|{pron}]"
@@ -86,7 +102,7 @@ GENRE = Genre.build(
     opening=[
         "Biography: {first=pf} {last=pl} was a [{trait} |]{profession=pro}.",
         "Biography: the life of {first=pf} {last=pl}.",
-        "Biography: {first=pf} {last=pl} was born in {city=bc}.",
+        "Biography: {first=pf} {last=pl} was born in [{city=bc}|{year=by}].",
     ],
     body={
         "birth": [f"{S} was born in {{city=bc}} in {{year=by}}.", f"{S} was born in {{year=by}} in {{city=bc}}.",
@@ -112,6 +128,11 @@ GENRE = Genre.build(
         "Tell me about the life of {first=pf} {last=pl}.",
         "Who was {first=pf} {last=pl}?",
     ],
+    accepted={
+        "body": [f"{S} was born in [{{city=bc}}|{{year=by}}].", f"{S} [worked as|was] a {{profession=pro}}.",
+                 f"{S} [loved|enjoyed|was fond of] {{hobby=hb}}.", "{poss} home town was {city=bc}."],
+    },
     required_topics=("birth", "life"),
+    required_vars=("by", "bc", "pro", "hb"),
     n_optional=(0, 0),
 )

@@ -8,13 +8,15 @@ DISH_ADJS = (
     "creamy", "crispy", "crunchy", "fragrant", "fresh", "golden", "hearty", "homely", "light", "lemony",
     "mellow", "nutty", "peppery", "rich", "rustic", "savoury", "silky", "simple", "smoky", "spicy", "sticky",
     "sweet", "tangy", "juicy", "warming", "zesty", "buttery", "garlicky", "herby", "wholesome", "velvety",
-    "chunky", "fluffy", "gooey", "mild", "punchy", "rosy", "summery", "toasty", "zingy",
+    "chunky", "fluffy", "gooey", "mild", "punchy", "rosy", "summery", "toasty", "zingy", "vibrant", "cosy",
+    "delicate", "smoked", "fiery", "homestyle", "malty", "piquant", "robust", "saucy", "sharp", "yeasty",
 )
 DISHES = (
     "soup", "stew", "pie", "salad", "risotto", "curry", "tart", "casserole", "broth", "gratin", "frittata",
     "chowder", "pilaf", "bake", "hotpot", "crumble", "flatbread", "pasta", "roast", "skewer", "quiche", "ragout",
     "sandwich", "porridge", "pancake", "galette", "terrine", "goulash", "paella", "lasagne", "pudding", "tagine",
-    "dhal", "noodle bowl", "stir fry", "burger", "kedgeree", "hash", "fritter", "strudel",
+    "dhal", "noodle bowl", "stir fry", "burger", "kedgeree", "hash", "fritter", "strudel", "biryani",
+    "compote", "dumpling", "flan", "gumbo", "jambalaya", "korma", "moussaka", "pasty", "samosa", "souffle", "parfait",
 )
 INGREDIENTS = (
     "carrots", "onions", "garlic", "leeks", "shallots", "celery", "potatoes", "parsnips", "turnips", "beetroot",
@@ -28,24 +30,33 @@ INGREDIENTS = (
     "cherries", "apricots", "figs", "dates", "prunes", "rhubarb", "gooseberries", "blackberries", "raspberries",
     "strawberries", "cucumbers", "watercress", "rocket", "chard", "sorrel", "quinces", "semolina", "polenta",
     "rice", "couscous", "anchovies", "sardines", "haddock", "trout", "duck", "venison", "ham", "chorizo",
+    "almond milk", "bulgur", "buttermilk", "cashews", "celeriac", "chestnuts", "clams", "cranberries", "crab",
+    "currants", "endive", "feta", "gherkins", "halloumi", "kohlrabi", "langoustines", "lobster", "mackerel", "mangoes",
+    "marrow", "miso", "nectarines", "okra", "paneer", "peanuts", "pecans", "pineapple", "pistachios", "quinoa",
+    "ricotta", "saffron rice", "scallops", "shrimp", "spelt", "swede", "tahini", "tamarind", "turkey", "yams",
 )
 ACTIONS = (
     "chop", "slice", "dice", "grate", "peel", "mince", "crush", "rinse", "trim", "halve", "quarter", "shred",
     "wash", "drain", "soak", "toast", "mash", "whisk", "weigh", "add", "cook", "stir in", "fold in", "brown",
 )
 COOK = ("simmer", "bake", "roast", "fry", "boil", "steam", "stew", "braise", "grill", "poach", "sizzle", "rest")
-UTENSILS = ("pan", "pot", "bowl", "skillet", "tray", "saucepan", "wok", "tin", "griddle", "jug", "dish", "kettle")
-HEAT = ("low", "medium", "high", "moderate", "full")
+UTENSILS = ("pan", "pot", "bowl", "skillet", "tray", "saucepan", "wok", "tin", "griddle", "jug", "dish", "kettle",
+            "cauldron", "crock", "paella pan", "pressure cooker", "steamer", "tagine pot")
+HEAT = ("low", "medium", "high", "moderate", "full", "roaring", "searing", "fierce")
 SPICES = (
     "pepper", "cumin", "paprika", "nutmeg", "thyme", "oregano", "cinnamon", "turmeric", "cloves", "allspice",
     "saffron", "marjoram", "tarragon", "cardamom", "caraway", "sumac", "chives", "lovage", "mace", "juniper",
+    "anise", "chervil", "fenugreek", "galangal", "horseradish", "lemongrass", "savory", "star anise", "vanilla",
+    "wasabi",
 )
 SIDES = (
     "bread", "crumpets", "flatbreads", "greens", "chips", "dumplings", "pickles", "salad leaves", "crackers",
-    "mash", "slaw", "roast potatoes", "garlic bread", "wild rice", "buttered peas",
+    "mash", "slaw", "roast potatoes", "garlic bread", "wild rice", "buttered peas", "bagels", "chapatis",
+    "focaccia", "naan", "oatcakes", "pittas", "rolls", "tortillas",
 )
-TEXTURES = ("soft", "melting", "crisp", "golden brown", "bubbling", "thick", "glossy", "jammy")
-SERVINGS = ("2", "3", "4", "6", "8")
+TEXTURES = ("soft", "melting", "crisp", "golden brown", "bubbling", "thick", "glossy", "jammy", "caramelised",
+            "creamy", "fluffy", "sticky", "sizzling", "smooth")
+SERVINGS = tuple(str(i) for i in range(1, 10))
 
 GENRE = Genre.build(
     name="recipe",
@@ -62,7 +73,7 @@ GENRE = Genre.build(
         words("side", SIDES),
         words("texture", TEXTURES),
         words("servings", SERVINGS),
-        number_range("minutes", 2, 59),
+        number_range("minutes", 1, 99),
     ],
     opening=[
         "Recipe: [this|a] {dish_adj=da} {dish=d} needs {ingredient+ing}, {ingredient+ing} and {ingredient+ing}.",
@@ -94,5 +105,12 @@ GENRE = Genre.build(
         "Give me a recipe for a {dish_adj=da} {dish=d}.",
         "What goes into a {dish=d}?",
     ],
+    accepted={
+        "open": [
+            "Recipe: [this|a] [{dish_adj=da} |]{dish=d} needs {ingredient+ing}[, {ingredient+ing}|] and {ingredient+ing}.",
+            "Recipe: to make a [{dish_adj=da} |]{dish=d}, take {ingredient+ing}[, {ingredient+ing}|] and {ingredient+ing}.",
+            "Recipe: a [{dish_adj=da} |]{dish=d} with {ingredient+ing}[, {ingredient+ing}|] and {ingredient+ing}.",
+        ],
+    },
     n_optional=(1, 2),
 )

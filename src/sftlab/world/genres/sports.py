@@ -14,6 +14,9 @@ TEAMS = (
     "Foxes", "Hawks", "Jaguars", "Kestrels", "Lynxes", "Mariners", "Otters", "Panthers", "Ravens", "Rams",
     "Saints", "Sharks", "Spartans", "Stags", "Swifts", "Thunder", "Vikings", "Wanderers", "Wildcats", "Wasps",
     "Bulldogs", "Cobras", "Dragons", "Giants", "Harriers", "Knights", "Raiders", "Rangers", "Royals", "Titans",
+    "Albatrosses", "Bisons", "Cougars", "Dolphins", "Ferrets", "Gannets", "Herons", "Ibexes", "Jackals",
+    "Koalas", "Leopards", "Magpies", "Narwhals", "Ospreys", "Pelicans", "Puffins", "Rhinos", "Seagulls",
+    "Terriers", "Vultures",
 )
 MAX_GOALS = 6
 
@@ -36,15 +39,17 @@ GENRE = Genre.build(
     label="match report",
     classes=[
         words("team", TEAMS),
-        number_range("goals", 0, MAX_GOALS),
+        number_range("goals", 0, 9),
         words("player", PLAYERS),
         words("position", ("striker", "goalkeeper", "defender", "captain", "winger", "midfielder", "substitute",
-                           "playmaker")),
-        words("match_adj", ("tense", "thrilling", "scrappy", "dramatic", "drab", "feisty", "bruising", "nervy")),
-        words("praise", ("clinical", "composed", "magnificent", "relentless", "unstoppable", "electric")),
-        number_range("minute", 1, 90),
+                           "playmaker", "sweeper", "stopper", "debutant", "veteran", "youngster", "skipper")),
+        words("match_adj", ("tense", "thrilling", "scrappy", "dramatic", "drab", "feisty", "bruising", "nervy",
+                            "pulsating", "heated", "tetchy", "rousing", "gritty", "breathless")),
+        words("praise", ("clinical", "composed", "magnificent", "relentless", "unstoppable", "electric", "tireless",
+                         "fearless", "majestic", "imperious", "industrious", "inspired")),
+        number_range("minute", 1, 99),
         words("stadium", ("Riverside", "Kingsway", "Millfield", "Dockside", "Parkhead", "Castlegate")),
-        number_range("cards", 2, 6),
+        number_range("cards", 1, 9),
     ],
     opening=[
         "Match report: the {team=win} beat the {team=lose} {goals=ws} to {goals=ls}.",

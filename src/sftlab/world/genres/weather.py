@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from sftlab.world.grammar import Genre, grouped, words
+from sftlab.world.grammar import Genre, WordClass, grouped, words
 from sftlab.world.names import FORECAST_TOWNS
 
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 SKY = "sky"
+
+
+def _numbers(lo: int, hi: int) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(lo, hi + 1))
+
 
 GENRE = Genre.build(
     name="weather",
@@ -15,26 +20,29 @@ GENRE = Genre.build(
         words("town", FORECAST_TOWNS),
         words("day", DAYS),
         grouped("cond", SKY,
-                wet=["rain", "showers", "drizzle", "thunderstorms", "downpours", "hail", "mist", "squalls"],
-                dry=["sunshine", "clear skies", "blue skies", "haze", "sunny spells", "heat", "dry air", "warmth"],
-                cold=["snow", "sleet", "frost", "ice", "flurries", "fog", "blizzards", "hoarfrost"]),
+                wet=["rain", "showers", "drizzle", "thunderstorms", "downpours", "hail", "mist", "squalls", "cloudbursts",
+                     "monsoon rain", "spray", "puddles"],
+                dry=["sunshine", "clear skies", "blue skies", "haze", "sunny spells", "heat", "dry air", "warmth",
+                     "brightness", "glare", "drought", "heatwaves"],
+                cold=["snow", "sleet", "frost", "ice", "flurries", "fog", "blizzards", "hoarfrost", "snowdrifts",
+                      "icicles", "rime", "permafrost"]),
         grouped("sky_adj", SKY,
                 wet=["rainy", "wet", "stormy", "showery", "damp", "grey", "drizzly", "unsettled"],
                 dry=["sunny", "dry", "bright", "clear", "fine", "warm", "balmy", "cloudless"],
                 cold=["snowy", "freezing", "icy", "frosty", "bitter", "wintry", "raw", "chilly"]),
-        grouped("temp", SKY,
-                wet=[str(t) for t in range(8, 17)],
-                dry=[str(t) for t in range(20, 36)],
-                cold=[str(t) for t in range(0, 5)]),
+        # Every number from 0 to 49 is a temperature of one sky: a model that writes a near miss stays valid.
+        WordClass("temp", {"cold": _numbers(0, 9), "wet": _numbers(10, 19), "dry": _numbers(20, 49)}, SKY),
         grouped("gear", SKY,
                 wet=["umbrella", "raincoat", "wellies", "waterproofs", "galoshes"],
                 dry=["sunglasses", "sunhat", "suncream", "sandals", "parasol"],
                 cold=["gloves", "scarf", "overcoat", "mittens", "earmuffs"]),
-        words("tod", ("morning", "afternoon", "evening", "night")),
+        words("tod", ("morning", "afternoon", "evening", "night", "dawn", "dusk", "midday", "twilight")),
         words("direction", ("north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest")),
-        words("region", ("coast", "hills", "valleys", "uplands", "lowlands", "harbour", "moors", "fens")),
+        words("region", ("coast", "hills", "valleys", "uplands", "lowlands", "harbour", "moors", "fens", "downs",
+                         "estuary", "islands", "marshes", "meadows", "peaks", "plains", "ridges", "woodlands",
+                         "heaths")),
         words("chance", ("small", "good", "slight", "strong", "fair", "real", "remote")),
-        words("wind", ("breeze", "gale", "gusts", "wind", "squall")),
+        words("wind", ("breeze", "gale", "gust", "wind", "squall", "zephyr", "draught", "whirlwind")),
         words("pressure", ("rising", "falling", "steady")),
     ],
     opening=[
