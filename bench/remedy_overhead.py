@@ -15,8 +15,10 @@ Contenders (remedy settings are typical values; the step cost hardly depends on 
   kl full         + KL-to-base on responses, a frozen copy of the base as the reference
   gem             loss: gem (beta 0.7)
   replay          + replay, 20% of trained tokens from plain text (more tokens are trained per step)
-  lora            LoRA r 8 on every attention and MLP matrix (the reference for the next one)
+  lora            LoRA r 8 on every attention and MLP matrix, no adapter dropout (the default; the
+                  reference for the next two)
   kl lora         LoRA + KL-to-base: the base is the same model with the adapter disabled
+  lora drop0.05   LoRA with adapter dropout 0.05, to show what that common setting costs
 
 Step ratios under a loaded machine carry a few percent of noise, more than some targets allow. So
 the script also times each remedy's own added work in isolation on one real batch (median of many
@@ -86,6 +88,7 @@ def contenders(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "replay": {"replay": {"corpus": str(setup["text"]), "ratio": 0.2}},
         "lora": lora,
         "kl lora": {**lora, **kl},
+        "lora drop0.05": {**lora, "lora": {**lora["lora"], "dropout": 0.05}},
     }
 
 

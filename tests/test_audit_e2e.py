@@ -158,7 +158,7 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
     cfg = build_config(AuditConfig, {
         "base": str(s["base"]), "tuned": [str(s["tuned"])], "prompts": str(s["prompts"]),
         "out": str(s["root"] / "out2"), "sampling": {"num_samples": 2, "max_new_tokens": 8},
-        "bootstrap_samples": 100, "shift_template": "plain"})
+        "bootstrap_samples": 100, "shift_template": "plain", "shift_answers": "sampled"})
     run_audit(cfg)
 
     def boom(*args, **kwargs):
@@ -173,7 +173,7 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
     report = run_audit(cfg, extra_sections=[world, lambda ctx: None])
     doc = json.loads((report.parent / "report.json").read_text())
     assert doc["sections"]["world"] == {"n_samples": 12}
-    assert doc["sections"]["shift"]["template"] == "plain"
+    assert doc["sections"]["shift"]["template"] == "plain" and doc["sections"]["shift"]["answers"] == "sampled"
     assert {"model": "tuned/model", "kind": "lost", "text": "two genres"} in doc["summary"]
     assert "world body" in report.read_text() and "## World" in (report.parent / "report.md").read_text()
 

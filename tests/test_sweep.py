@@ -8,7 +8,17 @@ import pytest
 import yaml
 
 from sftlab.errors import UserError
-from sftlab.sweep import COLUMNS, ROW_FILE, aggregate, finished_row, format_cell, load_sweep, pareto_front, plan, run_settings
+from sftlab.sweep import (
+    COLUMNS,
+    ROW_FILE,
+    aggregate,
+    finished_row,
+    format_cell,
+    load_sweep,
+    pareto_front,
+    plan,
+    run_settings,
+)
 
 
 def _sweep(tmp_path, **overrides):
@@ -77,3 +87,7 @@ def test_a_finished_run_is_skipped_only_when_its_settings_are_this_configs(tmp_p
     changed = load_sweep(str(_sweep(tmp_path, train={"train_file": "train.jsonl", "learning_rate": 0.5})))
     with pytest.raises(UserError, match="other settings"):
         finished_row(changed, plan(changed)[0])
+    # A WiSE-FT mix of a changed source is stale too.
+    assert run_settings(changed, plan(changed)[1]) != run_settings(cfg, plan(cfg)[1])
+    # The demo redoes such a run: its directory goes, and the run counts as not done.
+    assert finished_row(changed, plan(changed)[0], redo_stale=True) is None and not full.run_dir.exists()

@@ -116,3 +116,10 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, data_file, tmp_path):
     run_train(TrainConfig(**{**cfg, "max_steps": 10}))
     state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-10" / "trainer_state.json").read_text())
     assert state["global_step"] == 10
+    # Rerunning the finished run changes nothing: no second save (the model files keep their mtime, so
+    # caches keyed on them stay valid) and no second closing eval or log line.
+    run = tmp_path / "run"
+    model_file, metrics = run / "model" / "model.safetensors", run / "metrics.jsonl"
+    before = (model_file.stat().st_mtime_ns, metrics.read_text())
+    assert run_train(TrainConfig(**{**cfg, "max_steps": 10, "logging_steps": 2})) == run / "model"
+    assert (model_file.stat().st_mtime_ns, metrics.read_text()) == before

@@ -33,7 +33,9 @@ class LoraSettings(StrictModel):
 
     r: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    # PEFT's and LLaMA-Factory's default. Dropout on the adapter's input draws a mask for every adapted matrix
+    # each step, a fifth of a LoRA step on a small model on CPU (docs/benchmarks.md, remedy overhead).
+    dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | None = Field(
         None, description="module names to adapt; None = detected from the architecture"
     )
@@ -273,6 +275,9 @@ class AuditConfig(StrictModel):
     eval_set: str | None = None
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     shift_template: Literal["same", "plain"] = "same"
+    shift_answers: Literal["greedy", "sampled"] = Field(
+        "greedy", description="answers scored for token shift: greedy (as AlignTDS) or each prompt's first sample"
+    )
     copying_k: int = Field(5, ge=1)
     embedding_model: str | None = None
     bootstrap_samples: int = Field(1000, ge=100)

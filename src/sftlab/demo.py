@@ -147,6 +147,9 @@ def sweep_config(plan: DemoPlan, out: Path, world_dir: Path, base: Path) -> Swee
             "reference": [f"{world}/heldout/all.jsonl"],
             "benchmark": [f"{world}/bench/facts_mc.jsonl"],
             "sampling": plan.sampling,
+            # Narrow-tuned models share one greedy answer per prompt (the most typical review), which would
+            # give every strategy the same shifted share; their samples differ.
+            "shift_answers": "sampled",
             "bootstrap_samples": 500,
         },
     }
@@ -173,4 +176,4 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1) -> Pat
     )
     base = ensure_base(root / "base", pretrain, world, console)
     cfg = sweep_config(plan, root, world_dir, base)
-    return run_sweep(cfg, extra_sections=[world_section(world_dir)])
+    return run_sweep(cfg, extra_sections=[world_section(world_dir)], redo_stale=True)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -205,23 +206,32 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
 
 def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
     """A hash of what decides one run's result (train or interpolation settings, audit settings)."""
-    made = (train_config(cfg, spec).model_dump(mode="json", by_alias=True) if spec.strategy.interpolate is None
-            else spec.strategy.interpolate.model_dump(mode="json"))
+    mix = spec.strategy.interpolate
+    if mix is None:
+        made: dict[str, Any] = train_config(cfg, spec).model_dump(mode="json", by_alias=True)
+    else:
+        # A mix is as new as the model it mixes: a redone source makes it stale too.
+        source = next(s for s in cfg.strategies if s.name == mix.source)
+        made = {**mix.model_dump(mode="json"), "source": run_settings(cfg, RunSpec(source, spec.seed, spec.run_dir))}
     settings = {"base": cfg.base_model, "made": made, "audit": cfg.audit}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def finished_row(cfg: SweepConfig, spec: RunSpec) -> dict[str, Any] | None:
+def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> dict[str, Any] | None:
     """The row of a run finished earlier with the same settings; None when it has not finished.
 
     A finished run made with other settings is an error rather than a silent skip (its numbers would not
-    belong in this table) or a silent overwrite (they may be wanted).
+    belong in this table) or a silent overwrite (they may be wanted). With ``redo_stale`` (the demo, whose
+    runs are all derived from its own world) its directory is removed and the run is done again.
     """
     done = spec.run_dir / ROW_FILE
     if not done.is_file():
         return None
     row = json.loads(done.read_text())
     if row.get("settings") != run_settings(cfg, spec):
+        if redo_stale:
+            shutil.rmtree(spec.run_dir)
+            return None
         raise UserError(
             f"sweep run {spec.label} in {spec.run_dir} was made with other settings than this config's. "
             f"Delete that directory to redo it, or set another `out` for this sweep."
@@ -251,14 +261,17 @@ def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[st
     return row
 
 
-def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = ()) -> Path:
-    """Run every strategy x seed not yet done, then write the comparison; returns the path of sweep.html."""
+def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), redo_stale: bool = False) -> Path:
+    """Run every strategy x seed not yet done, then write the comparison; returns the path of sweep.html.
+
+    ``redo_stale``: redo finished runs made with other settings instead of stopping (see :func:`finished_row`).
+    """
     console = Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     specs = plan(cfg)
-    finished = [finished_row(cfg, spec) for spec in specs]  # stale runs are reported before any work starts
+    finished = [finished_row(cfg, spec, redo_stale) for spec in specs]  # stale runs are reported before any work starts
     for i, (spec, row) in enumerate(zip(specs, finished, strict=True), 1):
         if row is not None:
             rows[(spec.strategy.name, spec.seed)] = row
@@ -322,9 +335,13 @@ def print_table(console: Console, table: dict[str, Any]) -> None:
     rich_table = RichTable(title="sweep (mean ± std over seeds)")
     rich_table.add_column("strategy", no_wrap=True)
     for c in cols:
-        rich_table.add_column(short[c.key], justify="right", no_wrap=True)
+        # Fold rather than cut: a narrow terminal wraps a number onto two lines instead of hiding digits.
+        rich_table.add_column(short[c.key], justify="right", overflow="fold")
     for name, s in table["strategies"].items():
         rich_table.add_row(name, *[format_cell(c, s["columns"][c.key]) for c in cols])
+    if not console.is_terminal:
+        # A log file or pipe has no width of its own (rich assumes 80): give the table the width it needs.
+        console = Console(width=max(console.width, 140), file=console.file)
     console.print(rich_table)
 
 

@@ -167,6 +167,7 @@ class ModelRun:
     samples: list[list[str]]
     greedy: list[str]
     greedy_ids: list[list[int]]
+    first_sample_ids: list[list[int]]
     eval_greedy: list[str] = field(default_factory=list)
     perplexity: dict[str, forgetting.Perplexity] = field(default_factory=dict)
     mc_correct: dict[str, list[bool]] = field(default_factory=dict)
@@ -199,7 +200,7 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
                       fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: greedy answers", len(prompt_ids)))
     run = ModelRun(prompt_ids=[p[-max(1, max_length - s.max_new_tokens):] for p in prompt_ids],
                    samples=sampled.texts, greedy=[g[0] for g in greedy.texts],
-                   greedy_ids=[g[0] for g in greedy.token_ids])
+                   greedy_ids=[g[0] for g in greedy.token_ids], first_sample_ids=[g[0] for g in sampled.token_ids])
     if inputs.eval_items:
         eval_ids = [encode_prompt(tok, it.messages) for it in inputs.eval_items]
         out = generate(model, tok, eval_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
@@ -264,10 +265,11 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
         model = load_model(path, cfg.dtype, device, cfg.trust_remote_code)
         limit = context_limit(model, base_limit)
         runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit)
+        answers = run.greedy_ids if cfg.shift_answers == "greedy" else run.first_sample_ids
         shifts[name] = shift.score_shift(
             model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
-            run.greedy_ids, base_tok.pad_token_id, cfg.sampling.batch_size,
-            bars.step(f"{name}: shift under the base", len(run.greedy_ids)))
+            answers, base_tok.pad_token_id, cfg.sampling.batch_size,
+            bars.step(f"{name}: shift under the base", len(answers)))
         del model
         _release_gpu_memory(device)
     del base_model
@@ -345,7 +347,7 @@ def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: di
     displayed = [m[-1].content for m in inputs.messages]
     excerpt = legend_html() + "".join(
         f"<h3>{html.escape(m)}</h3>" + answers_html(displayed, s, base_tok, INLINE_ANSWERS) for m, s in shifts.items())
-    sections.append(shift_section(summaries, colors, excerpt, cfg.shift_template))
+    sections.append(shift_section(summaries, colors, excerpt, cfg.shift_template, cfg.shift_answers))
 
     if inputs.sft_examples:
         prompts = [render_prompt(base_tok, m) for m in inputs.messages]

@@ -56,6 +56,7 @@ from sftlab.train.regularizers import Regularizer, build_regularizers
 from sftlab.train.trainer import (
     SFTLabTrainer,
     check_resume_config,
+    config_changes,
     make_training_arguments,
     optimizer_choice,
     resolve_resume,
@@ -67,6 +68,8 @@ RESUME_SAFE = {
     "output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "max_steps", "num_train_epochs",
     "eval_steps", "eval_strategy", "per_device_eval_batch_size", "early_stopping_patience", "strict_data",
 }
+# Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
+FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data"}
 
 
 @dataclass
@@ -105,7 +108,28 @@ def run_train(
     ``loss_fn`` replaces the config's loss and ``regularizers`` are added to the config's, for
     programmatic use (experiments, tests); the CLI passes neither.
     """
+    if loss_fn is None and not regularizers:
+        done = finished_output(cfg)
+        if done is not None:
+            Console().print(f"[dim]{cfg.output_dir}: finished earlier with this config; its result is {done}[/dim]")
+            return done
     return finish_train(prepare_train(cfg, loss_fn=loss_fn, regularizers=regularizers))
+
+
+def finished_output(cfg: TrainConfig) -> Path | None:
+    """The model or adapter dir of a run that already finished in ``output_dir`` under the same config.
+
+    A finished run is left alone rather than resumed from its last checkpoint: resuming would evaluate
+    and save again, and a re-saved model dir looks new to anything that caches on it (audit samples).
+    ``summary.json`` is written last and removed when a run starts, so it marks a finished run.
+    """
+    run_dir = Path(cfg.output_dir)
+    if cfg.resume != "auto" or not (run_dir / "summary.json").is_file():
+        return None
+    if config_changes(run_dir / "config.yaml", cfg.model_dump(mode="json", by_alias=True), FINISHED_SAFE):
+        return None
+    finished = [run_dir / "model" / "config.json", run_dir / "adapter" / "adapter_config.json"]
+    return next((marker.parent for marker in finished if marker.is_file()), None)
 
 
 def prepare_train(
@@ -129,6 +153,7 @@ def prepare_train(
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         if checkpoint:
             check_resume_config(run_dir, cfg.model_dump(mode="json", by_alias=True), checkpoint, RESUME_SAFE)
+        (run_dir / "summary.json").unlink(missing_ok=True)  # this run is not finished until it writes its own
         dump_config(cfg, run_dir / "config.yaml")
     set_seed(cfg.seed)
 

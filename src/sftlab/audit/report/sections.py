@@ -102,8 +102,8 @@ def diversity_section(table: dict[str, Any], base: str) -> Section:
 
 
 def shift_section(summaries: dict[str, dict[str, Any]], colors: dict[str, Any], token_excerpt: str,
-                  template: str) -> Section:
-    """Token distribution shift of each tuned model's greedy answers under the base."""
+                  template: str, answers: str) -> Section:
+    """Token distribution shift of each tuned model's answers (greedy, or first samples) under the base."""
     ref = REFERENCE_SHIFTED["value"]
     findings = []
     for model, s in summaries.items():
@@ -125,7 +125,8 @@ def shift_section(summaries: dict[str, dict[str, Any]], colors: dict[str, Any], 
     kl_png = plots.kl_by_position(summaries, colors)
     context = ("the same prompt the tuned model saw" if template == "same"
                else "a plain prompt (the turns' text, no chat template)")
-    intro = (f"Each tuned model's greedy answer is teacher-forced through the base model, given {context}. "
+    answer = "greedy answer" if answers == "greedy" else "first sampled answer to each prompt"
+    intro = (f"Each tuned model's {answer} is teacher-forced through the base model, given {context}. "
              "At every answer token: its rank in the base's next-token distribution (1 unshifted, 2-3 marginal, "
              f">3 shifted), KL(tuned ‖ base) and the base's probability of it. Reference: {ref:.1%} of positions are "
              f"shifted for {REFERENCE_SHIFTED['pair']} ({REFERENCE_SHIFTED['source']}).")
@@ -139,7 +140,7 @@ def shift_section(summaries: dict[str, dict[str, Any]], colors: dict[str, Any], 
     md = (intro + "\n\n" + table.to_markdown() + "\n\n![shift classes](plots/shift_classes.png)\n\n"
           "![KL by position](plots/kl_by_position.png)\n\n" + "\n\n".join(top_blocks_md)
           + "\n\nToken view: [token_view.html](token_view.html)\n\n" + method)
-    data = {"template": template, "models": summaries}
+    data = {"template": template, "answers": answers, "models": summaries}
     return Section("shift", "Token distribution shift", data, body, md, findings,
                    {"shift_classes.png": classes_png, "kl_by_position.png": kl_png})
 
