@@ -33,6 +33,25 @@ def test_perplexity_is_exp_of_mean_hand_nll(tiny_model_dir, tiny_tokenizer) -> N
     got = fg.perplexity(model, tok, TEXTS, max_length=128, batch_size=2)
     assert got.n_tokens == count
     assert got.value == pytest.approx(math.exp(total / count), rel=1e-5)
+    # Per document too (the bootstrap over documents reads these), in the input order.
+    for text, nll, n in zip(TEXTS, got.doc_nll, got.doc_tokens):
+        hand_nll, hand_n = _hand_nll(model, [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"])
+        assert (nll, n) == (pytest.approx(hand_nll, rel=1e-5), hand_n)
+
+
+def test_perplexity_change_interval_over_documents() -> None:
+    base = fg.Perplexity(6.0, 3, doc_nll=[2.0, 4.0], doc_tokens=[1, 2])
+    # Every document loses exactly 1 nat per token: each resample gives the same change, e - 1.
+    same = fg.Perplexity(9.0, 3, doc_nll=[3.0, 6.0], doc_tokens=[1, 2])
+    change, low, high = fg.perplexity_change_ci(base, same, n_boot=200)
+    assert change == low == pytest.approx(math.e - 1) and high == pytest.approx(math.e - 1)
+    # One document gets worse, one better: the interval spans both documents' own changes, and 0.
+    mixed = fg.Perplexity(6.0, 3, doc_nll=[4.0, 2.0], doc_tokens=[1, 2])
+    change, low, high = fg.perplexity_change_ci(base, mixed, n_boot=2000)
+    assert change == pytest.approx(0.0)
+    assert low == pytest.approx(math.exp(-1) - 1, abs=1e-9) and high == pytest.approx(math.exp(2) - 1, abs=1e-9)
+    # No per-document numbers (an old report's): the change, without an interval.
+    assert math.isnan(fg.perplexity_change_ci(fg.Perplexity(6.0, 3), fg.Perplexity(9.0, 3))[1])
 
 
 def test_windows_predict_every_token_once(tiny_model_dir, tiny_tokenizer) -> None:
@@ -67,6 +86,7 @@ def test_forgetting_table() -> None:
     ppl = {"wiki": {"base": fg.Perplexity(10.0, 5), "tuned": fg.Perplexity(12.0, 5)}}
     table = fg.forgetting_table(ppl, {"mc": {"base": [True, False, False, True], "tuned": [True] * 4}}, "base", 200)
     assert table["perplexity"]["wiki"]["tuned"]["relative_change"] == pytest.approx(math.exp(0.4) - 1)
+    assert math.isnan(table["perplexity"]["wiki"]["tuned"]["change_ci_low"])  # no per-document numbers
     row = table["multiple_choice"]["mc"]["tuned"]
     assert row["accuracy"] == 1.0 and row["delta"] == pytest.approx(0.5)
     assert row["ci_low"] <= 0.5 <= row["ci_high"]

@@ -32,6 +32,25 @@ def _task_axis(table: dict[str, Any]) -> tuple[str, str]:
     return "eval_loss", "eval loss (lower is better)"
 
 
+def _label_rows(xs: list[float], ys: list[float], near_x: float = 0.12, near_y: float = 0.04) -> list[int]:
+    """For each point, which row of a label stack it gets: a point within ``near_x`` / ``near_y`` of the
+    axes' ranges of an earlier point shares that point's stack, so their labels go one above the other
+    instead of overlapping (labels run to the right of their point, hence the wider ``near_x``)."""
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    anchors: list[int] = []  # the first point of each stack
+    counts: dict[int, int] = {}
+    rows = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        anchor = next((a for a in anchors if abs(x - xs[a]) / span_x < near_x and abs(y - ys[a]) / span_y < near_y), None)
+        if anchor is None:
+            anchors.append(i)
+            counts[i] = 0
+            anchor = i
+        rows.append(counts[anchor])
+        counts[anchor] += 1
+    return rows
+
+
 def pareto_plot(table: dict[str, Any], x_key: str, x_label: str, x_higher: bool) -> bytes | None:
     """Strategies as points with ±std error bars; the Pareto-optimal ones are joined and labelled in bold."""
     y_key, y_label = _task_axis(table)
@@ -55,10 +74,11 @@ def pareto_plot(table: dict[str, Any], x_key: str, x_label: str, x_higher: bool)
     fig, ax = plots.plt.subplots(figsize=(6.4, 4.2))
     plots._style(ax)
     colors = plots.model_colors(["-", *names], "-")
+    stacked = _label_rows(xs, ys)
     for i, name in enumerate(names):
         ax.errorbar(xs[i], ys[i], xerr=xerr[i], yerr=yerr[i], fmt="o", color=colors[name], capsize=3, ms=7)
-        ax.annotate(name, (xs[i], ys[i]), textcoords="offset points", xytext=(6, 5), fontsize=8,
-                    fontweight="bold" if i in front else "normal")
+        ax.annotate(name, (xs[i], ys[i]), textcoords="offset points", xytext=(6, 5 + 10 * stacked[i]), fontsize=8,
+                    fontweight="bold" if i in front else "normal", color=colors[name])
     ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="#555", lw=1, label="Pareto front")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -31,10 +32,12 @@ from sftlab.errors import UserError, require_file
 
 @dataclass
 class Perplexity:
-    """Total NLL (nats) over ``n_tokens`` predicted tokens."""
+    """Total NLL (nats) over ``n_tokens`` predicted tokens, and the same per document (for intervals)."""
 
     nll_sum: float
     n_tokens: int
+    doc_nll: list[float] = field(default_factory=list)
+    doc_tokens: list[int] = field(default_factory=list)
 
     @property
     def value(self) -> float:
@@ -67,17 +70,39 @@ def perplexity(
 ) -> Perplexity:
     """Token-level perplexity of ``model`` on ``texts`` (documents), batched."""
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-    chunks = [w for ids in encoded for w in windows(_bos(tokenizer) + ids, max_length)]
-    chunks.sort(key=len)
-    nll, count = 0.0, 0
+    chunks = [(doc, w) for doc, ids in enumerate(encoded) for w in windows(_bos(tokenizer) + ids, max_length)]
+    chunks.sort(key=lambda c: len(c[1]))  # similar lengths per batch: little padding
+    doc_nll, doc_tokens = [0.0] * len(encoded), [0] * len(encoded)
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
-        lps = continuation_logprobs(model, [w[:1] for w in batch], [w[1:] for w in batch], tokenizer.pad_token_id)
-        nll -= float(sum(lp.double().sum() for lp in lps))
-        count += sum(len(lp) for lp in lps)
+        lps = continuation_logprobs(model, [w[:1] for _, w in batch], [w[1:] for _, w in batch],
+                                    tokenizer.pad_token_id)
+        for (doc, _), lp in zip(batch, lps):
+            doc_nll[doc] -= float(lp.double().sum())
+            doc_tokens[doc] += len(lp)
         if on_done is not None:
             on_done(len(batch))
-    return Perplexity(nll_sum=nll, n_tokens=count)
+    return Perplexity(nll_sum=sum(doc_nll), n_tokens=sum(doc_tokens), doc_nll=doc_nll, doc_tokens=doc_tokens)
+
+
+def perplexity_change_ci(base: Perplexity, tuned: Perplexity, n_boot: int = 1000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Relative perplexity change tuned / base - 1, with a paired bootstrap 95% interval over documents.
+
+    Each replicate draws documents with replacement and recomputes both corpus-level perplexities from
+    the drawn documents' NLL and token counts (the same documents for both models, since they share a
+    tokenizer). NaN interval when the per-document numbers are missing or disagree in token counts.
+    """
+    change = tuned.value / base.value - 1
+    if not base.doc_nll or base.doc_tokens != tuned.doc_tokens:
+        return change, float("nan"), float("nan")
+    nll_b, nll_t = np.asarray(base.doc_nll), np.asarray(tuned.doc_nll)
+    tokens = np.asarray(base.doc_tokens, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, len(tokens), size=(n_boot, len(tokens)))
+    n = tokens[idx].sum(axis=1)
+    replicates = np.exp((nll_t[idx].sum(axis=1) - nll_b[idx].sum(axis=1)) / n) - 1  # ppl_t / ppl_b - 1
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    return change, float(low), float(high)
 
 
 @dataclass
@@ -167,16 +192,19 @@ def forgetting_table(
 
     ``perplexities[corpus][model]`` and ``mc_correct[bench][model]`` (per-question correctness). The
     accuracy delta gets a paired bootstrap 95% interval over questions; the perplexity change is
-    relative (tuned / base - 1) and has no interval.
+    relative (tuned / base - 1), with a paired bootstrap 95% interval over documents.
     """
     ppl_out: dict[str, object] = {}
     for corpus, per_model in perplexities.items():
-        base_ppl = per_model[base].value
-        ppl_out[corpus] = {
-            model: {"perplexity": p.value, "nll_sum": p.nll_sum, "n_tokens": p.n_tokens,
-                    "relative_change": None if model == base else p.value / base_ppl - 1}
-            for model, p in per_model.items()
-        }
+        rows = {}
+        for model, p in per_model.items():
+            row: dict[str, object] = {"perplexity": p.value, "nll_sum": p.nll_sum, "n_tokens": p.n_tokens,
+                                      "relative_change": None}
+            if model != base:
+                change, low, high = perplexity_change_ci(per_model[base], p, n_boot, seed)
+                row.update(relative_change=change, change_ci_low=low, change_ci_high=high)
+            rows[model] = row
+        ppl_out[corpus] = rows
     mc_out: dict[str, object] = {}
     for bench, per_model in mc_correct.items():
         rows: dict[str, object] = {}

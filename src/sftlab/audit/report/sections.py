@@ -1,8 +1,8 @@
 """The audit's own report sections, each built from its metric table (the same dict report.json holds).
 
 Every builder returns a :class:`Section` with HTML, Markdown, plots and the headline findings: a change
-is called "lost" or "gained" only when its 95% interval excludes zero, or, for figures without an
-interval (perplexity), when it passes the threshold stated beside it.
+is called "lost" or "gained" only when its 95% interval excludes zero; a perplexity change must also be
+at least ``PPL_THRESHOLD`` (relative), since on a large corpus a negligible change can be significant.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sftlab.audit.report.section import (
 )
 from sftlab.audit.shift import REFERENCE_SHIFTED
 
-# Perplexity has no interval: a relative change smaller than this is not called a loss or a gain.
+# A relative perplexity change smaller than this is not called a loss or a gain, whatever its interval.
 PPL_THRESHOLD = 0.01
 
 LABELS = {
@@ -195,17 +195,23 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) 
                 if m == base:
                     continue
                 ch = per[m]["relative_change"]
-                row.append(f"{fmt(per[m]['perplexity'], 2)} ({ch:+.1%})")
-                row_t.append(tone(ch, False, abs(ch) >= PPL_THRESHOLD))
-                if abs(ch) >= PPL_THRESHOLD:
+                low, high = (math.nan if per[m].get(key) is None else per[m][key]
+                             for key in ("change_ci_low", "change_ci_high"))
+                interval = "" if math.isnan(low) else f" [{low:+.1%}, {high:+.1%}]"
+                row.append(f"{fmt(per[m]['perplexity'], 2)} ({ch:+.1%}{interval})")
+                # A change counts when it is large enough to matter and, where an interval exists, outside noise.
+                notable = abs(ch) >= PPL_THRESHOLD and (math.isnan(low) or excludes_zero(low, high))
+                row_t.append(tone(ch, False, notable))
+                if notable:
                     findings.append(Finding(m, "lost" if ch > 0 else "gained",
                                             f"perplexity on {corpus} {ch:+.1%} ({fmt(per[base]['perplexity'], 2)} → "
                                             f"{fmt(per[m]['perplexity'], 2)})"))
             rows.append(row)
             tones.append(row_t)
         t = Table(["corpus", "tokens", _base_label(base)] + [m for m in models if m != base], rows, tones)
-        parts_html.append("<h3>Perplexity on reference text</h3>" + t.to_html())
-        parts_md.append("### Perplexity on reference text\n\n" + t.to_markdown())
+        note = "In brackets: the relative change's paired bootstrap 95% interval over documents."
+        parts_html.append("<h3>Perplexity on reference text</h3>" + t.to_html() + _p(note))
+        parts_md.append("### Perplexity on reference text\n\n" + t.to_markdown() + "\n\n" + note)
     mc = data["multiple_choice"]
     if mc:
         models = list(next(iter(mc.values())))
