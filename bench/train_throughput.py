@@ -131,13 +131,15 @@ def make_setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     ]
     # Real (non-pad) share of the token slots when every row is max_length long: packed rows against one
     # example per row padded to max_length. Tokenization and packing only, at several lengths.
+    # Also packed with overflow: split, where long examples become several documents instead of being cut.
     fractions = {}
     for length in sorted({args.seq, *args.fraction_lengths}):
-        for packing in (True, False):
+        for packing, overflow, label in ((True, "truncate", "packed"), (True, "split", "packed, overflow split"),
+                                         (False, "truncate", "padded to max_length")):
             cfg = TrainConfig(model_name_or_path=str(model_dir), train_file=[str(data_file)], max_length=length,
-                              packing=packing)
-            key = f"max_length {length}, {'packed' if packing else 'padded to max_length'}"
-            fractions[key] = build_train_dataset(parsed, tokenizer, cfg).stats.real_token_fraction
+                              packing=packing, overflow=overflow)
+            fractions[f"max_length {length}, {label}"] = build_train_dataset(
+                parsed, tokenizer, cfg).stats.real_token_fraction
     return {
         "work": work,
         "model_dir": model_dir,

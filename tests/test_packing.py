@@ -109,3 +109,18 @@ def test_packed_loss_equals_unpacked(
         assert max(abs(a - b).item() for a, b in pairs) < 1e-5
         leaky = packed_losses(use_cache=True)
         assert max(abs(a - b).item() for a, b in leaky) > 1e-3
+
+
+def test_overflow_split_keeps_every_trained_token_in_packed_rows(tiny_tokenizer, shared_data) -> None:
+    from sftlab.config import TrainConfig
+    from sftlab.data.dataset import build_train_dataset
+    from sftlab.data.readers import read_records
+
+    records = read_records([shared_data / "alpaca" / "alpaca_5000.json"]).records[:60]
+    cfg = {"model_name_or_path": "unused", "train_file": ["unused"], "max_length": 256, "packing": True}
+    cut = build_train_dataset(records, tiny_tokenizer, TrainConfig(**cfg)).stats
+    kept = build_train_dataset(records, tiny_tokenizer, TrainConfig(**cfg, overflow="split")).stats
+    whole, _ = encode_records(records, tiny_tokenizer, max_length=100_000)
+    assert cut.truncated > 0 and kept.truncated == 0 and kept.split == cut.truncated
+    # Split: the rows train exactly the tokens an unlimited max_length would; truncation trains fewer.
+    assert kept.trained_tokens == sum(e.num_trained for e in whole) > cut.trained_tokens

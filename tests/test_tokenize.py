@@ -9,6 +9,7 @@ import pytest
 from sftlab.data.records import Message, Origin, Record
 from sftlab.data.tokenize import (
     IGNORE_INDEX,
+    Encoder,
     encode_prompt,
     encode_record,
     encode_records,
@@ -163,6 +164,26 @@ def test_text_records_train_every_token_and_truncation_is_counted(tiny_tokenizer
     assert len(examples[1].input_ids) == 64 and examples[1].truncated
     assert stats.trained_tokens == sum(e.num_trained for e in examples)
     assert stats.tokens == sum(len(e.input_ids) for e in examples)
+
+
+def test_overflow_split_trains_every_token_exactly_once(tiny_tokenizer) -> None:
+    record = Record("prompt_completion", Origin("t", 3), prompt="Say a word.", completion="word " * 100)
+    encoder = Encoder(tiny_tokenizer)
+    ids, trained = encoder.ids([encoder.segments(record, None)], [encoder.lead(record)])[0]
+    whole = encoder.example(record, ids, trained, len(ids), True)
+    pieces = encoder.pieces(record, ids, trained, 16, True)
+    assert len(ids) > 16 * 3 and all(len(p.input_ids) <= 16 for p in pieces)
+    # Pieces overlap by one token: dropping each later piece's first token rebuilds the sequence, and its
+    # labels, exactly; that first token is context only (it was trained as the previous piece's last).
+    assert pieces[0].input_ids + [t for p in pieces[1:] for t in p.input_ids[1:]] == ids
+    assert pieces[0].labels + [t for p in pieces[1:] for t in p.labels[1:]] == whole.labels
+    assert all(p.labels[0] == IGNORE_INDEX for p in pieces)
+    assert sum(p.num_trained for p in pieces) == whole.num_trained
+    # Through encode: pieces that hold only prompt are dropped, nothing is truncated, the split is counted.
+    kept, stats = encode_records([record], tiny_tokenizer, max_length=16, overflow="split")
+    assert stats.split == 1 and stats.truncated == 0 and stats.no_target == 0
+    assert kept == [p for p in pieces if p.num_trained] and stats.examples == len(kept)
+    assert stats.trained_tokens == whole.num_trained
 
 
 def test_batched_ids_equal_the_tokenizer_call(tiny_tokenizer, shared_data) -> None:

@@ -145,6 +145,10 @@ class TrainConfig(StrictModel):
     max_length: int = Field(512, ge=8)
     packing: bool = False
     completion_only_loss: bool = True
+    overflow: Literal["truncate", "split"] = Field(
+        "truncate", description="tokens beyond max_length: truncate (dropped, counted) or split (trained as "
+        "further documents that overlap by one token; later pieces do not see the prompt)"
+    )
 
     learning_rate: float = Field(1e-4, gt=0)
     num_train_epochs: float = Field(1.0, gt=0)

@@ -25,7 +25,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -59,6 +59,7 @@ class EpochStats:
     real_token_fraction: float  # tokens / (rows * max_length)
     truncated: int
     no_target: int  # examples dropped: nothing left to train after truncation
+    split: int = 0  # sequences split into several documents (overflow: split)
     carried_in: int = 0
     carried_out: int = 0
     split_rows: int = 0
@@ -83,6 +84,7 @@ class SFTDataset(Dataset):
         augment: AugmentSettings | None = None,
         replay: ReplayPool | None = None,
         replay_ratio: float = 0.0,
+        overflow: Literal["truncate", "split"] = "truncate",
     ) -> None:
         if not records:
             raise UserError("no usable training records (all were rejected, or the files are empty)")
@@ -96,6 +98,7 @@ class SFTDataset(Dataset):
         self.max_length = max_length
         self.packing = packing
         self.completion_only_loss = completion_only_loss
+        self.overflow = overflow
         self.seed = seed
         self.augment = augment if augment and (augment.eda or augment.template_variety) else None
         self.replay = replay if replay_ratio > 0 else None
@@ -149,7 +152,8 @@ class SFTDataset(Dataset):
         """This epoch's SFT documents, their tokenize stats, and how many are augmented copies."""
         if self.augment is None:
             if self._static is None:
-                self._static = self.encoder.encode(self.records, self.max_length, self.completion_only_loss)
+                self._static = self.encoder.encode(self.records, self.max_length, self.completion_only_loss,
+                                                   overflow=self.overflow)
             return *self._static, 0
         rng = random.Random(f"{self.seed}:{epoch}:augment")
         records: list[Record] = []
@@ -162,7 +166,8 @@ class SFTDataset(Dataset):
             for variant in variants:
                 records.append(variant)
                 formats.append(pick_format(rng) if self.augment.template_variety else None)
-        examples, stats = self.encoder.encode(records, self.max_length, self.completion_only_loss, formats)
+        examples, stats = self.encoder.encode(records, self.max_length, self.completion_only_loss, formats,
+                                              self.overflow)
         return examples, stats, len(records) - len(self.records)
 
     def _build(self, epoch: int, carried_in: list[Row]) -> None:
@@ -201,6 +206,7 @@ class SFTDataset(Dataset):
             replay_fraction=0.0,
             real_token_fraction=0.0,
             truncated=tstats.truncated,
+            split=tstats.split,
             no_target=tstats.no_target,
             carried_in=len(carried_in),
         )
@@ -289,26 +295,16 @@ def build_train_dataset(
 
             replay_texts = read_texts(cfg.replay.corpus)
         pool = ReplayPool(replay_texts, tokenizer, name=cfg.replay.corpus)
-    return SFTDataset(
-        records,
-        tokenizer,
-        max_length=cfg.max_length,
-        packing=cfg.packing,
-        completion_only_loss=cfg.completion_only_loss,
-        seed=cfg.seed,
-        augment=cfg.augment,
-        replay=pool,
-        replay_ratio=cfg.replay.ratio if cfg.replay else 0.0,
-    )
+    return SFTDataset(records, tokenizer, **_row_settings(cfg), augment=cfg.augment, replay=pool,
+                      replay_ratio=cfg.replay.ratio if cfg.replay else 0.0)
 
 
 def build_eval_dataset(records: Sequence[Record], tokenizer: PreTrainedTokenizerBase, cfg: TrainConfig) -> SFTDataset:
     """Evaluation rows: the same format, masking and packing as training, with no augmentation or replay."""
-    return SFTDataset(
-        records,
-        tokenizer,
-        max_length=cfg.max_length,
-        packing=cfg.packing,
-        completion_only_loss=cfg.completion_only_loss,
-        seed=cfg.seed,
-    )
+    return SFTDataset(records, tokenizer, **_row_settings(cfg))
+
+
+def _row_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """The config keys that shape rows, shared by training and evaluation data."""
+    return {"max_length": cfg.max_length, "packing": cfg.packing, "completion_only_loss": cfg.completion_only_loss,
+            "seed": cfg.seed, "overflow": cfg.overflow}

@@ -21,12 +21,19 @@ Each text segment (prompt part, answer part) is tokenized on its own and the ids
 prompt ids are exactly those :func:`encode_prompt` gives at generation time. Sequences longer than
 ``max_length`` are cut at the end; this is counted (``truncated``), and an example left with no trained
 token is dropped and counted (``no_target``).
+
+With ``overflow="split"`` a long sequence is not cut but split into documents of at most ``max_length``
+tokens that overlap by one token: each piece's first token is context only (as the first token of any
+document), and it is the previous piece's last token, trained there, so every trained token is trained
+exactly once. A later piece sees only its own tokens (no prompt, when the prompt was in an earlier piece):
+the price of keeping every token, as in concatenate-and-cut packing. This is counted (``split``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -123,6 +130,7 @@ class TokenizeStats:
     tokens: int = 0
     trained_tokens: int = 0
     truncated: int = 0
+    split: int = 0  # sequences split into several documents (overflow="split")
     no_target: int = 0
     no_target_origins: list[Origin] = field(default_factory=list)
 
@@ -275,10 +283,23 @@ class Encoder:
         self, record: Record, ids: list[int], trained: list[bool], max_length: int, completion_only_loss: bool
     ) -> TokenizedExample:
         """Labels from the trained flags (the first token never a target), cut to ``max_length``."""
-        labels = [t if (flag or not completion_only_loss) else IGNORE_INDEX for t, flag in zip(ids, trained)]
-        if labels:
-            labels[0] = IGNORE_INDEX
+        labels = _labels(ids, trained, completion_only_loss)
         return TokenizedExample(ids[:max_length], labels[:max_length], len(ids) > max_length, record.origin)
+
+    def pieces(
+        self, record: Record, ids: list[int], trained: list[bool], max_length: int, completion_only_loss: bool
+    ) -> list[TokenizedExample]:
+        """Labels as in :meth:`example`, the sequence split into one-token-overlapping pieces of at most
+        ``max_length`` (see the module docstring); a short sequence is one piece."""
+        labels = _labels(ids, trained, completion_only_loss)
+        step = max_length - 1
+        out = []
+        for start in range(0, max(1, len(ids) - 1), step):
+            piece_labels = labels[start : start + max_length]
+            if start:
+                piece_labels = [IGNORE_INDEX, *piece_labels[1:]]  # the overlap token was trained in the last piece
+            out.append(TokenizedExample(ids[start : start + max_length], piece_labels, False, record.origin))
+        return out
 
     def encode(
         self,
@@ -286,25 +307,39 @@ class Encoder:
         max_length: int,
         completion_only_loss: bool = True,
         formats: Sequence[PromptFormat | None] | None = None,
+        overflow: Literal["truncate", "split"] = "truncate",
     ) -> tuple[list[TokenizedExample], TokenizeStats]:
-        """Encode ``records`` (``formats[i]`` is record i's built-in format, None = default)."""
+        """Encode ``records`` (``formats[i]`` is record i's built-in format, None = default); ``overflow``
+        says what becomes of tokens beyond ``max_length`` (see the module docstring)."""
         fmts = formats or [None] * len(records)
         encoded = self.ids([self.segments(r, f) for r, f in zip(records, fmts)], [self.lead(r) for r in records])
         stats = TokenizeStats()
         examples = []
         for record, (ids, trained) in zip(records, encoded):
-            example = self.example(record, ids, trained, max_length, completion_only_loss)
-            stats.truncated += example.truncated
-            n_trained = example.num_trained
-            if n_trained == 0:
+            if overflow == "split":
+                pieces = self.pieces(record, ids, trained, max_length, completion_only_loss)
+                stats.split += len(pieces) > 1
+            else:
+                pieces = [self.example(record, ids, trained, max_length, completion_only_loss)]
+                stats.truncated += pieces[0].truncated
+            kept = [p for p in pieces if p.num_trained]
+            if not kept:
                 stats.no_target += 1
                 stats.no_target_origins.append(record.origin)
                 continue
-            stats.examples += 1
-            stats.tokens += len(example.input_ids)
-            stats.trained_tokens += n_trained
-            examples.append(example)
+            stats.examples += len(kept)  # documents: a split sequence counts once per piece
+            for piece in kept:
+                stats.tokens += len(piece.input_ids)
+                stats.trained_tokens += piece.num_trained
+            examples += kept
         return examples, stats
+
+
+def _labels(ids: list[int], trained: list[bool], completion_only_loss: bool) -> list[int]:
+    labels = [t if (flag or not completion_only_loss) else IGNORE_INDEX for t, flag in zip(ids, trained)]
+    if labels:
+        labels[0] = IGNORE_INDEX  # nothing predicts a sequence's first token
+    return labels
 
 
 def encode_record(
@@ -326,9 +361,10 @@ def encode_records(
     max_length: int,
     completion_only_loss: bool = True,
     formats: Sequence[PromptFormat | None] | None = None,
+    overflow: Literal["truncate", "split"] = "truncate",
 ) -> tuple[list[TokenizedExample], TokenizeStats]:
     """Encode many records; examples left without a trained token are dropped and counted in the stats."""
-    return Encoder(tokenizer).encode(records, max_length, completion_only_loss, formats)
+    return Encoder(tokenizer).encode(records, max_length, completion_only_loss, formats, overflow)
 
 
 def render_prompt(

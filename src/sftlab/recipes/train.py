@@ -387,7 +387,7 @@ def _print_setup(console: Console, session: TrainSession) -> None:
         "examples",
         f"{st.examples:,} in {st.rows:,} rows of <= {cfg.max_length} tokens ({'packed' if cfg.packing else 'padded'}); "
         f"{st.trained_tokens:,} trained tokens, real-token fraction {st.real_token_fraction:.1%}, "
-        f"{st.truncated:,} truncated"
+        + (f"{st.split:,} split into pieces" if cfg.overflow == "split" else f"{st.truncated:,} truncated")
         + (f", {st.no_target:,} dropped (no trained token left)" if st.no_target else "")
         + (f", replay {st.replay_fraction:.1%} of trained tokens" if st.replay_examples else ""),
     )
