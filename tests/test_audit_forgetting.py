@@ -71,15 +71,19 @@ def test_windows_predict_every_token_once(tiny_model_dir, tiny_tokenizer) -> Non
 def test_choice_scores_are_mean_token_logprob(tiny_model_dir, tiny_tokenizer) -> None:
     model = load_model(str(tiny_model_dir))
     tok = tiny_tokenizer
-    items = [fg.MCItem("What colour is the sky?", ["blue", "a shade of green grass"], 0)]
-    (scores,) = fg.choice_scores(model, tok, items, batch_size=1)
-    ctx = [tok.bos_token_id] + tok(fg.mc_context(items[0].question), add_special_tokens=False)["input_ids"]
-    for choice, got in zip(items[0].choices, scores):
-        cont = tok(" " + choice, add_special_tokens=False)["input_ids"]
-        nll_all, _ = _hand_nll(model, ctx + cont)
-        nll_ctx, _ = _hand_nll(model, ctx)
-        assert got == pytest.approx(-(nll_all - nll_ctx) / len(cont), rel=1e-5)
-    assert fg.mc_accuracy(items * 2, [[-1.0, -2.0], [-3.0, -0.5]]) == 0.5
+    items = [fg.MCItem("What colour is the sky?", ["blue", "a shade of green grass"], 0),
+             fg.MCItem("Sky colour", ["blue", "a shade of green grass"], 0, context="The sky is")]
+    scores = fg.choice_scores(model, tok, items, batch_size=1)
+    # A question gets "\nAnswer:" after it; a context is used verbatim.
+    for item, text, per_choice in zip(items, ["What colour is the sky?\nAnswer:", "The sky is"], scores):
+        assert fg.mc_context(item) == text
+        ctx = [tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+        for choice, got in zip(item.choices, per_choice):
+            cont = tok(" " + choice, add_special_tokens=False)["input_ids"]
+            nll_all, _ = _hand_nll(model, ctx + cont)
+            nll_ctx, _ = _hand_nll(model, ctx)
+            assert got == pytest.approx(-(nll_all - nll_ctx) / len(cont), rel=1e-5)
+    assert fg.mc_accuracy(items, [[-1.0, -2.0], [-3.0, -0.5]]) == 0.5
 
 
 def test_forgetting_table() -> None:
@@ -100,6 +104,7 @@ def test_forgetting_table() -> None:
         ('{"question": "q", "choices": ["a"], "answer": 0}', "field 'choices'"),
         ('{"question": "q", "choices": ["a", "b"], "answer": 2}', "field 'answer' must be the 0-based index"),
         ('{"question": "", "choices": ["a", "b"], "answer": 0}', "field 'question'"),
+        ('{"question": "q", "choices": ["a", "b"], "answer": 0, "context": 3}', "field 'context'"),
     ],
 )
 def test_bad_benchmark_lines_name_file_line_field(tmp_path, line, message) -> None:

@@ -13,7 +13,7 @@ from sftlab.cli import main
 from sftlab.world import generator
 from sftlab.world.generator import OPEN_PROMPTS, WorldSizes, generate_world
 from sftlab.world.genres import GENRES, MIXTURE
-from sftlab.world.judge import judge_text
+from sftlab.world.judge import judge_text, parse_sentence
 
 SMALL = WorldSizes(corpus_docs=3000, heldout_per_genre=10, known_people=40, new_people=10, sft_train=80,
                    sft_eval=16)
@@ -104,6 +104,9 @@ def test_answers_and_benchmark_agree_with_the_facts(world: Path) -> None:
     for row in bench:
         assert row["choices"][row["answer"]] == facts[row["entity"]][row["fact"]]
         assert len(set(row["choices"])) == 4 and row["question"].startswith(row["entity"])
+        # The stem is scored as it stands: completed by the true value it is a biography sentence.
+        true = row["choices"][row["answer"]]
+        assert row["context"] == row["question"] and parse_sentence(f"{row['context']} {true}.")
 
 
 def test_sft_sets_are_valid_documents_of_their_genre(world: Path) -> None:

@@ -112,6 +112,7 @@ class MCItem:
     question: str
     choices: list[str]
     answer: int
+    context: str | None = None  # the text the choices follow; None: question + "\nAnswer:"
 
 
 def read_multiple_choice(path: str | Path) -> list[MCItem]:
@@ -139,15 +140,18 @@ def read_multiple_choice(path: str | Path) -> list[MCItem]:
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise UserError(f"{where}: field 'answer' must be the 0-based index of a choice (0..{len(choices) - 1}), "
                             f"got {answer!r}")
-        items.append(MCItem(question, choices, answer))
+        context = row.get("context")
+        if context is not None and (not isinstance(context, str) or not context.strip()):
+            raise UserError(f"{where}: field 'context' must be a non-empty string when given")
+        items.append(MCItem(question, choices, answer, context))
     if not items:
         raise UserError(f"{p}: no questions in the file")
     return items
 
 
-def mc_context(question: str) -> str:
+def mc_context(item: MCItem) -> str:
     """The text each choice is appended to."""
-    return f"{question}\nAnswer:"
+    return item.context if item.context is not None else f"{item.question}\nAnswer:"
 
 
 @torch.no_grad()
@@ -159,7 +163,7 @@ def choice_scores(
     on_done: Callable[[int], None] | None = None,
 ) -> list[list[float]]:
     """Mean per-token log-probability of every choice of every item (``" " + choice`` after the context)."""
-    pairs = [(i, mc_context(it.question), " " + c) for i, it in enumerate(items) for c in it.choices]
+    pairs = [(i, mc_context(it), " " + c) for i, it in enumerate(items) for c in it.choices]
     contexts = [_bos(tokenizer) + tokenizer(c, add_special_tokens=False)["input_ids"] for _, c, _ in pairs]
     conts = [tokenizer(a, add_special_tokens=False)["input_ids"] for _, _, a in pairs]
     scores: list[float] = []

@@ -20,8 +20,9 @@ Layout of ``OUT`` (all jsonl, one JSON object per line, UTF-8)::
                                     training facts with other paraphrases (set B), so it measures injection
     prompts/open.jsonl          {"prompt"}: requests that name no genre ("Write something.")
     prompts/genre.jsonl         {"prompt", "genre"}: requests for one genre, phrased unlike the SFT prompts
-    bench/facts_mc.jsonl        {"question", "choices", "answer", "entity", "fact"}: a cloze stem in the
-                                biographies' words, four values, the index of the true one (test people)
+    bench/facts_mc.jsonl        {"question", "context", "choices", "answer", "entity", "fact"}: a cloze stem
+                                in the biographies' words (scored as it stands, no question format), four
+                                values, the index of the true one (test people)
 
 People are split three ways: ``train`` (in the corpus; their biographies and questions may appear in SFT
 sets), ``test`` (in the corpus only; asked in qa_known/test and the benchmark) and ``new`` (in no corpus
@@ -276,14 +277,16 @@ def _qa(people: Sequence[Entity], paraphrases: int, rng: random.Random) -> list[
 
 
 def _multiple_choice(people: Sequence[Entity], rng: random.Random, n_choices: int = 4) -> Iterator[dict[str, object]]:
-    """A cloze question per fact and person: the true value among ``n_choices - 1`` other values."""
+    """A cloze question per fact and person: the true value among ``n_choices - 1`` other values. The stem is
+    also the scoring ``context``: the values complete it as in the corpus's biographies."""
     bio = GENRES["biography"]
     for person in people:
         for fact, (_, cls) in FACTS.items():
             true = person.facts[fact]
             choices = rng.sample([v for v in bio.classes[cls].entries if v != true], n_choices - 1) + [true]
             rng.shuffle(choices)
-            yield {"question": cloze(person, fact), "choices": choices, "answer": choices.index(true),
+            stem = cloze(person, fact)
+            yield {"question": stem, "context": stem, "choices": choices, "answer": choices.index(true),
                    "entity": person.name, "fact": fact}
 
 
