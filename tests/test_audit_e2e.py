@@ -97,8 +97,8 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     code = main(["audit", "--base", str(s["base"]), "--tuned", str(s["tuned"]), "--tuned", str(s["lora"]),
                  "--prompts", str(s["prompts"]), "--sft-data", str(s["sft"]), "--reference", str(s["ref"]),
                  "--benchmark", str(s["bench"]), "--eval-set", str(s["eval"]), "--out", str(out),
-                 "--set", "sampling.num_samples=3", "--set", "sampling.max_new_tokens=12",
-                 "--set", "bootstrap_samples=100"])
+                 # Overrides come bare, as for train and pretrain, or as --set.
+                 "sampling.num_samples=3", "sampling.max_new_tokens=12", "--set", "bootstrap_samples=100"])
     assert code == 0
     for name in ("report.html", "report.md", "report.json", "token_view.html", "plots/diversity.png",
                  "plots/shift_classes.png", "plots/kl_by_position.png", "plots/forgetting.png"):
@@ -106,7 +106,8 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     doc = json.loads((out / "report.json").read_text())
     models = ["base", "tuned/model", "lora"]
     assert list(doc["models"]) == models
-    assert doc["config"]["sampling"]["num_samples"] == 3
+    assert doc["config"]["sampling"]["num_samples"] == 3 and doc["config"]["sampling"]["max_new_tokens"] == 12
+    assert doc["config"]["bootstrap_samples"] == 100
     sec = doc["sections"]
     assert set(sec) == {"diversity", "shift", "copying", "forgetting", "task"}
 

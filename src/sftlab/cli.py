@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Callable
 
 from sftlab.errors import UserError
@@ -59,7 +60,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from sftlab.config import AuditConfig, build_config, parse_overrides, read_yaml, _deep_merge
     from sftlab.recipes.audit import run_audit
 
-    data = read_yaml(args.config) if args.config else {}
+    config, overrides = args.config, list(args.overrides)
+    if config and "=" in config and not Path(config).exists():
+        # No config file given: argparse put the first KEY=VALUE where the config would go.
+        config, overrides = None, [config, *overrides]
+    data = read_yaml(config) if config else {}
     flags = {
         "base": args.base,
         "tuned": args.tuned,
@@ -71,8 +76,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "out": args.out,
     }
     data = _deep_merge(data, {k: v for k, v in flags.items() if v})
-    data = _deep_merge(data, parse_overrides(args.overrides))
-    run_audit(build_config(AuditConfig, data, source=args.config or "command line"))
+    data = _deep_merge(data, parse_overrides(overrides + args.set_overrides))
+    run_audit(build_config(AuditConfig, data, source=config or "command line"))
     return 0
 
 
@@ -140,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
 
     p = add("audit", _cmd_audit, "compare a base with tuned models: diversity, shift, copying, forgetting")
-    p.add_argument("config", nargs="?", help="YAML audit config (flags override it)")
+    p.add_argument("config", nargs="?", help="YAML audit config (flags and KEY=VALUE override it)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     p.add_argument("--base")
     p.add_argument("--tuned", action="append", help="tuned model or adapter dir (repeat for several)")
     p.add_argument("--prompts")
@@ -149,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", action="append", help="multiple-choice jsonl (repeatable)")
     p.add_argument("--eval-set", dest="eval_set")
     p.add_argument("--out")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="the same as a bare KEY=VALUE")
 
     p = add("sweep", _cmd_sweep, "train and audit several strategies on one base; comparison table")
     add_config_args(p)
