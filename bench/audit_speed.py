@@ -27,18 +27,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from transformers import AutoModelForCausalLM
+from common import shared_data  # first: it puts the process offline before any HF library loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 from sftlab.audit.shift import score_per_position, score_shift
 from sftlab.config import AuditConfig, build_config
 from sftlab.models.tiny import build_config as tiny_config
 from sftlab.models.tiny import save_tokenizer, train_tokenizer
-from sftlab.offline import set_offline
 from sftlab.recipes.audit import run_audit
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SHARED = shared_data()
 
 
 def make_model(out: Path, tokenizer, seed: int) -> Path:
@@ -109,7 +110,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared machine)")
     args = parser.parse_args()
-    set_offline()
     torch.set_num_threads(args.threads)
     lines = [l for l in (SHARED / "tinyshakespeare" / "input.txt").read_text().splitlines() if l][:8000]
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,23 +39,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
-ALPACA = DATA / "alpaca" / "alpaca_5000.json"
-SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
+from common import Quiet, StepTimer, shared_data
 
-# Target ratios against plain full fine-tuning, from the issue.
+# Target ratios against plain full fine-tuning.
 TARGETS = {"neftune": 1.03, "l2sp": 1.10, "ewc": 1.15, "kl full": 1.7, "kl lora": 1.7}
 
 
@@ -109,22 +103,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, setup: dict[str, Any]) -> None:
     """Every contender in interleaved rounds, then the isolated component timings, then the report."""
-    from transformers import TrainerCallback
-
     from sftlab.recipes.train import peak_memory_mb, reset_peak_memory
-
-    class StepTimer(TrainerCallback):
-        """Wall time between the end of step `warmup` and of step `warmup + steps`."""
-
-        def __init__(self) -> None:
-            self.start: float | None = None
-            self.seconds: float | None = None
-
-        def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.global_step == args.warmup:
-                self.start = time.perf_counter()
-            elif state.global_step == args.warmup + args.steps and self.start is not None:
-                self.seconds = time.perf_counter() - self.start
 
     specs = contenders(setup)
     names = [n for n in specs if n == "full" or not args.only or n in args.only]
@@ -132,13 +111,13 @@ def run(args: argparse.Namespace, setup: dict[str, Any]) -> None:
     memory: dict[str, dict[str, float | None]] = {}
     for rnd in range(args.rounds):
         for name in names:
-            timer = StepTimer()
+            timer = StepTimer(args.warmup, args.steps)
             trainer = build(setup, args, name, specs[name])
             trainer.add_callback(timer)
             reset_peak_memory()
             trainer.train()
-            assert timer.seconds is not None
-            step_s[name].append(timer.seconds / args.steps)
+            assert timer.result is not None
+            step_s[name].append(timer.result[0] / args.steps)
             memory[name] = {**held_bytes_mb(trainer), "peak_mb": peak_memory_mb()}
             print(f"round {rnd + 1} {name:8s} {1000 * step_s[name][-1]:7.1f} ms/step", flush=True)
             del trainer
@@ -160,12 +139,12 @@ def make_setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from sftlab.train.callbacks import disable_library_bars
 
     disable_library_bars()
-    records = json.loads(ALPACA.read_text())[: args.records]
+    records = json.loads((shared_data() / "alpaca" / "alpaca_5000.json").read_text())[: args.records]
     data_file = work / "alpaca.json"
     data_file.write_text(json.dumps(records))
     # Plain text for replay and for EWC's Fisher: tinyshakespeare's speeches (one per blank-line block).
     text = work / "shakespeare.txt"
-    text.write_text("\n\n".join(SHAKESPEARE.read_text().split("\n\n")[:2000]))
+    text.write_text("\n\n".join((shared_data() / "tinyshakespeare" / "input.txt").read_text().split("\n\n")[:2000]))
     tokenizer = train_tokenizer((r["instruction"] + " " + r["input"] + " " + r["output"] for r in records), 2048)
     model_dir = work / "base"
     torch.manual_seed(0)
@@ -192,7 +171,7 @@ def build(setup: dict[str, Any], args: argparse.Namespace, name: str, extra: dic
         max_steps=args.warmup + args.steps, learning_rate=1e-3, save_strategy="no", logging_steps=10,
         seed=0, resume="never", **extra,
     )
-    with _quiet():
+    with Quiet():
         return prepare_train(cfg).trainer
 
 
@@ -303,20 +282,6 @@ def component_costs(setup: dict[str, Any], args: argparse.Namespace, reps: int =
     return costs
 
 
-class _quiet:
-    """Mute the setup chatter of a contender (summary tables, Fisher bar); timing is unaffected."""
-
-    def __enter__(self) -> None:
-        self._stdout = sys.stdout
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - closed in __exit__
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        sys.stdout.close()
-        sys.stdout = self._stdout
-        warnings.resetwarnings()
-
-
 # --------------------------------------------------------------------------------------------------
 # Report
 
@@ -334,8 +299,8 @@ def report(step_s: dict[str, list[float]], memory: dict[str, dict[str, float | N
     print(f"GPT-2 {setup['params'] / 1e6:.2f}M parameters, seq {args.seq}, batch {args.batch}, "
           f"{'padded' if args.no_packing else 'packed'}, {device}; {args.steps} timed steps after {args.warmup}, "
           f"median of {args.rounds} rounds")
-    print(f"| contender | ms/step (median) | x full FT | target | model MB | regularizers MB | optimizer MB | "
-          f"peak MB |")
+    print("| contender | ms/step (median) | x full FT | target | model MB | regularizers MB | optimizer MB | "
+          "peak MB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, values in step_s.items():
         mem = memory[name]

@@ -19,18 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import tempfile
-import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-ALPACA = REPO.parent / "shared" / "data" / "alpaca" / "alpaca_5000.json"
+from common import Quiet, StepTimer, shared_data
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,29 +46,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    from sftlab.offline import set_offline
-
-    set_offline()
     import torch
-    from transformers import TrainerCallback
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="sftlab-bench-"))
     setup = make_setup(work, args)
-
-    class StepTimer(TrainerCallback):
-        """Wall time and non-padding tokens between the end of step `warmup` and of step `warmup+steps`."""
-
-        def __init__(self) -> None:
-            self.start: tuple[float, int] | None = None
-            self.result: tuple[float, int] | None = None
-
-        def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.global_step == args.warmup:
-                self.start = (time.perf_counter(), state.num_input_tokens_seen)
-            elif state.global_step == args.warmup + args.steps and self.start is not None:
-                t0, n0 = self.start
-                self.result = (time.perf_counter() - t0, state.num_input_tokens_seen - n0)
 
     contenders: dict[str, Callable[[StepTimer], Any]] = {
         "sftlab packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True),
@@ -86,7 +63,7 @@ def main() -> None:
     speeds: dict[str, list[float]] = {n: [] for n in names}
     for rnd in range(args.rounds):
         for name in names:
-            timer = StepTimer()
+            timer = StepTimer(args.warmup, args.steps)
             trainer = contenders[name](timer)
             trainer.train()
             seconds, tokens = timer.result
@@ -113,7 +90,7 @@ def make_setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from sftlab.data.tokenize import render_prompt
     from sftlab.models.tiny import build_config, save_tokenizer, train_tokenizer
 
-    records = json.loads(ALPACA.read_text())[: args.records]
+    records = json.loads((shared_data() / "alpaca" / "alpaca_5000.json").read_text())[: args.records]
     data_file = work / "alpaca.json"
     data_file.write_text(json.dumps(records))
     tokenizer = train_tokenizer((r["instruction"] + " " + r["input"] + " " + r["output"] for r in records), 2048)
@@ -176,7 +153,7 @@ def sftlab_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, 
     cfg = TrainConfig(model_name_or_path=str(setup["model_dir"]), train_file=[str(setup["data_file"])],
                       output_dir=str(out), max_length=args.seq, packing=packing, logging_steps=10,
                       resume="never", **_common(args))
-    with _quiet():
+    with Quiet():
         session = prepare_train(cfg)
     session.trainer.args.include_num_input_tokens_seen = "non_padding"
     session.trainer.add_callback(timer)
@@ -223,7 +200,7 @@ def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, bes
         output_dir=str(setup["work"] / "trl"), max_length=args.seq, report_to="none", disable_tqdm=True,
         use_cpu=True, include_num_input_tokens_seen="non_padding", **_common(args), **extra,
     )
-    with _quiet():
+    with Quiet():
         trainer = SFTTrainer(
             model=AutoModelForCausalLM.from_pretrained(str(setup["model_dir"])),
             args=config,
@@ -232,20 +209,6 @@ def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, bes
             callbacks=[timer],
         )
     return trainer
-
-
-class _quiet:
-    """Mute the setup chatter of a contender (summary tables, dataset maps); timing is unaffected."""
-
-    def __enter__(self) -> None:
-        self._stdout = sys.stdout
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - closed in __exit__
-        warnings.simplefilter("ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        sys.stdout.close()
-        sys.stdout = self._stdout
-        warnings.resetwarnings()
 
 
 # --------------------------------------------------------------------------------------------------

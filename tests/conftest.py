@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sftlab.data.shared import locate_shared_data
+from sftlab.errors import UserError
 from sftlab.offline import set_offline
 
 set_offline()
@@ -15,15 +17,15 @@ set_offline()
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` with the real public data sets (see each SOURCE.md)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data not found at {SHARED_DATA}; tests expect ../shared beside the repo")
-    return SHARED_DATA
+    """The shared real public data sets (see each SOURCE.md), found by :func:`locate_shared_data`."""
+    try:
+        return locate_shared_data(REPO)
+    except UserError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,7 @@ GENRE = Genre.build(
         "birth": [f"{S} was born in {{city=bc}} in {{year=by}}.", f"{S} was born in {{year=by}} in {{city=bc}}.",
                   f"In {{year=by}}, {S} was born in {{city=bc}}."],
         "life": [f"{S} [worked as|was] a {{profession=pro}} and [loved|enjoyed] {{hobby=hb}}.",
-                 f"In {{poss}} free time, the {{profession=pro}} {{first=pf}} enjoyed {{hobby=hb}}."],
+                 "In {poss} free time, the {profession=pro} {first=pf} enjoyed {hobby=hb}."],
     },
     closing=[
         "That is the life of {first=pf} {last=pl}.",

@@ -1,0 +1,55 @@
+"""Pieces every benchmark script uses: where the shared data is, a step timer, and a mute for setup chatter."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sftlab.offline import set_offline
+
+set_offline()  # before transformers is imported: benchmarks never touch the network
+
+from transformers import TrainerCallback  # noqa: E402
+
+from sftlab.data.shared import locate_shared_data  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data() -> Path:
+    """The shared public data sets (``../shared/data``, see :mod:`sftlab.data.shared`)."""
+    return locate_shared_data(REPO)
+
+
+class StepTimer(TrainerCallback):
+    """Wall time and non-padding input tokens between the end of step ``warmup`` and of ``warmup + steps``."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.start: tuple[float, int] | None = None
+        self.result: tuple[float, int] | None = None  # (seconds, tokens)
+
+    def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step == self.warmup:
+            self.start = (time.perf_counter(), state.num_input_tokens_seen)
+        elif state.global_step == self.warmup + self.steps and self.start is not None:
+            t0, n0 = self.start
+            self.result = (time.perf_counter() - t0, state.num_input_tokens_seen - n0)
+
+
+class Quiet:
+    """Mute a contender's setup chatter (summary tables, progress bars, warnings); timing is unaffected."""
+
+    def __enter__(self) -> None:
+        self._stdout = sys.stdout
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - closed in __exit__
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.close()
+        sys.stdout = self._stdout
+        warnings.resetwarnings()
