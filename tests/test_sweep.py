@@ -11,6 +11,7 @@ from sftlab.errors import UserError
 from sftlab.sweep import (
     COLUMNS,
     ROW_FILE,
+    SETTINGS_FILE,
     aggregate,
     finished_row,
     format_cell,
@@ -81,7 +82,8 @@ def test_a_finished_run_is_skipped_only_when_its_settings_are_this_configs(tmp_p
     full = plan(cfg)[0]
     assert finished_row(cfg, full) is None
     full.run_dir.mkdir(parents=True)
-    (full.run_dir / ROW_FILE).write_text(json.dumps({"strategy": "full", "seed": 0, "settings": run_settings(cfg, full)}))
+    (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full))
+    (full.run_dir / ROW_FILE).write_text(json.dumps({"strategy": "full", "seed": 0}))
     assert finished_row(cfg, full)["strategy"] == "full"
     # The same run dir under a changed learning rate: its row no longer belongs to this sweep.
     changed = load_sweep(str(_sweep(tmp_path, train={"train_file": "train.jsonl", "learning_rate": 0.5})))
@@ -91,3 +93,17 @@ def test_a_finished_run_is_skipped_only_when_its_settings_are_this_configs(tmp_p
     assert run_settings(changed, plan(changed)[1]) != run_settings(cfg, plan(cfg)[1])
     # The demo redoes such a run: its directory goes, and the run counts as not done.
     assert finished_row(changed, plan(changed)[0], redo_stale=True) is None and not full.run_dir.exists()
+
+
+def test_a_base_retrained_in_place_makes_even_unfinished_runs_stale(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "model.safetensors").write_bytes(b"weights v1")
+    cfg = load_sweep(str(_sweep(tmp_path, base_model=str(base))))
+    full = plan(cfg)[0]
+    full.run_dir.mkdir(parents=True)
+    (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full))  # started, killed before its row
+    assert finished_row(cfg, full) is None  # not finished: it will resume
+    (base / "model.safetensors").write_bytes(b"weights v2, retrained")
+    with pytest.raises(UserError, match="other settings"):
+        finished_row(cfg, full)  # its checkpoints belong to the old base: no resume

@@ -106,11 +106,10 @@ def ensure_base(base_dir: Path, cfg: PretrainConfig, world: str, console: Consol
         console.print(f"[dim]base: cached at {model_dir}[/dim]")
         return model_dir
     if not same and base_dir.exists():
-        # A base from another world or recipe: its checkpoints must not be resumed, and the sweep runs made
-        # on it no longer describe this base.
-        console.print(f"base: {base_dir} was made from another world or recipe, rebuilding it and the sweep")
+        # A base from another world or recipe: its checkpoints must not be resumed. (The sweep runs made on it
+        # become stale by themselves: their settings hash the base's files.)
+        console.print(f"base: {base_dir} was made from another world or recipe, rebuilding it")
         shutil.rmtree(base_dir)
-        shutil.rmtree(base_dir.parent / "sweep", ignore_errors=True)
     console.print("base: pretraining a tiny GPT-2 on the world's corpus")
     base_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(world)  # before training, so an interrupted pretraining resumes on this world

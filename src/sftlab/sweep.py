@@ -2,7 +2,9 @@
 
 Each strategy x seed is one run under ``out/runs/<strategy>/seed<k>/`` (the train run dir, with the audit in
 ``audit/``). A run that finished has ``row.json``, so a re-run skips it: a sweep killed half-way resumes
-where it stopped (and an interrupted training run inside it resumes from its own checkpoints).
+where it stopped (and an interrupted training run inside it resumes from its own checkpoints). A run dir
+made under other settings (``settings.sha``: base model files, train and audit settings) is never skipped
+or resumed as if it were this config's (see :func:`finished_row`).
 
 Every row is measured from files only, like the audit: eval loss of the saved model on the eval set, the
 audit's report.json (diversity, shift, forgetting, task, world), and the cost the run recorded. The
@@ -28,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from sftlab.audit.generate import model_fingerprint
 from sftlab.audit.report.section import SectionProvider
 from sftlab.config import (
     AuditConfig,
@@ -41,6 +44,7 @@ from sftlab.config import (
 from sftlab.errors import UserError
 
 ROW_FILE = "row.json"
+SETTINGS_FILE = "settings.sha"
 # The diversity metric the table reports as "kept": EAD (Kirk et al. 2024) is length-corrected distinct-n,
 # so it does not reward a model for writing longer answers.
 DIVERSITY_METRIC = "ead"
@@ -205,7 +209,8 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
 
 
 def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
-    """A hash of what decides one run's result (train or interpolation settings, audit settings)."""
+    """A hash of what decides one run's result: the base model's files (a base retrained in place makes every
+    run stale), the train or interpolation settings and the audit settings."""
     mix = spec.strategy.interpolate
     if mix is None:
         made: dict[str, Any] = train_config(cfg, spec).model_dump(mode="json", by_alias=True)
@@ -213,22 +218,20 @@ def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
         # A mix is as new as the model it mixes: a redone source makes it stale too.
         source = next(s for s in cfg.strategies if s.name == mix.source)
         made = {**mix.model_dump(mode="json"), "source": run_settings(cfg, RunSpec(source, spec.seed, spec.run_dir))}
-    settings = {"base": cfg.base_model, "made": made, "audit": cfg.audit}
+    settings = {"base": model_fingerprint(cfg.base_model), "made": made, "audit": cfg.audit}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> dict[str, Any] | None:
     """The row of a run finished earlier with the same settings; None when it has not finished.
 
-    A finished run made with other settings is an error rather than a silent skip (its numbers would not
-    belong in this table) or a silent overwrite (they may be wanted). With ``redo_stale`` (the demo, whose
-    runs are all derived from its own world) its directory is removed and the run is done again.
+    A run started with other settings (``settings.sha``, written before it trains), finished or not, is an
+    error rather than a silent skip (its numbers would not belong in this table), a resume across two
+    settings, or a silent overwrite (they may be wanted). With ``redo_stale`` (the demo, whose runs are all
+    derived from its own world) its directory is removed and the run is done again.
     """
-    done = spec.run_dir / ROW_FILE
-    if not done.is_file():
-        return None
-    row = json.loads(done.read_text())
-    if row.get("settings") != run_settings(cfg, spec):
+    stamp = spec.run_dir / SETTINGS_FILE
+    if stamp.is_file() and stamp.read_text() != run_settings(cfg, spec):
         if redo_stale:
             shutil.rmtree(spec.run_dir)
             return None
@@ -236,7 +239,8 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> d
             f"sweep run {spec.label} in {spec.run_dir} was made with other settings than this config's. "
             f"Delete that directory to redo it, or set another `out` for this sweep."
         )
-    return row
+    done = spec.run_dir / ROW_FILE
+    return json.loads(done.read_text()) if stamp.is_file() and done.is_file() else None
 
 
 def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]],
@@ -244,6 +248,8 @@ def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[st
     """Train (or interpolate), evaluate and audit one run; writes and returns its row."""
     from sftlab.recipes.audit import model_names, run_audit
 
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec))
     if spec.strategy.interpolate is None:
         model_dir, cost = train_run(cfg, spec)
     else:
@@ -252,13 +258,16 @@ def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[st
     run_audit(audit_config(cfg, str(model_dir), str(audit_out), Path(cfg.out)), extra_sections=extra_sections)
     report = json.loads((audit_out / "report.json").read_text())
     tuned_name = list(model_names(cfg.base_model, [str(model_dir)]))[1]
-    row = {"strategy": spec.strategy.name, "seed": spec.seed, "settings": run_settings(cfg, spec),
-           "model_dir": str(model_dir),
+    row = {"strategy": spec.strategy.name, "seed": spec.seed, "model_dir": str(model_dir),
            "eval_loss": eval_loss(model_dir, cfg, cfg.train), **cost, **row_from_report(report, tuned_name)}
-    tmp = spec.run_dir / (ROW_FILE + ".tmp")
-    tmp.write_text(json.dumps(row, indent=2))
-    os.replace(tmp, spec.run_dir / ROW_FILE)
+    _write_atomic(spec.run_dir / ROW_FILE, json.dumps(row, indent=2))
     return row
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), redo_stale: bool = False) -> Path:
