@@ -16,13 +16,18 @@ set_offline()  # before transformers is imported: benchmarks never touch the net
 from transformers import TrainerCallback  # noqa: E402
 
 from sftlab.data.shared import locate_shared_data  # noqa: E402
+from sftlab.errors import UserError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def shared_data() -> Path:
-    """The shared public data sets (``../shared/data``, see :mod:`sftlab.data.shared`)."""
-    return locate_shared_data(REPO)
+    """The shared public data sets (``../shared/data``, see :mod:`sftlab.data.shared`); exits with the
+    places it tried when they are missing."""
+    try:
+        return locate_shared_data(REPO)
+    except UserError as exc:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: {exc}") from None
 
 
 class StepTimer(TrainerCallback):
