@@ -27,7 +27,8 @@ def shared_data() -> Path:
     try:
         return locate_shared_data(REPO)
     except UserError as exc:
-        raise SystemExit(f"{Path(sys.argv[0]).name}: {exc}") from None
+        print(f"{Path(sys.argv[0]).name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None  # the CLI's exit status for a user error
 
 
 class StepTimer(TrainerCallback):
