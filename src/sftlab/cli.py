@@ -120,7 +120,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    run_demo(out=args.out, quick=args.quick, seeds=args.seeds)
+    if args.real:
+        from sftlab.demo_real import run_demo_real
+
+        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds)
+        return 0
+    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds)
     return 0
 
 
@@ -171,9 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sweep", _cmd_sweep, "train and audit several strategies on one base; comparison table")
     add_config_args(p)
 
-    p = add("demo", _cmd_demo, "the end-to-end job on the synthetic world")
+    p = add("demo", _cmd_demo, "the end-to-end job: on the synthetic world, or --real on SmolLM2-135M-Instruct")
+    p.add_argument("--real", action="store_true",
+                   help="the seeds' experiment on the built-in real model (Shakespeare SFT; about 25 minutes)")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default=None, help="default runs/demo (runs/demo_real with --real)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
