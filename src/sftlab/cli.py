@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML audit config (flags and KEY=VALUE override it)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     p.add_argument("--base")
-    p.add_argument("--tuned", action="append", help="tuned model or adapter dir (repeat for several)")
+    p.add_argument("--tuned", action="append", metavar="[NAME=]DIR",
+                   help="tuned model or adapter dir, labelled NAME in the report (repeat for several)")
     p.add_argument("--prompts")
     p.add_argument("--sft-data", dest="sft_data")
     p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable)")

@@ -270,7 +270,10 @@ class AuditConfig(StrictModel):
     """``sftlab audit``: compare a base model with one or more tuned models."""
 
     base: str
-    tuned: list[str] = Field(..., min_length=1)
+    tuned: list[str] | dict[str, str] = Field(
+        ..., min_length=1,
+        description="tuned model or adapter dirs: a list of DIR or NAME=DIR, or a mapping NAME: DIR; NAME labels it in the report",
+    )
     prompts: str
     out: str = "runs/audit"
     sft_data: str | None = None
