@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--eval-file", dest="eval_file", help="check train/eval overlap against this file")
     p.add_argument("--tokenizer", help="tokenizer dir for token length stats")
-    p.add_argument("--out", default=None, help="dir for report + quarantine (default: beside the data)")
+    p.add_argument("--out", default=None, help="dir for report + quarantine (default: runs/data_check/<first file's stem>)")
     p.add_argument("--strict", action="store_true", help="exit 2 if any record is bad")
 
     world = sub.add_parser("world", help="the synthetic world").add_subparsers(dest="world_command", required=True)
