@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import datetime, timezone
 from collections.abc import Sequence
@@ -154,16 +155,22 @@ def summary_markdown(findings: Sequence[Finding], strategies: Sequence[str], rul
     return "\n".join(lines)
 
 
-def comparison_table(table: dict[str, Any]) -> Table:
-    """Strategies as rows, columns as in :data:`sftlab.sweep_table.COLUMNS`, cells ``mean ± std``."""
+def comparison_table(table: dict[str, Any], group: str = "outcome") -> Table:
+    """Strategies as rows, the ``group``'s columns of :data:`sftlab.sweep_table.COLUMNS`, cells ``mean ± std``.
+
+    A cell may wrap before its ``±`` only (a no-break space follows it), so a narrow page puts the std
+    under the mean instead of cutting the table off.
+    """
 
     def header(c: Column) -> str:
         arrow = {True: " ↑", False: " ↓", None: ""}[c.higher_is_better]
         return c.label + arrow
 
-    rows = [[name, str(len(s["seeds"]))] + [format_cell(c, s["columns"][c.key]) for c in COLUMNS]
+    columns = [c for c in COLUMNS if c.group == group]
+    rows = [[name, str(len(s["seeds"]))] + [format_cell(c, s["columns"][c.key]).replace(" ± ", " ±\u00a0")
+                                            for c in columns]
             for name, s in table["strategies"].items()]
-    return Table(["strategy", "seeds"] + [header(c) for c in COLUMNS], rows)
+    return Table(["strategy", "seeds"] + [header(c) for c in columns], rows)
 
 
 def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Path:
@@ -176,7 +183,7 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
              "better direction. Diversity kept is the tuned model's EAD as a share of the base's; Δ are tuned minus "
              "base; cost is wall time, peak memory (GPU allocated, or process peak RSS on CPU) and trainable "
              "parameters. Each run's full audit is in runs/<strategy>/seed<k>/audit/report.html.")
-    t = comparison_table(table)
+    t, cost = comparison_table(table), comparison_table(table, "cost")
     images: dict[str, bytes] = {}
     figures_html, figures_md = [], []
     for name, x_key, x_label, x_higher in PARETO_PLOTS:
@@ -192,8 +199,10 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
         for r in table["rows"])
     section = Section(
         key="comparison", title="Strategies compared", data=table,
-        html=f"<p>{intro}</p>{t.to_html()}{''.join(figures_html)}<h3>Per-run audits</h3><ul>{links}</ul>",
-        markdown=f"{intro}\n\n{t.to_markdown()}\n\n" + "\n\n".join(figures_md), images=images)
+        html=(f"<p>{html.escape(intro)}</p>{t.to_html()}<h3>Cost</h3>{cost.to_html()}{''.join(figures_html)}"
+              f"<h3>Per-run audits</h3><ul>{links}</ul>"),
+        markdown=f"{intro}\n\n{t.to_markdown()}\n\n### Cost\n\n{cost.to_markdown()}\n\n" + "\n\n".join(figures_md),
+        images=images)
 
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = to_jsonable({"meta": {"sftlab_version": __version__, "created": created},

@@ -19,6 +19,9 @@ class Column:
     higher_is_better: bool | None  # None: cost or context, no better direction
     percent: bool = False
     digits: int = 3
+    # "outcome": what the fine-tune did to the model; "cost": what it took to train. The report draws one
+    # table per group, so neither is too wide for a page.
+    group: str = "outcome"
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -31,9 +34,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("delta_perplexity", "Δ perplexity (reference)", False, digits=2),
     Column("delta_benchmark", "Δ benchmark accuracy", True, percent=True),
     Column("shifted", "shifted tokens", None, percent=True),
-    Column("train_seconds", "train time (s)", None, digits=1),
-    Column("peak_memory_mb", "peak memory (MB)", None, digits=0),
-    Column("trainable_params", "trainable params", None, digits=0),
+    Column("train_seconds", "train time (s)", None, digits=1, group="cost"),
+    Column("peak_memory_mb", "peak memory (MB)", None, digits=0, group="cost"),
+    Column("trainable_params", "trainable params", None, digits=0, group="cost"),
 )
 
 
