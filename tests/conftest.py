@@ -76,3 +76,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> 
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
     """A random-init 2-layer Llama with the tiny tokenizer."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer, architecture="llama")
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``sftlab demo --quick`` run once per session (its tests and the browser check of its pages share it)."""
+    from sftlab.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["--offline", "demo", "--quick", "--out", str(out)]) == 0
+    return out
+
