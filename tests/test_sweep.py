@@ -154,6 +154,9 @@ def test_the_sweep_headline_states_what_every_seed_found(tmp_path):
     assert "no loss or gain that clears its interval or threshold" in _summary_card(html, "wise")
     # The page says which rule it used.
     assert "when every one of its 2 seeds&#x27; audits (same measure, same direction) found it" in html
+    summary = json.loads((out / "sweep.json").read_text())["summary"]
+    assert [(f["model"], f["kind"], f["key"]) for f in summary] == [
+        ("full", "lost", "perplexity/wiki"), ("full", "note", "diversity/per_input")]
     md = (out / "sweep.md").read_text()
     assert "- lost: seed 0: perplexity on wiki +18.5%" in md
 

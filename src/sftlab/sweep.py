@@ -62,7 +62,7 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """``strategy/seed``, for messages."""
+        """``strategy/seed<k>``: in messages, and the tuned model's label in its audit."""
         return f"{self.strategy.name}/seed{self.seed}"
 
 

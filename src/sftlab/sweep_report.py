@@ -6,6 +6,7 @@ import html
 import json
 from datetime import datetime, timezone
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -204,13 +205,14 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
         markdown=f"{intro}\n\n{t.to_markdown()}\n\n### Cost\n\n{cost.to_markdown()}\n\n" + "\n\n".join(figures_md),
         images=images)
 
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    doc = to_jsonable({"meta": {"sftlab_version": __version__, "created": created},
-                       "config": cfg.model_dump(mode="json"), **table})
-    (out / "sweep.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     strategies = {name: str(out / "runs" / name) for name in table["strategies"]}
     findings = read_findings(out, table)
     rule = summary_rule(seeds)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc = to_jsonable({"meta": {"sftlab_version": __version__, "created": created},
+                       "config": cfg.model_dump(mode="json"), "summary_rule": rule,
+                       "summary": [asdict(f) for f in findings], **table})
+    (out / "sweep.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
     (out / "sweep.md").write_text(f"# sftlab sweep\n\n{summary_markdown(findings, list(strategies), rule)}\n"
                                   f"## {section.title}\n\n{section.markdown}\n")
     page = render_html([section], findings, strategies, "", plots.model_colors(list(strategies), ""),
