@@ -302,15 +302,15 @@ def test_the_demo_pages_headlines_name_what_each_run_found(browser, demo) -> Non
         doc = json.loads((run / "report.json").read_text())
         label = f"{row['strategy']}/seed{row['seed']}"  # the run is labelled by strategy and seed
         assert list(doc["models"])[1] == label
-        stated = [[f["kind"], f["text"]] for f in doc["summary"] if f["kind"] in ("lost", "gained")]
+        stated = sorted([f["kind"], f["text"]] for f in doc["summary"] if f["kind"] in ("lost", "gained"))
         found_any |= bool(stated)
         # One seed per strategy: the sweep's card says what the run's own audit found, word for word.
-        assert [line for line in cards[row["strategy"]] if line[0] in ("lost", "gained")] == stated, row["strategy"]
+        assert sorted(line for line in cards[row["strategy"]] if line[0] in ("lost", "gained")) == stated, row["strategy"]
         # ... and so does the run's own page, under its label.
         assert_tables_fit(browser, run / "report.html")
         own = headline(browser)
         assert list(own) == [label]
-        assert [line for line in own[label] if line[0] in ("lost", "gained")] == stated
+        assert sorted(line for line in own[label] if line[0] in ("lost", "gained")) == stated
     assert found_any, "no run of the quick demo found a loss or gain: the check above proved nothing"
     browser.screenshot(sweep / "runs" / "full" / "seed0" / "audit" / "report.png")
 
