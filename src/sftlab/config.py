@@ -176,7 +176,7 @@ class TrainConfig(StrictModel):
     early_stopping_patience: int | None = Field(None, ge=1)
     resume: str = Field("auto", description="auto | never | a checkpoint dir")
 
-    loss: Literal["cross_entropy", "label_smoothing", "gem"] = "cross_entropy"
+    loss: Literal["cross_entropy", "label_smoothing", "gem", "dft"] = "cross_entropy"
     label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
     gem: GemSettings = Field(default_factory=GemSettings)
     neftune_noise_alpha: float | None = Field(None, gt=0)

@@ -406,6 +406,8 @@ def describe_remedies(cfg: TrainConfig) -> list[str]:
         parts.append(f"loss gem (beta {cfg.gem.beta}, h {cfg.gem.h})")
     elif cfg.loss == "label_smoothing":
         parts.append(f"label smoothing {cfg.label_smoothing_factor}")
+    elif cfg.loss == "dft":
+        parts.append("loss dft (cross-entropy weighted by each target's own probability)")
     if cfg.neftune_noise_alpha is not None:
         parts.append(f"NEFTune alpha {cfg.neftune_noise_alpha} ({cfg.neftune_noise_type}, {cfg.neftune_schedule})")
     if cfg.replay is not None:

@@ -269,7 +269,7 @@ def scored_positions_only(head: torch.nn.Module, labels: torch.Tensor) -> Iterat
     A forward pre-hook on the head gathers the scored hidden states, in row-major order, into one
     sequence ``[1, N+1, d]`` (the last row is a zero that no label scores); the yielded labels
     ``[1, N+1]`` are ``[-100, targets...]``, so any shifting LossFn (cross-entropy, label smoothing,
-    GEM) scores exactly the same (logit, target) pairs as on the full ``[B, T, V]`` logits.
+    GEM, DFT) scores exactly the same (logit, target) pairs as on the full ``[B, T, V]`` logits.
     Virtual tokens that prompt tuning prepends are skipped: hidden states are aligned to the labels
     from the right.
     """
