@@ -174,6 +174,10 @@ class TrainConfig(StrictModel):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = 2
     early_stopping_patience: int | None = Field(None, ge=1)
+    metric_for_best_model: Literal["eval_loss", "eval_objective"] = Field(
+        "eval_loss", description="what early stopping and the best checkpoint go by: eval_loss (token "
+        "cross-entropy, whatever the loss) or eval_objective (the training loss on the eval set)"
+    )
     resume: str = Field("auto", description="auto | never | a checkpoint dir")
 
     loss: Literal["cross_entropy", "label_smoothing", "gem", "dft"] = "cross_entropy"

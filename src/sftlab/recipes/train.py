@@ -5,7 +5,8 @@ Run dir (``output_dir``)::
     config.yaml          the resolved config of the latest invocation
     data/                quarantine.jsonl (rejected records: file, line, field, reason) and stats.json
     checkpoints/         checkpoint-N dirs, each written atomically; ``resume: auto`` picks the newest
-    metrics.jsonl        one JSON object per log event (train loss and its components, eval loss, ...)
+    metrics.jsonl        one JSON object per log event (train loss and its components; eval_loss, the token
+                         cross-entropy on the eval set under every loss, and eval_objective, the loss trained)
     ewc_fisher.safetensors   EWC's diagonal Fisher (with ``ewc``), computed once and reused on resume
     summary.json         what the run cost and reached (see :func:`write_summary`)
     model/ or adapter/   the result: a full model dir, or a PEFT adapter dir (``sftlab merge`` folds it in)
@@ -217,7 +218,7 @@ def finish_train(session: TrainSession) -> Path:
     if session.main:
         _write_stats(session.run_dir / "data" / "stats.json", data)
         write_summary(session.run_dir / "summary.json", session, train_seconds)
-        _print_result(Console(), trainer, out)
+        _print_result(Console(), trainer, out, session.cfg.loss)
     return out
 
 
@@ -226,12 +227,15 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
 
     ``train_seconds`` is this invocation's wall time in ``trainer.train`` (a resumed run counts only
     its own part); ``peak_memory_mb`` is :func:`peak_memory_mb` since ``prepare_train`` began; losses
-    come from the Trainer's log history, which a resumed run inherits from its checkpoint.
+    come from the Trainer's log history, which a resumed run inherits from its checkpoint. ``eval_loss_*``
+    is token cross-entropy on the eval set whatever the loss; ``eval_objective_*`` is the configured loss
+    there (equal to it under cross-entropy).
     """
     trainer = session.trainer
     history = trainer.state.log_history
     trainable, total = count_parameters(trainer.model)
     first, last = summarize_logs(history, "eval_loss")
+    objective_first, objective_last = summarize_logs(history, "eval_objective")
     summary = {
         "method": session.cfg.method,
         "global_step": trainer.state.global_step,
@@ -242,6 +246,8 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
         "eval_loss_first": first,
         "eval_loss_last": last,
+        "eval_objective_first": objective_first,
+        "eval_objective_last": objective_last,
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
@@ -286,7 +292,7 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, optim: str, resuming: bo
         save = {"save_strategy": cfg.eval_strategy, "save_steps": cfg.eval_steps or cfg.logging_steps}
         early = {
             "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_loss",
+            "metric_for_best_model": cfg.metric_for_best_model,
             "greater_is_better": False,
             "restore_callback_states_from_checkpoint": True,
         }
@@ -434,13 +440,16 @@ def _write_stats(path: Path, data: TrainData) -> None:
     path.write_text(json.dumps(stats, indent=2, default=str))
 
 
-def _print_result(console: Console, trainer: SFTLabTrainer, out: Path) -> None:
+def _print_result(console: Console, trainer: SFTLabTrainer, out: Path, loss_name: str) -> None:
     first, last = summarize_logs(trainer.state.log_history, "eval_loss")
     loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
     parts = [f"{trainer.state.global_step} steps"]
     if loss is not None:
         parts.append(f"last train loss {loss:.4f}")
     if first is not None:
-        parts.append(f"eval loss {first:.4f} -> {last:.4f}")
+        parts.append(f"eval loss (cross-entropy) {first:.4f} -> {last:.4f}")
+    obj_first, obj_last = summarize_logs(trainer.state.log_history, "eval_objective")
+    if obj_first is not None and loss_name != "cross_entropy":
+        parts.append(f"eval objective ({loss_name}) {obj_first:.4f} -> {obj_last:.4f}")
     console.print("; ".join(parts))
     console.print(f"saved: {out}")
