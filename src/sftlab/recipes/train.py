@@ -13,7 +13,7 @@ Run dir (``output_dir``)::
 
 Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss), ``l2sp`` / ``ewc`` /
 ``kl_to_base`` (build_regularizers), ``neftune_noise_alpha`` (attach_neftune), ``replay`` (the data
-pipeline). The order matters: method (PEFT) -> Trainer (places the model on its device) ->
+pipeline). A ``preset`` (ASFT) is expanded into those keys when the config is read. The order matters: method (PEFT) -> Trainer (places the model on its device) ->
 regularizers (anchors, Fisher and KL base from the starting weights, before a checkpoint loads in
 ``train``) -> NEFTune (after, so a frozen KL base copy carries no hook) -> train.
 
@@ -408,6 +408,8 @@ def _print_setup(console: Console, session: TrainSession) -> None:
 def describe_remedies(cfg: TrainConfig) -> list[str]:
     """One short phrase per remedy the config turns on (loss, regularizers, NEFTune, replay)."""
     parts = []
+    if cfg.preset == "asft":
+        parts.append("ASFT preset: DFT + forward KL to the base on response tokens")
     if cfg.loss == "gem":
         parts.append(f"loss gem (beta {cfg.gem.beta}, h {cfg.gem.h})")
     elif cfg.loss == "label_smoothing":
