@@ -67,10 +67,38 @@ class GemSettings(StrictModel):
 
 
 class ReplaySettings(StrictModel):
-    """Replay of plain pretraining-style text mixed into the SFT stream."""
+    """Replay mixed into the SFT stream: plain pretraining-style text (``source: corpus``), or the base
+    model's own answers to general prompts (``source: self``), generated once and cached."""
 
-    corpus: str
+    source: Literal["corpus", "self"] = "corpus"
+    corpus: str | None = Field(None, description="source corpus: the text file (or text records) to replay")
+    prompts: str | None = Field(None, description="source self: the prompts file the base answers")
+    answers: Literal["greedy", "sampled"] = Field(
+        "greedy", description="source self: the base's greedy answer, or sampling.num_samples samples per prompt"
+    )
+    sampling: SamplingSettings = Field(
+        default_factory=lambda: SamplingSettings(num_samples=1, max_new_tokens=128),
+        description="source self: decoding settings (the audit's); max_new_tokens caps each answer",
+    )
+    cache_dir: str | None = Field(
+        None, description="source self: where answers are cached (default ~/.cache/sftlab/self_replay)"
+    )
     ratio: float = Field(0.2, gt=0, lt=1, description="fraction of training tokens that are replay")
+
+    @model_validator(mode="after")
+    def _source_input(self) -> ReplaySettings:
+        if self.source == "corpus" and (self.corpus is None or self.prompts is not None):
+            raise ValueError("replay source corpus takes replay.corpus (a text file), not replay.prompts")
+        if self.source == "self" and (self.prompts is None or self.corpus is not None):
+            raise ValueError("replay source self takes replay.prompts (a prompts file), not replay.corpus")
+        return self
+
+    @property
+    def name(self) -> str:
+        """What is replayed, in a few words."""
+        if self.source == "corpus":
+            return str(self.corpus)
+        return f"the base's own {self.answers} answers to {self.prompts}"
 
 
 class EwcSettings(StrictModel):

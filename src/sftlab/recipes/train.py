@@ -39,6 +39,7 @@ from transformers import EarlyStoppingCallback, PreTrainedTokenizerBase, Trainin
 
 from sftlab.config import TrainConfig, dump_config
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
+from sftlab.data.mixing import ReplayPool, self_replay_pool
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
 from sftlab.errors import UserError
@@ -349,8 +350,14 @@ def load_data(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Pa
         train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
     else:
         train_records, eval_records = records, []
-    replay = read_texts(cfg.replay.corpus) if cfg.replay else None
-    train = build_train_dataset(train_records, tokenizer, cfg, replay_texts=replay)
+    pool = None
+    if cfg.replay is not None:
+        if cfg.replay.source == "self":
+            pool = self_replay_pool(cfg, tokenizer)
+        else:
+            assert cfg.replay.corpus is not None
+            pool = ReplayPool(read_texts(cfg.replay.corpus), tokenizer, name=cfg.replay.name)
+    train = build_train_dataset(train_records, tokenizer, cfg, replay_pool=pool)
     evaluation = build_eval_dataset(eval_records, tokenizer, cfg) if eval_records else None
     return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records))
 
@@ -419,7 +426,7 @@ def describe_remedies(cfg: TrainConfig) -> list[str]:
     if cfg.neftune_noise_alpha is not None:
         parts.append(f"NEFTune alpha {cfg.neftune_noise_alpha} ({cfg.neftune_noise_type}, {cfg.neftune_schedule})")
     if cfg.replay is not None:
-        parts.append(f"replay {cfg.replay.ratio:.0%} of tokens from {cfg.replay.corpus}")
+        parts.append(f"replay {cfg.replay.ratio:.0%} of tokens from {cfg.replay.name}")
     if cfg.l2sp is not None:
         parts.append(f"L2-SP lambda {cfg.l2sp.lambda_}")
     if cfg.ewc is not None:
