@@ -124,10 +124,10 @@ def dft_loss(
     ``num_items_in_batch`` (TRL divides by the same count).
     """
     shift_logits, shift_labels = shift_for_next_token(logits, labels)
-    target = shift_labels != IGNORE_INDEX
-    # Only target positions matter: selecting them first keeps the [N, V] float32 work small.
-    log_p = -F.cross_entropy(shift_logits[target].float(), shift_labels[target], reduction="none")
-    per_token = -log_p.detach().exp() * log_p
+    # nll_t = -log p(y_t), and 0 (with no gradient) at ignored positions, so p * nll needs no masking:
+    # the cost is cross-entropy's plus two elementwise ops over the tokens.
+    nll = F.cross_entropy(shift_logits.float(), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    per_token = torch.exp(-nll.detach()) * nll
     return _normalise(per_token.sum(), shift_labels, num_items_in_batch)
 
 
