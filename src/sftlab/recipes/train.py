@@ -13,9 +13,10 @@ Run dir (``output_dir``)::
 
 Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss), ``l2sp`` / ``ewc`` /
 ``kl_to_base`` (build_regularizers), ``neftune_noise_alpha`` (attach_neftune), ``replay`` (the data
-pipeline). A ``preset`` (ASFT) is expanded into those keys when the config is read. The order matters: method (PEFT) -> Trainer (places the model on its device) ->
-regularizers (anchors, Fisher and KL base from the starting weights, before a checkpoint loads in
-``train``) -> NEFTune (after, so a frozen KL base copy carries no hook) -> train.
+pipeline); a ``preset`` (ASFT) is expanded into those keys when the config is read. The order
+matters: method (PEFT) -> Trainer (places the model on its device) -> regularizers (anchors, Fisher
+and KL base from the starting weights, before a checkpoint loads in ``train``) -> NEFTune (after, so a
+frozen KL base copy carries no hook) -> train.
 
 Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
 UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer``).

@@ -179,6 +179,8 @@ class SFTLabTrainer(Trainer):
 
         The Trainer's own figure is the mean over rows of each batch's token mean, which weighs a token
         by its batch's size; a sum over all tokens divided by their count is the cross-entropy of the set.
+        In a multi-process run the sums are added over ranks; accelerate's even batches repeat a few
+        rows on the last batch there, and those rows count twice.
         """
         self._eval_sums = [torch.zeros((), dtype=torch.float64, device=self.args.device) for _ in range(3)]
         try:
