@@ -102,7 +102,16 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         alphas = [float(a) for a in args.alphas.split(",")]
     except ValueError:
         raise UserError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-    interpolate_dirs(args.base, args.tuned, alphas, args.out)
+    from sftlab.models.builtin import resolve_model_source
+
+    interpolate_dirs(resolve_model_source(args.base, args.gguf_file), args.tuned, alphas, args.out)
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from sftlab.recipes.models import print_models
+
+    print_models()
     return 0
 
 
@@ -125,7 +134,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    run_demo(out=args.out, quick=args.quick, seeds=args.seeds)
+    if args.real:
+        from sftlab.demo_real import run_demo_real
+
+        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds)
+        return 0
+    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds)
     return 0
 
 
@@ -153,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the merged model")
 
     p = add("interpolate", _cmd_interpolate, "WiSE-FT: (1-a)*base + a*tuned for each alpha")
-    p.add_argument("--base", required=True)
+    p.add_argument("--base", required=True, help="model dir, .gguf file or built-in name")
+    p.add_argument("--gguf-file", dest="gguf_file", help="a .gguf file inside --base (then a folder)")
     p.add_argument("--tuned", required=True, help="full model dir or PEFT adapter dir")
     p.add_argument("--alphas", default="0.25,0.5,0.75")
     p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
@@ -175,9 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sweep", _cmd_sweep, "train and audit several strategies on one base; comparison table")
     add_config_args(p)
 
-    p = add("demo", _cmd_demo, "the end-to-end job on the synthetic world")
+    p = add("demo", _cmd_demo, "the end-to-end job: on the synthetic world, or --real on SmolLM2-135M-Instruct")
+    p.add_argument("--real", action="store_true",
+                   help="the seeds' experiment on the built-in real model (Shakespeare SFT; about 25 minutes)")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default=None, help="default runs/demo (runs/demo_real with --real)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
@@ -209,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--trust-remote-code", action="store_true")
+
+    models = sub.add_parser("models", help="built-in real models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("list", help="the built-in model names and whether each is installed and converted")
+    p.set_defaults(handler=_cmd_models_list)
 
     world = sub.add_parser("world", help="the synthetic world").add_subparsers(dest="world_command", required=True)
     p = world.add_parser("generate", help="write corpus, held-out text, SFT sets and prompts")
