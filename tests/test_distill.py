@@ -60,6 +60,11 @@ def test_distill_records_keeps_agreeing_rewrites_and_falls_back_otherwise() -> N
     assert rows[0]["completion"] == rewrites[0] and rows[4]["completion"] == "Paris."
     assert [rows[i]["completion"] for i in (1, 2, 3)] == [long_ref] * 3 and rows[5]["completion"] == "Paris"
     assert rows[6] == {"text": "plain text passes through"}
+    # The agreeing rewrite, had generation stopped at the token limit, is unfinished: it falls back.
+    cut = [True] + [False] * 6
+    rows, verdicts, stats = distill_records(records, rewrites, 0.4, 3, cut_off=cut)
+    assert verdicts[0].reason == "cut off at the token limit" and rows[0]["completion"] == long_ref
+    assert stats.kept == 1 and stats.fallback_reasons["cut off at the token limit"] == 1
 
 
 def test_rewrite_prompt_is_the_papers_template() -> None:
@@ -136,9 +141,10 @@ def test_killed_distill_resumes_without_regenerating_finished_batches(
 
 
 @pytest.fixture(scope="module")
-def talkative_model_dir(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
+def terse_model_dir(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Path:
     """The tiny random model with its weight matrices drawn wider (std 0.3, not 0.02), so that it writes
-    varied tokens rather than one newline over and over."""
+    varied tokens rather than one newline over and over, and its final layer norm's bias moved along
+    the EOS row of the (tied) output head, so that it often ends an answer within a few tokens."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -148,24 +154,26 @@ def talkative_model_dir(tmp_path_factory, tiny_model_dir, tiny_tokenizer) -> Pat
         for weight in model.parameters():
             if weight.dim() == 2:
                 weight.normal_(0.0, 0.3)
-    out = tmp_path_factory.mktemp("talkative")
+        eos_row = model.get_output_embeddings().weight[tiny_tokenizer.eos_token_id].clone()
+        model.transformer.ln_f.bias += 7.0 * eos_row / eos_row.norm() ** 2  # +7 on the EOS logit
+    out = tmp_path_factory.mktemp("terse")
     model.save_pretrained(str(out))
     tiny_tokenizer.save_pretrained(str(out))
     return out
 
 
-def test_distill_keeps_the_rewrites_that_pass(talkative_model_dir, sft_file, tmp_path) -> None:
-    """With the ROUGE-L threshold at 0 every non-empty rewrite that does not talk about the task is kept;
-    the kept ones are the model's rewrites, and the distilled set reads back as training data."""
+def test_distill_keeps_the_rewrites_that_pass(terse_model_dir, sft_file, tmp_path) -> None:
+    """With the ROUGE-L threshold at 0 every finished, non-empty rewrite that does not talk about the task
+    is kept; the kept ones are the model's rewrites, and the distilled set reads back as training data."""
     from sftlab.data.readers import read_records
 
     out = tmp_path / "distilled.jsonl"
-    stats = run_distill(str(talkative_model_dir), sft_file, out, rouge_threshold=0.0, short_answer_words=0,
-                        sampling=SamplingSettings(num_samples=1, max_new_tokens=8, batch_size=6),
-                        max_length=256, cache_dir=tmp_path / "cache")
+    stats = run_distill(str(terse_model_dir), sft_file, out, rouge_threshold=0.0, short_answer_words=0,
+                        sampling=SamplingSettings(num_samples=1, max_new_tokens=12, batch_size=6),
+                        max_length=212, cache_dir=tmp_path / "cache")
     assert stats.kept + stats.fell_back == 6
     assert stats.fell_back == sum(stats.fallback_reasons.values())
-    assert set(stats.fallback_reasons) <= {"empty", "talks about the task"}
+    assert set(stats.fallback_reasons) <= {"empty", "talks about the task", "cut off at the token limit"}
     assert stats.kept > 0
     originals = [r["output"] for r in json.loads(sft_file.read_text())]
     outputs = [json.loads(line)["output"] for line in out.read_text().splitlines()]

@@ -10,7 +10,7 @@ It is rendered with the model's chat template (or sftlab's built-in format), as 
 
 A rewrite is kept only when it agrees with the reference, by this rule (checked per item, recorded):
 
-1. it is not empty;
+1. it is not empty, and it ended on its own (a rewrite cut off at the token limit is unfinished);
 2. it does not talk about the task instead of doing it: none of the paper's rejection phrases
    ("reference answer", "your response", ...; its ``gen_distilled_data.py``) occurs in it;
 3. a short reference (at most ``short_answer_words`` words) must be matched exactly after
@@ -45,7 +45,8 @@ REJECT_PHRASES = ("reference answer", "your response", "my response", "your own 
 REJECT_PREFIXES = ("your turn",)
 
 KEPT = "kept"
-REASONS = ("empty", "talks about the task", "short answer differs", "rouge-l below threshold")
+REASONS = ("empty", "cut off at the token limit", "talks about the task", "short answer differs",
+           "rouge-l below threshold")
 
 
 @dataclass
@@ -163,17 +164,20 @@ def distill_records(
     rewrites: Sequence[str | None],
     rouge_threshold: float,
     short_answer_words: int,
+    cut_off: Sequence[bool] | None = None,
 ) -> tuple[list[dict[str, Any]], list[Verdict | None], DistillStats]:
     """Apply the agreement rule: each record's row (the rewrite when kept, else the original), each
     record's verdict (None: not rewritable), and the counts. ``rewrites[i]`` is None when record i has
-    no rewrite prompt (see :func:`rewrite_prompt`)."""
-    if len(records) != len(rewrites):
+    no rewrite prompt (see :func:`rewrite_prompt`); ``cut_off[i]`` is True when generation stopped at
+    the token limit before the model ended the rewrite."""
+    if len(records) != len(rewrites) or (cut_off is not None and len(cut_off) != len(records)):
         raise ValueError(f"{len(rewrites)} rewrites for {len(records)} records")
+    cut_off = cut_off if cut_off is not None else [False] * len(records)
     stats = DistillStats(records=len(records),
                          rule={"rouge_threshold": rouge_threshold, "short_answer_words": short_answer_words,
                                "reject_phrases": list(REJECT_PHRASES), "reject_prefixes": list(REJECT_PREFIXES)})
     rows, verdicts, kept_scores = [], [], []
-    for record, rewrite in zip(records, rewrites):
+    for record, rewrite, cut in zip(records, rewrites, cut_off):
         parts = exchange(record)
         if parts is None or rewrite is None:
             stats.passed_through += 1
@@ -182,6 +186,8 @@ def distill_records(
             continue
         reference = parts[2].content
         verdict = check_rewrite(rewrite, reference, rouge_threshold, short_answer_words)
+        if cut and rewrite.strip():
+            verdict = Verdict(False, "cut off at the token limit", verdict.rouge_l)
         stats.rewritable += 1
         if verdict.kept:
             stats.kept += 1

@@ -75,6 +75,7 @@ def run_distill(
     todo = [i for i, p in enumerate(prompts) if p is not None]
 
     rewrites: list[str | None] = [None] * len(read.records)
+    cut_off = [False] * len(read.records)
     started = time.perf_counter()
     answer_tokens = 0
     if todo:
@@ -88,8 +89,10 @@ def run_distill(
         )
         for i, texts, ids in zip(todo, out.texts, out.token_ids):
             rewrites[i] = texts[0]
+            # The sampler strips the EOS: an answer as long as the limit never ended on its own.
+            cut_off[i] = len(ids[0]) >= sampling.max_new_tokens
             answer_tokens += len(ids[0])
-    rows, _, stats = distill_records(read.records, rewrites, rouge_threshold, short_answer_words)
+    rows, _, stats = distill_records(read.records, rewrites, rouge_threshold, short_answer_words, cut_off)
     stats.seconds = time.perf_counter() - started
     stats.answer_tokens = answer_tokens
     stats.rule["decoding"] = {"greedy": greedy, **sampling.model_dump()}
