@@ -70,6 +70,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("genre_entropy", "genre entropy (nats)", True),
     Column("delta_perplexity", "Δ perplexity (reference)", False, digits=2),
     Column("delta_benchmark", "Δ benchmark accuracy", True, percent=True),
+    Column("delta_heldout_task", "Δ held-out task score", True, percent=True),
+    Column("forecast_kl", "forecast: KL(base ‖ tuned) on SFT prompts", None, digits=4),
     Column("shifted", "shifted tokens", None, percent=True),
     Column("train_seconds", "train time (s)", None, digits=1),
     Column("peak_memory_mb", "peak memory (MB)", None, digits=0),
@@ -203,8 +205,13 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
         row["genres_covered"] = judged["open"]["covered"] if judged["open"] else None
         row["genre_entropy"] = judged["open"]["entropy"] if judged["open"] else None
         row["task_score"] = judged["task"]
+        row["delta_heldout_task"] = world["deltas"][tuned_name].get("heldout", {}).get("delta")
     elif "task" in sections:
         row["task_score"] = sections["task"]["models"][tuned_name].get("rouge_l")
+    forecast = sections.get("forecast", {}).get("models", {}).get(tuned_name)
+    if forecast:
+        row["forecast_kl"] = forecast["forward"]["mean"]
+        row["forecast_kl_reverse"] = forecast["reverse"]["mean"]
     return row
 
 

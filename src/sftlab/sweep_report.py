@@ -16,6 +16,7 @@ from sftlab.audit.report.json_report import to_jsonable
 from sftlab.audit.report.section import Section, Table, image_html
 from sftlab.config import SweepConfig
 from sftlab.sweep import COLUMNS, Column, format_cell, pareto_front
+from sftlab.sweep_forecast import forecast_section
 
 TASK_AXIS = ("task_score", "task score (higher is better)")
 PARETO_PLOTS = (
@@ -127,14 +128,18 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
         key="comparison", title="Strategies compared", data=table,
         html=f"<p>{intro}</p>{t.to_html()}{''.join(figures_html)}<h3>Per-run audits</h3><ul>{links}</ul>",
         markdown=f"{intro}\n\n{t.to_markdown()}\n\n" + "\n\n".join(figures_md), images=images)
+    forecast = forecast_section(table)  # None when no run's audit had sft_data
+    sections = [section] + ([forecast] if forecast else [])
 
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = to_jsonable({"meta": {"sftlab_version": __version__, "created": created},
-                       "config": cfg.model_dump(mode="json"), **table})
+                       "config": cfg.model_dump(mode="json"), **table,
+                       **({"forecast": forecast.data} if forecast else {})})
     (out / "sweep.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
-    (out / "sweep.md").write_text(f"# sftlab sweep\n\n{section.markdown}\n")
+    forecast_md = f"\n\n## {forecast.title}\n\n{forecast.markdown}" if forecast else ""
+    (out / "sweep.md").write_text(f"# sftlab sweep\n\n{section.markdown}{forecast_md}\n")
     strategies = {name: str(out / "runs" / name) for name in table["strategies"]}
-    page = render_html([section], [], strategies, "", plots.model_colors(list(strategies), ""),
+    page = render_html(sections, [], strategies, "", plots.model_colors(list(strategies), ""),
                        subtitle=f"sweep of {len(strategies)} strategies on {cfg.base_model}",
                        config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
                        version=__version__, created=created, title="sftlab sweep: strategies compared")
