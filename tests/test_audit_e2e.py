@@ -109,7 +109,7 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     assert doc["config"]["sampling"]["num_samples"] == 3 and doc["config"]["sampling"]["max_new_tokens"] == 12
     assert doc["config"]["bootstrap_samples"] == 100
     sec = doc["sections"]
-    assert set(sec) == {"diversity", "shift", "copying", "forgetting", "task"}
+    assert set(sec) == {"diversity", "shift", "copying", "forgetting", "forecast", "task"}
 
     div = sec["diversity"]
     for m in models:
@@ -140,6 +140,11 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     for m in models[1:]:
         assert _finite(fg["perplexity"]["ref"][m]["relative_change"])
         assert _finite(fg["multiple_choice"]["bench"][m]["delta"])
+
+    for m in models[1:]:  # the forecast is on by default when sft_data is given
+        fc = sec["forecast"]["models"][m]
+        assert fc["n_prompts"] == sec["forecast"]["prompts"] > 0 and _finite(fc["forward"]["mean"])
+        assert fc["forward"]["mean"] > 0 and fc["reverse"]["mean"] > 0
 
     task = sec["task"]
     for m in models:

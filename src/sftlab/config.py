@@ -375,6 +375,10 @@ class AuditConfig(StrictModel):
         "greedy", description="answers scored for token shift: greedy (as AlignTDS) or each prompt's first sample"
     )
     copying_k: int = Field(5, ge=1)
+    forecast_prompts: int = Field(
+        64, ge=0, description="distinct sft_data prompts for the forgetting forecast (0: off; on whenever sft_data is set)"
+    )
+    forecast_samples: int = Field(1, ge=1, description="sampled answers per prompt for the forgetting forecast")
     embedding_model: str | None = None
     bootstrap_samples: int = Field(1000, ge=100)
     max_prompts: int | None = Field(None, ge=1)

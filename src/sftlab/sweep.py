@@ -180,8 +180,13 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
         row["genres_covered"] = judged["open"]["covered"] if judged["open"] else None
         row["genre_entropy"] = judged["open"]["entropy"] if judged["open"] else None
         row["task_score"] = judged["task"]
+        row["delta_heldout_task"] = world["deltas"][tuned_name].get("heldout", {}).get("delta")
     elif "task" in sections:
         row["task_score"] = sections["task"]["models"][tuned_name].get("rouge_l")
+    forecast = sections.get("forecast", {}).get("models", {}).get(tuned_name)
+    if forecast:
+        row["forecast_kl"] = forecast["forward"]["mean"]
+        row["forecast_kl_reverse"] = forecast["reverse"]["mean"]
     return row
 
 

@@ -20,6 +20,7 @@ from sftlab.audit.report.section import Finding, Section, Table, image_html
 from sftlab.audit.report.sections import PPL_THRESHOLD
 from sftlab.config import SweepConfig
 from sftlab.sweep_table import COLUMNS, Column, format_cell, pareto_front
+from sftlab.sweep_forecast import forecast_section
 
 TASK_AXIS = ("task_score", "task score (higher is better)")
 PARETO_PLOTS = (
@@ -204,6 +205,8 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
               f"<h3>Per-run audits</h3><ul>{links}</ul>"),
         markdown=f"{intro}\n\n{t.to_markdown()}\n\n### Cost\n\n{cost.to_markdown()}\n\n" + "\n\n".join(figures_md),
         images=images)
+    forecast = forecast_section(table)  # None when no run's audit had sft_data
+    sections = [section] + ([forecast] if forecast else [])
 
     strategies = {name: str(out / "runs" / name) for name in table["strategies"]}
     findings = read_findings(out, table)
@@ -211,11 +214,13 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = to_jsonable({"meta": {"sftlab_version": __version__, "created": created},
                        "config": cfg.model_dump(mode="json"), "summary_rule": rule,
-                       "summary": [asdict(f) for f in findings], **table})
+                       "summary": [asdict(f) for f in findings], **table,
+                       **({"forecast": forecast.data} if forecast else {})})
     (out / "sweep.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    forecast_md = f"\n\n## {forecast.title}\n\n{forecast.markdown}" if forecast else ""
     (out / "sweep.md").write_text(f"# sftlab sweep\n\n{summary_markdown(findings, list(strategies), rule)}\n"
-                                  f"## {section.title}\n\n{section.markdown}\n")
-    page = render_html([section], findings, strategies, "", plots.model_colors(list(strategies), ""),
+                                  f"## {section.title}\n\n{section.markdown}{forecast_md}\n")
+    page = render_html(sections, findings, strategies, "", plots.model_colors(list(strategies), ""),
                        subtitle=f"sweep of {len(strategies)} strategies on {cfg.base_model}",
                        config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
                        version=__version__, created=created, title="sftlab sweep: strategies compared",

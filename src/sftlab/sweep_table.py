@@ -33,6 +33,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("genre_entropy", "genre entropy (nats)", True),
     Column("delta_perplexity", "Δ perplexity (reference)", False, digits=2),
     Column("delta_benchmark", "Δ benchmark accuracy", True, percent=True),
+    Column("delta_heldout_task", "Δ held-out task score", True, percent=True),
+    Column("forecast_kl", "forecast: KL(base ‖ tuned) on SFT prompts", None, digits=4),
     Column("shifted", "shifted tokens", None, percent=True),
     Column("train_seconds", "train time (s)", None, digits=1, group="cost"),
     Column("peak_memory_mb", "peak memory (MB)", None, digits=0, group="cost"),

@@ -3,7 +3,8 @@
 Reads only model dirs (full or PEFT adapter) and data files. Steps, per model: sample K answers per
 prompt and one greedy answer (cached under ``out/cache``), perplexity on the reference corpora,
 multiple-choice benchmarks, greedy answers on the eval set; per tuned model, the shift of its greedy
-answers under the base (both models in memory, one at a time beside the base). Then the metric tables,
+answers under the base (both models in memory, one at a time beside the base) and, with ``sft_data``, the
+forgetting forecast (its KL to the base along its own answers to the SFT prompts). Then the metric tables,
 the sections and the files: ``report.html``, ``report.md``, ``report.json``, ``token_view.html``,
 ``plots/*.png``.
 """
@@ -29,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.audit import copying, diversity, forgetting, shift, task
 from sftlab.audit.embed import Embedder
+from sftlab.audit.forecast import AnswerKL, forecast_table, score_forecast, scored_continuation
 from sftlab.audit.generate import generate, model_fingerprint
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
@@ -38,6 +40,7 @@ from sftlab.audit.report.section import AuditContext, Section, SectionProvider
 from sftlab.audit.report.sections import (
     copying_section,
     diversity_section,
+    forecast_section,
     forgetting_section,
     shift_section,
     task_section,
@@ -166,6 +169,7 @@ class Inputs:
     eval_items: list[EvalItem]
     sft_examples: list[copying.SFTExample]
     sft_rejected: int = 0
+    sft_prompts: list[list[Message]] = field(default_factory=list)  # for the forgetting forecast
 
 
 def read_inputs(cfg: AuditConfig) -> Inputs:
@@ -177,7 +181,33 @@ def read_inputs(cfg: AuditConfig) -> Inputs:
     benchmarks = {n: forgetting.read_multiple_choice(p) for n, p in zip(_stem_names(cfg.benchmark), cfg.benchmark)}
     eval_items = read_eval_set(cfg.eval_set) if cfg.eval_set else []
     sft, rejected = read_sft_examples(cfg.sft_data) if cfg.sft_data else ([], 0)
-    return Inputs(messages, references, benchmarks, eval_items, sft, rejected)
+    inputs = Inputs(messages, references, benchmarks, eval_items, sft, rejected)
+    if cfg.sft_data and cfg.forecast_prompts:
+        inputs.sft_prompts = read_sft_prompts(cfg.sft_data, cfg.forecast_prompts, cfg.sampling.seed)
+    return inputs
+
+
+def read_sft_prompts(path: str, limit: int, seed: int) -> list[list[Message]]:
+    """Up to ``limit`` distinct prompts of an SFT set (each record's turns before its last answer).
+
+    A seeded sample, kept in file order, when there are more: a file sorted by topic would otherwise
+    give the forecast only its first topic. Duplicates are dropped so a prompt repeated across many
+    records (a generic request) counts once.
+    """
+    seen: dict[tuple[tuple[str, str], ...], list[Message]] = {}
+    for record in read_records([path]).records:
+        if record.kind == "text":
+            continue
+        turns = record.as_messages()
+        while turns and turns[-1].role == "assistant":
+            turns.pop()
+        if turns:
+            seen.setdefault(tuple((m.role, m.content) for m in turns), turns)
+    prompts = list(seen.values())
+    if len(prompts) > limit:
+        keep = np.random.default_rng(seed).choice(len(prompts), size=limit, replace=False)
+        prompts = [prompts[i] for i in sorted(keep)]
+    return prompts
 
 
 @dataclass
@@ -192,6 +222,7 @@ class ModelRun:
     eval_greedy: list[str] = field(default_factory=list)
     perplexity: dict[str, forgetting.Perplexity] = field(default_factory=dict)
     mc_correct: dict[str, list[bool]] = field(default_factory=dict)
+    forecast_kl: list[list[AnswerKL]] = field(default_factory=list)  # per SFT prompt, its scored answers
 
 
 class _Progress:
@@ -254,6 +285,33 @@ def shift_contexts(cfg: AuditConfig, base_tok: PreTrainedTokenizerBase, messages
     return [(lead + base_tok(shift.plain_prompt(m), add_special_tokens=False)["input_ids"])[-limit:] for m in messages]
 
 
+def forecast_run(cfg: AuditConfig, prompts: list[list[Message]], model: PreTrainedModel, tok: PreTrainedTokenizerBase,
+                 base_model: PreTrainedModel, base_tok: PreTrainedTokenizerBase, name: str, path: str,
+                 bars: _Progress, cache_dir: Path, max_length: int) -> list[list[AnswerKL]]:
+    """The forgetting forecast's raw scores: the tuned model samples answers to the SFT prompts (cached like
+    every sample), then both models are teacher-forced along them (see :mod:`sftlab.audit.forecast`).
+
+    The base reads each prompt as it does for the shift (``shift_template``). Returns, per prompt, the
+    per-position KL of each of its ``forecast_samples`` answers.
+    """
+    s = cfg.sampling.model_copy(update={"num_samples": cfg.forecast_samples})
+    prompt_ids = [encode_prompt(tok, m) for m in prompts]
+    sampled = generate(model, tok, prompt_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
+                       fingerprint=model_fingerprint(path),
+                       on_prompts_done=bars.step(f"{name}: forecast samples (SFT prompts)", len(prompt_ids)))
+    tuned_ctx = [p[-max(1, max_length - s.max_new_tokens):] for p in prompt_ids]
+    base_ctx = shift_contexts(cfg, base_tok, prompts, tuned_ctx, max_length)
+    owner = [p for p, answers in enumerate(sampled.token_ids) for _ in answers]
+    conts = [scored_continuation(a, s.max_new_tokens, base_tok.pad_token_id) for answers in sampled.token_ids
+             for a in answers]
+    scores = score_forecast(model, base_model, [tuned_ctx[p] for p in owner], [base_ctx[p] for p in owner], conts,
+                            base_tok.pad_token_id, s.batch_size, bars.step(f"{name}: forecast KL", len(conts)))
+    per_prompt: list[list[AnswerKL]] = [[] for _ in prompts]
+    for p, score in zip(owner, scores):
+        per_prompt[p].append(score)
+    return per_prompt
+
+
 def context_limit(model: PreTrainedModel, max_length: int) -> int:
     """``max_length``, capped at the model's position limit (a tiny model may know only 256 positions)."""
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -291,6 +349,9 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
             model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
             answers, base_tok.pad_token_id, cfg.sampling.batch_size,
             bars.step(f"{name}: shift under the base", len(answers)))
+        if inputs.sft_prompts:
+            run.forecast_kl = forecast_run(cfg, inputs.sft_prompts, model, tok, base_model, base_tok, name, path, bars,
+                                           cache_dir, limit)
         del model
         _release_gpu_memory(device)
     del base_model
@@ -389,6 +450,13 @@ def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: di
             base, cfg.bootstrap_samples, cfg.sampling.seed)
         ctx.results["forgetting"] = data
         sections.append(forgetting_section(data, base, colors))
+
+    forecasts = {m: r.forecast_kl for m, r in runs.items() if r.forecast_kl}
+    if forecasts:
+        data = forecast_table(forecasts, len(inputs.sft_prompts), cfg.forecast_samples, cfg.shift_template,
+                              cfg.bootstrap_samples, cfg.sampling.seed)
+        ctx.results["forecast"] = data
+        sections.append(forecast_section(data))
 
     if inputs.eval_items:
         data = task.task_table({m: r.eval_greedy for m, r in runs.items()},

@@ -250,6 +250,33 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) 
                    intro + "\n\n" + "\n\n".join(parts_md), findings, images)
 
 
+def forecast_section(data: dict[str, Any]) -> Section:
+    """The forgetting forecast: each tuned model's mean per-token KL to the base on the SFT set's own prompts."""
+    findings, rows = [], []
+    for model, r in data["models"].items():
+        fwd, rev = r["forward"], r["reverse"]
+        rows.append([model, fmt(r["n_prompts"]), fmt(r["n_answers"]), fmt(r["n_positions"]),
+                     f"{fmt(fwd['mean'], 4)} [{fmt(fwd['ci_low'], 4)}, {fmt(fwd['ci_high'], 4)}]",
+                     f"{fmt(rev['mean'], 4)} [{fmt(rev['ci_low'], 4)}, {fmt(rev['ci_high'], 4)}]"])
+        if not math.isnan(fwd["mean"]):
+            findings.append(Finding(model, "note", f"forgetting forecast: KL(base ‖ tuned) {fwd['mean']:.4f} nats/token "
+                                                   f"[{fwd['ci_low']:.4f}, {fwd['ci_high']:.4f}] on the SFT prompts"))
+    table = Table(["model", "SFT prompts", "answers", "tokens", "KL(base ‖ tuned) [95% CI]",
+                   "KL(tuned ‖ base) [95% CI]"], rows)
+    context = ("both reading the same prompt ids" if data["template"] == "same"
+               else "the tuned model reading its own template and the base a plain prompt")
+    k = data["samples_per_prompt"]
+    intro = (f"On {data['prompts']} distinct prompts of the SFT set, each tuned model samples {k} answer{'s' if k != 1 else ''} "
+             f"per prompt. Along them, {context}, the base's and the tuned model's next-token distributions are compared "
+             "at every position (the stopping position included). KL(base ‖ tuned) = "
+             "Σ_v p_base(v) log(p_base(v) / p_tuned(v)) is the forward KL that forgetting tracks in "
+             f"{data['source']}; the reverse direction is beside it. Both are nats per token, with percentile bootstrap "
+             "95% intervals over prompts. It needs no benchmark: a larger value forecasts more forgetting, and the "
+             "sweep checks that forecast against the forgetting it measures.")
+    return Section("forecast", "Forgetting forecast (KL to the base on the SFT prompts)", data,
+                   _p(intro) + table.to_html(), intro + "\n\n" + table.to_markdown(), findings)
+
+
 def task_section(data: dict[str, Any], base: str) -> Section:
     """BLEU, ROUGE-L and exact match of greedy outputs on the eval set."""
     metrics = [("bleu", "BLEU", 2), ("rouge_l", "ROUGE-L", 3), ("exact_match", "exact match", 3)]
