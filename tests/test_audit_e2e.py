@@ -109,7 +109,26 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     assert doc["config"]["sampling"]["num_samples"] == 3 and doc["config"]["sampling"]["max_new_tokens"] == 12
     assert doc["config"]["bootstrap_samples"] == 100
     sec = doc["sections"]
-    assert set(sec) == {"diversity", "shift", "copying", "forgetting", "task"}
+    assert set(sec) == {"style", "diversity", "shift", "copying", "forgetting", "task"}
+
+    st = sec["style"]
+    assert "all-MiniLM-L6-v2" in st["embedding_model"]  # the default embedding model, named in the report
+    cap = st["capture"]
+    assert cap["n_sft"] == 60 and cap["n_base"] == 18 and 0 <= cap["balanced_accuracy"] <= 1
+    assert cap["features"]["sft"] and cap["features"]["base"] and "ref" in cap["corpora"]
+    for m in models:
+        for block in (cap["models"][m], st["adherence"]["models"][m]):
+            assert block["ci_low"] - 1e-12 <= block["value"] <= block["ci_high"] + 1e-12
+        assert len(cap["per_prompt"][m]) == 6
+        assert st["surface"]["models"][m]["length"]["value"] <= 12  # answers are at most max_new_tokens long
+    for m in models[1:]:
+        assert _finite(st["base_logprob"][m]["value"]) and st["base_logprob"][m]["value"] < 0
+        assert _finite(st["adherence"]["deltas"][m]["delta"]) and _finite(cap["deltas"][m]["delta"])
+    # The headline leads with the style section: its findings come before any other section's.
+    style_texts = ("style capture", "prompt adherence", "surface form")
+    order = [any(f["text"].startswith(t) for t in style_texts) for f in doc["summary"]]
+    assert any(order) and order == sorted(order, reverse=True)
+    assert doc["meta"]["style_seconds"] >= 0 and doc["meta"]["embedding_seconds"] > 0
 
     div = sec["diversity"]
     for m in models:

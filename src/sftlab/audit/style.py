@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -331,7 +331,6 @@ def style_table(
     n_boot: int = 1000,
     seed: int = 0,
     n_features: int = 12,
-    progress: Callable[[str], None] | None = None,
 ) -> dict[str, object]:
     """Style capture, prompt adherence and surface form of every model, and each tuned model's deltas vs ``base``.
 
@@ -340,6 +339,7 @@ def style_table(
     are prompt-answer cosines (None: no embedding model); ``base_logprob[m][p]`` the mean log-probability
     under the base of tuned model m's scored answer to prompt p; ``corpora`` are reference texts the final
     classifier scores (the share it calls SFT-style). Every figure is in the returned dict (report.json).
+    Style capture needs at least 2 prompts and 2 non-empty SFT responses; otherwise ``capture_skipped`` says why.
     """
     models = list(samples)
     tuned = [m for m in models if m != base]
@@ -377,9 +377,9 @@ def style_table(
                                for m, lp in base_logprob.items()}
 
     # Style capture.
-    if sft_responses:
-        if progress:
-            progress("style classifier")
+    if sft_responses and (len(samples[base]) < 2 or sum(bool(t.strip()) for t in sft_responses) < 2):
+        out["capture_skipped"] = "style capture needs at least 2 prompts and 2 non-empty SFT responses"
+    elif sft_responses:
         fit = fit_style(sft_responses, samples[base], seed)
         shares = {m: style_shares(fit, samples[m]) for m in models}
         cap: dict[str, object] = {
