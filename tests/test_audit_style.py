@@ -178,6 +178,14 @@ def minilm() -> Embedder:
     return Embedder(str(path))
 
 
+def test_embedding_model_setting_resolves(minilm) -> None:
+    from sftlab.audit.embed import resolve_embedding_model
+
+    assert resolve_embedding_model("auto") == minilm.path == resolve_embedding_model("all-minilm-l6-v2")
+    assert resolve_embedding_model("none") is None and resolve_embedding_model(None) is None
+    assert resolve_embedding_model("/some/dir") == "/some/dir"
+
+
 def test_pooling_spec_is_read_from_the_model_dir(minilm, tmp_path) -> None:
     assert read_pooling_spec(minilm.path) == PoolingSpec(("mean",), True, 256)
     assert "all-MiniLM-L6-v2" in minilm.description and "L2-normalised" in minilm.description

