@@ -103,6 +103,16 @@ def test_surface_table_against_hand_figures() -> None:
 # Style capture
 
 
+def test_text_distortion_masks_words_outside_the_kept_vocabulary() -> None:
+    assert style.word_shape("Boil2") == "Xxxx0"
+    assert style.distort("The egg , Boiled in 8 minutes.", frozenset({"The", "in"})) == "The xxx , Xxxxxx in 0 xxxxxxx."
+    sft = ["a great movie , really", "a bad movie", "great fun"]
+    base = [["The egg is boiled.", "The egg, boiled."], ["The sky is blue."], ["Boil the egg"]]
+    keep = style.kept_words(sft, base)
+    # SFT words in 2+ responses; base words used for 2+ prompts ("egg" is in two prompts' answers, "sky" one).
+    assert keep == {"a", "great", "movie", "The", "is", "egg"}
+
+
 def test_classifier_finds_a_planted_style(alpaca_outputs) -> None:
     pool_ = alpaca_outputs[:720]
     base = groups(pool_[:160], 4)  # 40 prompts x 4 answers in the base's own style

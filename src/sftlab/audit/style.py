@@ -7,6 +7,10 @@ directly, three ways:
 * **Style capture** (:func:`fit_style`, :func:`style_shares`). A light text classifier, TF-IDF of character
   1-4-grams and word 1-2-grams (case and punctuation kept) with L2-regularised logistic regression, is
   trained to tell SFT responses (label 1) from the base model's own answers to the audit prompts (label 0).
+  Words that are neither frequent in the SFT set nor used in the base's answers to several prompts are
+  masked to their shape first (text distortion, Stamatatos 2017: "Boiling" -> "Xxxxxxx"), so the classifier
+  learns style (casing, punctuation, function words, the SFT set's own phrases) and not the topics of the
+  audit prompts.
   It is cross-fitted over prompts: the prompts are split into folds, and each fold's answers (of every
   model, the base's included) are scored by the classifier trained without that fold's base answers and
   without that fold's share of SFT responses. So no answer is scored by a classifier that saw its prompt
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +40,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 Stat = Literal["mean", "median"]
 
@@ -45,6 +51,7 @@ MAX_SFT_RESPONSES = 2000
 # capitalised word is not its lower-case form.
 WORD_PATTERN = r"(?u)\b\w+\b|[^\w\s]"
 # A punctuation mark with a space before it and a space (or the end) after it: "good , but" and "end ."
+WORD_RE = re.compile(r"\w+")
 SPACED_PUNCT = re.compile(r"\s[,.;:!?](?=\s|$)")
 
 
@@ -175,8 +182,38 @@ def adherence_scores(prompt_embeddings: np.ndarray, answer_embeddings: Sequence[
 # Style capture
 
 
-def style_pipeline(seed: int = 0) -> Pipeline:
-    """TF-IDF of character 1-4-grams and word 1-2-grams, then logistic regression (sklearn).
+def word_shape(word: str) -> str:
+    """A word's shape: each upper-case letter -> "X", lower-case -> "x", digit -> "0" ("Boil2" -> "Xxxx0")."""
+    return "".join("X" if c.isupper() else "x" if c.isalpha() else "0" if c.isdigit() else c for c in word)
+
+
+def distort(text: str, keep: frozenset[str]) -> str:
+    """Text distortion (Stamatatos 2017): every word not in ``keep`` becomes its :func:`word_shape`.
+
+    Punctuation, spacing, casing and word lengths survive; the topic of the masked words does not.
+    """
+    return WORD_RE.sub(lambda m: m.group() if m.group() in keep else word_shape(m.group()), text)
+
+
+def kept_words(sft_responses: Sequence[str], base_answers: Sequence[Sequence[str]], n_words: int = 300,
+               min_prompts: int = 2) -> frozenset[str]:
+    """The words the classifier may see as themselves; every other word is masked to its shape.
+
+    The ``n_words`` most frequent words (case kept) of the SFT responses by document frequency (in 2 or
+    more responses), and those of the base's answers counted by prompts: a word must occur in the answers
+    to ``min_prompts`` or more prompts. Otherwise the base class is learnt from its prompts' topics ("egg",
+    "horizon"), and the answers to a held-out prompt, on another topic, look unlike the base's.
+    """
+    sft_df: Counter[str] = Counter(w for t in sft_responses for w in set(WORD_RE.findall(t)))
+    base_pf: Counter[str] = Counter(w for ts in base_answers for w in {w for t in ts for w in WORD_RE.findall(t)})
+    sft_words = [w for w, c in sft_df.most_common(n_words) if c >= 2]
+    base_words = [w for w, c in base_pf.most_common(n_words) if c >= min_prompts]
+    return frozenset(sft_words) | frozenset(base_words)
+
+
+def style_pipeline(keep: frozenset[str], seed: int = 0) -> Pipeline:
+    """Text distortion (:func:`distort` with ``keep``), TF-IDF of character 1-4-grams and word 1-2-grams, then
+    logistic regression (sklearn).
 
     Nothing is lower-cased, so casing is a feature; character n-grams cross word boundaries, so " ," is
     one. Sublinear tf (1 + log tf) and L2-normalised rows keep long answers from dominating. The
@@ -190,7 +227,8 @@ def style_pipeline(seed: int = 0) -> Pipeline:
                                  token_pattern=WORD_PATTERN, min_df=2, max_features=50_000)),
     ])
     classifier = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
-    return Pipeline([("features", features), ("classifier", classifier)])
+    masker = FunctionTransformer(lambda texts: [distort(t, keep) for t in texts])
+    return Pipeline([("distort", masker), ("features", features), ("classifier", classifier)])
 
 
 @dataclass
@@ -254,12 +292,13 @@ def fit_style(sft_responses: Sequence[str], base_answers: Sequence[Sequence[str]
         test_base = [t for p, ts in enumerate(base_answers) if fold_of_prompt[p] == f for t in ts if t.strip()]
         train_sft = [t for t, g in zip(sft, fold_of_sft) if g != f]
         test_sft = [t for t, g in zip(sft, fold_of_sft) if g == f]
-        pipe = _fit(style_pipeline(seed), train_sft, train_base)
+        keep = kept_words(train_sft, [ts for p, ts in enumerate(base_answers) if fold_of_prompt[p] != f])
+        pipe = _fit(style_pipeline(keep, seed), train_sft, train_base)
         models.append(pipe)
         sft_hits.append(_calls_sft(pipe, test_sft))
         base_hits.append(1.0 - _calls_sft(pipe, test_base))
     all_base = [t for ts in base_answers for t in ts if t.strip()]
-    final = _fit(style_pipeline(seed), sft, all_base)
+    final = _fit(style_pipeline(kept_words(sft, base_answers), seed), sft, all_base)
     sft_recall = float(np.concatenate(sft_hits).mean())
     base_pooled = np.concatenate(base_hits)
     base_recall = float(base_pooled.mean()) if len(base_pooled) else float("nan")

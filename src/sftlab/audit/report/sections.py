@@ -403,7 +403,9 @@ def style_section(data: dict[str, Any], base: str, embedder: str | None) -> Sect
         table = Table(["model", "answers called SFT-style [95% CI]", "Δ vs base"], rows, tones)
         acc = cap["balanced_accuracy"]
         method = (f"A classifier (TF-IDF of character 1-4-grams and word 1-2-grams, case and punctuation kept; logistic "
-                  f"regression) learns to tell {cap['n_sft']} SFT responses from the base's own {cap['n_base']} answers "
+                  f"regression; words that are neither frequent in the SFT set nor used in the base's answers to several "
+                  f"prompts are masked to their shape, X for a capital, x for a small letter, 0 for a digit, so that "
+                  f"the prompts' topics do not stand in for style) learns to tell {cap['n_sft']} SFT responses from the base's own {cap['n_base']} answers "
                   f"to these prompts. It is cross-fitted over {cap['folds']} folds of prompts: each answer is scored by "
                   f"the classifier that never saw the base's answers to its prompt. Held-out balanced accuracy "
                   f"{acc:.1%} (SFT responses recognised {cap['sft_recall']:.1%}, base answers {cap['base_recall']:.1%}); "
