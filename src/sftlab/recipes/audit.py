@@ -303,8 +303,10 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     models = model_names(cfg.base, cfg.tuned)
     base = next(iter(models))
     base_tok = load_tokenizer(cfg.base, cfg.trust_remote_code)
+    loading = time.perf_counter()
     embedding_path = resolve_embedding_model(cfg.embedding_model)
     embedder = Embedder(embedding_path, device) if embedding_path else None
+    embedder_load_s = time.perf_counter() - loading
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
     with progress:
@@ -314,7 +316,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
         embedded = time.perf_counter()
         embeddings = {name: [embedder.embed(t) for t in run.samples] for name, run in runs.items()} if embedder else None
         prompt_embeddings = embedder.embed([m[-1].content for m in inputs.messages]) if embedder else None
-        embedding_s = time.perf_counter() - embedded
+        embedding_s = time.perf_counter() - embedded + embedder_load_s
         outputs = {
             name: diversity.ModelOutputs(
                 texts=run.samples,
