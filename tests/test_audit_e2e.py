@@ -199,7 +199,7 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
     doc = json.loads((report.parent / "report.json").read_text())
     assert doc["sections"]["world"] == {"n_samples": 12}
     assert doc["sections"]["shift"]["template"] == "plain" and doc["sections"]["shift"]["answers"] == "sampled"
-    assert {"model": "tuned/model", "kind": "lost", "text": "two genres"} in doc["summary"]
+    assert {"model": "tuned/model", "kind": "lost", "text": "two genres", "key": ""} in doc["summary"]
     assert "world body" in report.read_text() and "## World" in (report.parent / "report.md").read_text()
 
 
