@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML audit config (flags and KEY=VALUE override it)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     p.add_argument("--base")
-    p.add_argument("--tuned", action="append", help="tuned model or adapter dir (repeat for several)")
+    p.add_argument("--tuned", action="append", metavar="[NAME=]DIR",
+                   help="tuned model or adapter dir, labelled NAME in the report (repeat for several)")
     p.add_argument("--prompts")
     p.add_argument("--sft-data", dest="sft_data")
     p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable)")
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--eval-file", dest="eval_file", help="check train/eval overlap against this file")
     p.add_argument("--tokenizer", help="tokenizer dir for token length stats")
-    p.add_argument("--out", default=None, help="dir for report + quarantine (default: beside the data)")
+    p.add_argument("--out", default=None, help="dir for report + quarantine (default: runs/data_check/<first file's stem>)")
     p.add_argument("--strict", action="store_true", help="exit 2 if any record is bad")
 
     p = data.add_parser("distill", help="SDFT: the base rewrites each response in its own words; keeps the "

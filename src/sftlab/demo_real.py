@@ -123,7 +123,8 @@ def scene_style_section(instruction: str = INSTRUCTION, n_boot: int = 1000) -> S
                 if excludes_zero(lo, hi):
                     findings.append(Finding(m, "lost" if d > 0 else "gained",
                                             f"answers to unrelated prompts written as a play {100 * d:+.0f} points "
-                                            f"[{100 * lo:+.0f}, {100 * hi:+.0f}] (base {100 * base_other:.0f}%)"))
+                                            f"[{100 * lo:+.0f}, {100 * hi:+.0f}] (base {100 * base_other:.0f}%)",
+                                            "scene_style/other_prompts"))
             data["models"][m] = row
             data["answers"][m] = {"greedy": ctx.greedy[m], "first_sample": [s[0] for s in ctx.samples[m]]}
         table = Table(["model", "play-style answers, own prompt", "play-style answers, other prompts",
