@@ -4,8 +4,9 @@ Two sources (``replay.source``):
 
 - ``corpus`` (:class:`ReplayPool`): pretraining-style text, in windows drawn fresh every epoch.
 - ``self`` (:class:`SelfReplayPool`): the base model's own answers to general prompts, generated once
-  with the audit's sampler and cached (:func:`self_replay_pool`). On-policy data of this kind is what
-  "Retaining by Doing" (Chen et al. 2025, arXiv:2510.18874) finds mitigates forgetting, and it needs no
+  with the audit's sampler and cached (:func:`self_replay_pool`). "Retaining by Doing" (Chen et al.
+  2025, arXiv:2510.18874) traces RL's lower forgetting to its on-policy data and suggests approximately
+  on-policy data as a cheap mitigation; replaying the base's own answers is such data, and it needs no
   pretraining corpus: the replay for a user who has only a downloaded chat model and some prompts.
 
 Corpus replay:

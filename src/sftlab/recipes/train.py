@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from transformers import EarlyStoppingCallback, PreTrainedTokenizerBase, TrainingArguments, set_seed
@@ -130,10 +131,20 @@ def finished_output(cfg: TrainConfig) -> Path | None:
     run_dir = Path(cfg.output_dir)
     if cfg.resume != "auto" or not (run_dir / "summary.json").is_file():
         return None
-    if config_changes(run_dir / "config.yaml", cfg.model_dump(mode="json", by_alias=True), FINISHED_SAFE):
+    if config_changes(run_dir / "config.yaml", cfg.model_dump(mode="json", by_alias=True), FINISHED_SAFE,
+                      resolve_saved_config):
         return None
     finished = [run_dir / "model" / "config.json", run_dir / "adapter" / "adapter_config.json"]
     return next((marker.parent for marker in finished if marker.is_file()), None)
+
+
+def resolve_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run dir's saved config as this version reads it: keys added since it was written (a new
+    remedy's settings) take their defaults. One that no longer validates is compared as it stands."""
+    try:
+        return TrainConfig.model_validate(saved).model_dump(mode="json", by_alias=True)
+    except ValidationError:
+        return saved
 
 
 def prepare_train(
@@ -156,7 +167,8 @@ def prepare_train(
             # "never" means a fresh run: stale checkpoints would otherwise be picked by a later resume: auto.
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         if checkpoint:
-            check_resume_config(run_dir, cfg.model_dump(mode="json", by_alias=True), checkpoint, RESUME_SAFE)
+            check_resume_config(run_dir, cfg.model_dump(mode="json", by_alias=True), checkpoint, RESUME_SAFE,
+                                resolve_saved_config)
         (run_dir / "summary.json").unlink(missing_ok=True)  # this run is not finished until it writes its own
         dump_config(cfg, run_dir / "config.yaml")
     set_seed(cfg.seed)

@@ -438,20 +438,37 @@ def make_training_arguments(**kwargs: Any) -> TrainingArguments:
         raise UserError(f"invalid training settings: {exc}") from None
 
 
-def config_changes(saved_yaml: Path, current: dict[str, Any], ignore: set[str]) -> list[str]:
-    """Top-level keys whose value differs between a run dir's saved ``config.yaml`` and ``current``."""
+ConfigNormalizer = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def config_changes(
+    saved_yaml: Path, current: dict[str, Any], ignore: set[str], normalize: ConfigNormalizer | None = None
+) -> list[str]:
+    """Top-level keys whose value differs between a run dir's saved ``config.yaml`` and ``current``.
+
+    ``normalize`` resolves the saved config as the current version would (keys added since it was
+    written take their defaults), so a run dir from before a new config key is not taken for another run.
+    """
     import yaml
 
     if not saved_yaml.is_file():
         return []
     saved = yaml.safe_load(saved_yaml.read_text()) or {}
+    if normalize is not None:
+        saved = normalize(saved)
     keys = (set(saved) | set(current)) - ignore
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
-def check_resume_config(run_dir: Path, current: dict[str, Any], checkpoint: str, ignore: set[str]) -> None:
+def check_resume_config(
+    run_dir: Path,
+    current: dict[str, Any],
+    checkpoint: str,
+    ignore: set[str],
+    normalize: ConfigNormalizer | None = None,
+) -> None:
     """Refuse to resume ``checkpoint`` under a config that changes what the run trains."""
-    changed = config_changes(run_dir / "config.yaml", current, ignore)
+    changed = config_changes(run_dir / "config.yaml", current, ignore, normalize)
     if changed:
         raise UserError(
             f"{run_dir} holds checkpoints of a run with a different config (changed: {', '.join(changed)}), "
