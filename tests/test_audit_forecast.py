@@ -167,7 +167,7 @@ def _name(path: Path) -> str:
 def _table(forecast: list[float], **measures: list[float | None]) -> dict:
     rows = [{"strategy": f"s{i}", "seed": 0, "forecast_kl": f, **{k: v[i] for k, v in measures.items()}}
             for i, f in enumerate(forecast)]
-    return aggregate(rows, [r["strategy"] for r in rows])
+    return aggregate(rows, list(dict.fromkeys(r["strategy"] for r in rows)))
 
 
 def test_spearman_by_hand() -> None:
@@ -184,6 +184,7 @@ def test_spearman_by_hand() -> None:
 
 def test_forecast_correlations_from_hand_made_rows() -> None:
     table = _table([0.1, 0.2, 0.3, 0.4, 0.5],
+                   forecast_kl_reverse=[0.5, 0.4, 0.3, 0.2, 0.1],  # the other direction, here ranked the other way
                    delta_perplexity=[2.0, 1.0, 4.0, 3.0, 5.0],  # rises with the forecast: rho = +0.8
                    delta_benchmark=[-0.01, -0.02, -0.03, -0.04, -0.05],  # falls with it: rho = -1, the right way
                    delta_heldout_task=[None, 0.1, 0.2, 0.3, 0.4])  # rises: backwards, on the 4 strategies that have it
@@ -191,7 +192,8 @@ def test_forecast_correlations_from_hand_made_rows() -> None:
     by_key = {m["key"]: m for m in data["measures"]}
     ppl, bench, held = by_key["delta_perplexity"], by_key["delta_benchmark"], by_key["delta_heldout_task"]
     assert (ppl["rho"], ppl["n"], ppl["agreement"]) == (pytest.approx(0.8), 5, pytest.approx(0.8))
-    assert ppl["verdict"].startswith("the forecast ranked forgetting well") and "within chance (p = 0.13)" in ppl["verdict"]
+    assert ppl["rho_reverse"] == pytest.approx(-0.8) and held["rho_reverse"] == pytest.approx(-1.0)
+    assert ppl["verdict"].startswith("the forecast ranked forgetting well") and ppl["verdict"].endswith("within chance (p > 0.05)")
     assert bench["rho"] == pytest.approx(-1.0) and bench["agreement"] == pytest.approx(1.0)
     assert bench["p_value"] == pytest.approx(2 / 120) and bench["verdict"] == "the forecast ranked forgetting well"
     assert held["n"] == 4 and held["strategies"] == ["s1", "s2", "s3", "s4"] and held["rho"] == pytest.approx(1.0)
@@ -200,6 +202,7 @@ def test_forecast_correlations_from_hand_made_rows() -> None:
     section = forecast_section(table)
     assert section is not None
     assert "Δ perplexity (reference text): ρ = +0.80 over n = 5 strategies, p = 0.13" in section.markdown
+    assert "(reverse KL: ρ = -0.80)" in section.markdown
     assert "ρ = -1.00 over n = 5 strategies, p = 0.02: the forecast ranked forgetting well" in section.markdown
 
 
@@ -207,7 +210,9 @@ def test_verdicts_say_when_the_sweep_cannot_judge() -> None:
     two = forecast_correlations(_table([0.1, 0.2], delta_perplexity=[1.0, 2.0]))["measures"][0]
     assert two["n"] == 2 and two["verdict"].startswith("too few strategies to judge (n = 2")
     flat = forecast_correlations(_table([0.1, 0.2, 0.3], delta_perplexity=[1.0, 1.0, 1.0]))["measures"][0]
-    assert flat["verdict"].startswith("not defined")
+    assert flat["verdict"].startswith("ρ is undefined")
+    assert forecast_section(_table([0.1, 0.2, 0.3], delta_perplexity=[1.0, 1.0, 1.0])).markdown.count(
+        "Δ perplexity (reference text), n = 3 strategies: ρ is undefined") == 1
     assert verdict(0.1, 0.8, 6).startswith("the forecast did not rank forgetting")
     assert verdict(0.5, 0.01, 9) == "the forecast ranked forgetting only roughly"
     assert forecast_section(_table([0.1, 0.2], delta_benchmark=[None, None])) is None
@@ -253,3 +258,14 @@ def test_world_heldout_task_is_adherence_on_the_genres_the_sft_set_did_not_teach
         "diversity": {"models": {m: {"per_input": {"ead": {"mean": 1.0}}, "across_input": {"ead": 1.0}}
                                  for m in ("base", "tuned")}}}}
     assert row_from_report(report, "tuned")["delta_heldout_task"] == pytest.approx(-1.0)
+
+
+def test_strategies_are_ranked_by_their_mean_over_seeds() -> None:
+    # Strategy a: seeds at forecast 0.1 and 0.5 (mean 0.3); b at 0.2; c at 0.4. Δ perplexity means: a 3, b 1, c 5.
+    rows = [{"strategy": "a", "seed": 0, "forecast_kl": 0.1, "delta_perplexity": 2.0},
+            {"strategy": "a", "seed": 1, "forecast_kl": 0.5, "delta_perplexity": 4.0},
+            {"strategy": "b", "seed": 0, "forecast_kl": 0.2, "delta_perplexity": 1.0},
+            {"strategy": "c", "seed": 0, "forecast_kl": 0.4, "delta_perplexity": 5.0}]
+    (ppl,) = forecast_correlations(aggregate(rows, ["a", "b", "c"]))["measures"]
+    assert ppl["n"] == 3 and ppl["strategies"] == ["a", "b", "c"] and ppl["rho"] == pytest.approx(1.0)
+    assert math.isnan(ppl["rho_reverse"])  # no reverse KL recorded

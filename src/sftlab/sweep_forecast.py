@@ -27,6 +27,7 @@ from scipy import stats
 from sftlab.audit.report.section import Section, Table
 
 FORECAST_KEY = "forecast_kl"
+REVERSE_KEY = "forecast_kl_reverse"  # KL(tuned ‖ base): shown beside the headline, not judged
 FORECAST_LABEL = "KL(base ‖ tuned) on the SFT prompts"
 # |rho| thresholds of the verdict, in the direction that means the forecast ranked forgetting right.
 WELL, ROUGHLY = 0.7, 0.3
@@ -81,7 +82,7 @@ def verdict(agreement: float, p_value: float, n: int) -> str:
     if n < MIN_STRATEGIES:
         return f"too few strategies to judge (n = {n}; a rank correlation needs at least {MIN_STRATEGIES})"
     if math.isnan(agreement):
-        return "not defined: the forecast or the measure is the same for every strategy"
+        return "ρ is undefined: the measure (or the forecast) is the same for every strategy"
     if agreement >= WELL:
         text = "the forecast ranked forgetting well"
     elif agreement >= ROUGHLY:
@@ -91,40 +92,56 @@ def verdict(agreement: float, p_value: float, n: int) -> str:
     else:
         text = "the forecast ranked forgetting backwards"
     if not math.isnan(p_value) and p_value > 0.05:
-        text += f", though with n = {n} this is within chance (p = {p_value:.2f})"
+        text += f", though with n = {n} this is within chance (p > 0.05)"
     return text
-
-
-def forecast_correlations(table: dict[str, Any]) -> dict[str, Any]:
-    """Per forgetting measure: rho, p, n and the verdict, across strategies (each one's mean over seeds).
-
-    ``table`` is :func:`sftlab.sweep.aggregate`'s output; a strategy missing the forecast or the measure
-    is left out of that measure's n.
-    """
-    means = {name: {k: s["columns"].get(k, {}).get("mean") for k in [FORECAST_KEY] + [m.key for m in MEASURES]}
-             for name, s in table["strategies"].items()}
-    measures = []
-    for m in MEASURES:
-        names = [n for n, v in means.items() if _number(v[FORECAST_KEY]) and _number(v[m.key])]
-        if not names:
-            continue
-        rho, p = spearman([means[n][FORECAST_KEY] for n in names], [means[n][m.key] for n in names])
-        agreement = m.sign * rho
-        measures.append({"key": m.key, "label": m.label, "n": len(names), "strategies": names, "rho": rho,
-                         "p_value": p, "expected_sign": m.sign, "agreement": agreement,
-                         "verdict": verdict(agreement, p, len(names))})
-    return {"forecast": FORECAST_KEY, "forecast_label": FORECAST_LABEL, "measures": measures}
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def strategy_means(table: dict[str, Any], key: str) -> dict[str, float]:
+    """Each strategy's mean of ``key`` over its seeds' rows (strategies with no value left out)."""
+    means = {}
+    for name in table["strategies"]:
+        values = [r[key] for r in table["rows"] if r["strategy"] == name and _number(r.get(key))]
+        if values:
+            means[name] = float(np.mean(values))
+    return means
+
+
+def forecast_correlations(table: dict[str, Any]) -> dict[str, Any]:
+    """Per forgetting measure: rho, p, n and the verdict, across strategies (each one's mean over seeds).
+
+    ``table`` is :func:`sftlab.sweep.aggregate`'s output (its ``rows`` are read); a strategy missing the
+    forecast or the measure is left out of that measure's n. ``rho_reverse`` is the same rank correlation
+    for KL(tuned ‖ base), for comparison with the headline direction.
+    """
+    forecast, reverse = strategy_means(table, FORECAST_KEY), strategy_means(table, REVERSE_KEY)
+    measures = []
+    for m in MEASURES:
+        measured = strategy_means(table, m.key)
+        names = [n for n in table["strategies"] if n in forecast and n in measured]
+        if not names:
+            continue
+        rho, p = spearman([forecast[n] for n in names], [measured[n] for n in names])
+        with_reverse = [n for n in names if n in reverse]
+        rho_reverse = (spearman([reverse[n] for n in with_reverse], [measured[n] for n in with_reverse])[0]
+                       if len(with_reverse) == len(names) else float("nan"))
+        agreement = m.sign * rho
+        measures.append({"key": m.key, "label": m.label, "n": len(names), "strategies": names, "rho": rho,
+                         "p_value": p, "expected_sign": m.sign, "agreement": agreement,
+                         "verdict": verdict(agreement, p, len(names)), "rho_reverse": rho_reverse})
+    return {"forecast": FORECAST_KEY, "forecast_label": FORECAST_LABEL, "measures": measures}
+
+
 def summary_line(m: dict[str, Any]) -> str:
     """``Δ perplexity: rho = +0.83 over n = 8 strategies (p = 0.01): the forecast ranked forgetting well``."""
-    rho = "undefined" if math.isnan(m["rho"]) else f"{m['rho']:+.2f}"
+    if math.isnan(m["rho"]):
+        return f"{m['label']}, n = {m['n']} strategies: {m['verdict']}"
     p = "" if math.isnan(m["p_value"]) else f", p = {m['p_value']:.2f}"
-    return f"{m['label']}: ρ = {rho} over n = {m['n']} strategies{p}: {m['verdict']}"
+    reverse = "" if math.isnan(m["rho_reverse"]) else f" (reverse KL: ρ = {m['rho_reverse']:+.2f})"
+    return f"{m['label']}: ρ = {m['rho']:+.2f} over n = {m['n']} strategies{p}: {m['verdict']}{reverse}"
 
 
 def forecast_section(table: dict[str, Any]) -> Section | None:
@@ -134,14 +151,16 @@ def forecast_section(table: dict[str, Any]) -> Section | None:
         return None
     expect = {+1: "ρ > 0", -1: "ρ < 0"}
     rows = [[m["label"], str(m["n"]), "–" if math.isnan(m["rho"]) else f"{m['rho']:+.2f}",
-             "–" if math.isnan(m["p_value"]) else f"{m['p_value']:.2f}", expect[m["expected_sign"]], m["verdict"]]
+             "–" if math.isnan(m["p_value"]) else f"{m['p_value']:.2f}", expect[m["expected_sign"]], m["verdict"],
+             "–" if math.isnan(m["rho_reverse"]) else f"{m['rho_reverse']:+.2f}"]
             for m in data["measures"]]
-    t = Table(["measured forgetting", "n strategies", "Spearman ρ", "permutation p", "forecast works if", "verdict"],
-              rows)
+    t = Table(["measured forgetting", "n strategies", "Spearman ρ", "permutation p", "forecast works if", "verdict",
+               "ρ of KL(tuned ‖ base)"], rows)
     intro = (f"The forecast is each strategy's {FORECAST_LABEL}, read before any benchmark (RL's Razor, Shenfeld et al. "
              "2025); the columns are the forgetting its audit then measured. Spearman's ρ across strategies (means over "
              "seeds) says how well the forecast ranked them: more KL should mean perplexity rises more (ρ > 0) and "
-             "accuracy and held-out task scores fall more (ρ < 0). p is a two-sided permutation p-value (exact for up to 8 strategies).")
+             "accuracy and held-out task scores fall more (ρ < 0). p is a two-sided permutation p-value (exact for up "
+             "to 8 strategies). The reverse direction's ρ is beside it, for comparison; the verdict is the forward KL's.")
     lines = [summary_line(m) for m in data["measures"]]
     body = (f"<p>{html.escape(intro)}</p><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
             + t.to_html())
