@@ -50,6 +50,7 @@ from sftlab.train.callbacks import (
     quiet_packed_padding_warning,
     summarize_logs,
 )
+from sftlab.train.distributed import engine_arguments
 from sftlab.train.losses import LossFn, build_loss
 from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
 from sftlab.train.regularizers import Regularizer, build_regularizers
@@ -169,6 +170,8 @@ def prepare_train(
         dropout=cfg.dropout,
     )
     _check_positions(model, cfg.max_length)
+    if cfg.attn_implementation is not None:
+        _set_attention(model, cfg.attn_implementation)
     model = apply_method(cfg, model)
 
     trainer = SFTLabTrainer(
@@ -242,6 +245,8 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
         "eval_loss_first": first,
         "eval_loss_last": last,
+        # Per-parameter regularizer state (anchors, Fisher, frozen base) held on each rank, in bytes.
+        "regularizer_state_bytes_per_rank": trainer.regularizer_state_bytes,
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
@@ -316,6 +321,7 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, optim: str, resuming: bo
         remove_unused_columns=False,  # the collator emits exactly what the model takes
         **save,
         **early,
+        **engine_arguments(cfg),  # fsdp / deepspeed (sftlab.train.distributed)
     )
 
 
@@ -362,6 +368,15 @@ def _check_positions(model: torch.nn.Module, max_length: int) -> None:
             f"max_length {max_length} exceeds what the model can attend to ({limit} positions); "
             f"set max_length <= {limit}"
         )
+
+
+def _set_attention(model: torch.nn.Module, implementation: str) -> None:
+    """Switch the attention kernel. With ``flash_attention_2`` and packing, transformers reads the
+    document boundaries from the packed rows' ``position_ids`` (varlen attention, no block mask)."""
+    try:
+        model.set_attn_implementation(implementation)
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"attn_implementation: {implementation} is not available here ({exc})") from None
 
 
 def _evaluated_at(trainer: SFTLabTrainer, step: int) -> bool:
