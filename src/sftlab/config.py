@@ -131,7 +131,9 @@ class FsdpSettings(StrictModel):
     ``TrainingArguments.fsdp_config``."""
 
     version: Literal[2] = Field(2, description="FSDP2 only; FSDP1 is deprecated in transformers")
-    reshard_after_forward: bool = Field(True, description="free gathered weights after each block's forward (ZeRO-3 like)")
+    reshard_after_forward: bool = Field(
+        True, description="free each block's gathered weights after its forward (like ZeRO-3)"
+    )
     transformer_layer_cls_to_wrap: list[str] | None = Field(
         None, description="block classes sharded as units; None = the model's own _no_split_modules"
     )

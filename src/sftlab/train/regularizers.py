@@ -485,7 +485,9 @@ def build_regularizers(
     before a checkpoint is loaded (the anchors and the KL base are the starting weights) and before
     NEFTune is attached. EWC's Fisher is cached in ``run_dir`` and reused on resume; in a multi-process
     run, let the main process build first (``TrainingArguments.main_process_first``) so the others
-    read its Fisher instead of all computing it.
+    read its Fisher instead of all computing it. Under FSDP or DeepSpeed the Trainer has not moved
+    the model yet, so the Fisher is computed where the model was loaded (the CPU), once per run. The
+    trainer then binds each regularizer to the wrapped model (``bind``) at its first training step.
     """
     regs: list[Regularizer] = []
     anchor = Anchor(model) if (cfg.l2sp or cfg.ewc) else None
