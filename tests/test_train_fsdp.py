@@ -110,7 +110,8 @@ def _curve(run: Path) -> dict[int, dict[str, float]]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("engine", "method"), [("fsdp", "full"), ("fsdp", "lora"), ("ddp", "full")])
 def test_two_ranks_match_one_process(engine, method, tiny_model_dir, corpora, tmp_path):
-    """FSDP2 runs are killed after their first checkpoint and resumed; the DDP run goes straight through."""
+    """FSDP2 runs are killed after their first checkpoint and resumed (from a full state dict for full FT,
+    a sharded one for LoRA); the DDP run goes straight through."""
     if method == "full":
         # Full fine-tuning with both weight-space remedies, the KL to a frozen base copy, GEM, replay, packing.
         remedies = dict(
@@ -125,10 +126,15 @@ def test_two_ranks_match_one_process(engine, method, tiny_model_dir, corpora, tm
 
     run = tmp_path / engine
     config = tmp_path / f"{engine}.yaml"
-    engine_keys = {"fsdp": {}} if engine == "fsdp" else {}
+    # Full FT checkpoints one gathered state dict; LoRA's checkpoints are sharded (one file per rank).
+    layout = "FULL_STATE_DICT" if method == "full" else "SHARDED_STATE_DICT"
+    engine_keys = {"fsdp": {"state_dict_type": layout}} if engine == "fsdp" else {}
     config.write_text(yaml.safe_dump(_config(tiny_model_dir, corpora, run, batch=2, **engine_keys, **remedies)))
     if engine == "fsdp":
         _kill_after_checkpoint(config, run, step=2)
+        # accelerate's FSDP layouts: one gathered file, or a dir of per-rank shards (torch.distributed.checkpoint).
+        saved = "pytorch_model_fsdp.bin" if layout == "FULL_STATE_DICT" else "pytorch_model_fsdp_0"
+        assert (run / "checkpoints" / "checkpoint-2" / saved).exists()
     _run_to_end(config)  # for FSDP, resume: auto picks up checkpoint-2
 
     expected, got = _curve(reference), _curve(run)

@@ -17,9 +17,10 @@ full copy on every rank. The helpers here take a full tensor to the slice a para
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -238,6 +239,25 @@ def enable_fsdp_on_cpu(accelerator: "Accelerator", plugin_args: dict[str, Any]) 
     # As AcceleratorState.__init__ ends: every later AcceleratorState() copies PartialState's type over its own.
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     return True
+
+
+@contextlib.contextmanager
+def full_state_dict(accelerator: "Accelerator") -> Iterator[None]:
+    """Inside, an FSDP run saves full state dicts, whatever its checkpoints use.
+
+    The Trainer writes model weights on ``save_model`` only for ``FULL_STATE_DICT``; a run whose
+    checkpoints are sharded (``SHARDED_STATE_DICT``, resumable) must still end in a plain model dir.
+    """
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    if plugin is None or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+        yield
+        return
+    saved = plugin.state_dict_type
+    plugin.set_state_dict_type("FULL_STATE_DICT")
+    try:
+        yield
+    finally:
+        plugin.set_state_dict_type(saved)
 
 
 def shard_module_like(module: torch.nn.Module, accelerator: "Accelerator") -> torch.nn.Module:

@@ -39,7 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_l
 from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
-from sftlab.train.distributed import enable_fsdp_on_cpu, is_fsdp2, local_bytes, per_rank, reshard
+from sftlab.train.distributed import enable_fsdp_on_cpu, full_state_dict, is_fsdp2, local_bytes, per_rank, reshard
 from sftlab.train.losses import IGNORE_INDEX, LossFn, cross_entropy
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
 
@@ -444,7 +444,8 @@ def save_final(trainer: Trainer, out_dir: Path) -> Path:
     if trainer.args.should_save:
         shutil.rmtree(staged, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staged))
+    with full_state_dict(trainer.accelerator):  # a plain model dir even when FSDP checkpoints are sharded
+        trainer.save_model(str(staged))
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
         # The Trainer pickles its arguments beside the weights; the run's config.yaml already records them,
