@@ -300,3 +300,26 @@ def test_unavailable_attention_kernel_is_a_user_error(tiny_model_dir, corpora, t
                                 attn_implementation="flash_attention_2"))
     with pytest.raises(UserError, match="attn_implementation: flash_attention_2"):
         run_train(cfg)
+
+
+def test_setup_table_names_the_engine(tmp_path):
+    from sftlab.recipes.train import describe_engine
+
+    assert describe_engine(_train_cfg(tmp_path), 1) is None
+    assert describe_engine(_train_cfg(tmp_path), 2) == "DDP over 2 ranks"
+    assert describe_engine(_train_cfg(tmp_path, fsdp={}), 2) == "FSDP2 over 2 ranks (checkpoints: full_state_dict)"
+    assert describe_engine(_train_cfg(tmp_path, deepspeed={"stage": 3}), 4) == "DeepSpeed ZeRO-3 over 4 ranks"
+
+
+def test_shard_helpers_are_identities_in_one_process():
+    """Without a process group nothing is sharded: state stays whole and sums stay local."""
+    param = torch.nn.Parameter(torch.randn(5, 3))
+    full = torch.randn(5, 3, dtype=torch.float64)
+    assert torch.equal(distributed.shard_like(full, param), full.float())
+    value = (param**2).sum()
+    assert distributed.sum_over_shards(value, [param]) is value
+    count, ranks = distributed.count_over_ranks(torch.tensor(7))
+    assert (int(count), ranks) == (7, 1)
+    tied = torch.randn(4, 2)
+    assert distributed.local_bytes([tied, tied, torch.zeros(3)]) == 4 * 2 * 4 + 3 * 4  # a shared tensor once
+    assert distributed.per_rank(123) == [123]

@@ -410,9 +410,21 @@ def _print_setup(console: Console, session: TrainSession) -> None:
     remedies = describe_remedies(cfg)
     if remedies:
         table.add_row("remedies", "; ".join(remedies))
+    engine = describe_engine(cfg, session.trainer.args.world_size)
+    if engine:
+        table.add_row("engine", engine)
     if session.checkpoint:
         table.add_row("resume", session.checkpoint)
     console.print(table)
+
+
+def describe_engine(cfg: TrainConfig, world_size: int) -> str | None:
+    """How the run is spread over processes (None for a single process without an engine)."""
+    if cfg.fsdp is not None:
+        return f"FSDP2 over {world_size} ranks (checkpoints: {cfg.fsdp.state_dict_type.lower()})"
+    if cfg.deepspeed is not None:
+        return f"DeepSpeed ZeRO-{cfg.deepspeed.stage} over {world_size} ranks"
+    return f"DDP over {world_size} ranks" if world_size > 1 else None
 
 
 def describe_remedies(cfg: TrainConfig) -> list[str]:
