@@ -1,20 +1,14 @@
-"""``sftlab demo --quick`` end to end: the testbed shows collapse, and the sweep resumes."""
+"""``sftlab demo --quick`` end to end: the testbed shows collapse, and the sweep resumes.
+
+The demo itself is the session fixture ``demo`` (tests/conftest.py), shared with the browser check of its pages.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
 from sftlab.cli import main
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["--offline", "demo", "--quick", "--out", str(out)]) == 0
-    return out
 
 
 def _world(report: Path) -> dict:

@@ -120,7 +120,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    run_demo(out=args.out, quick=args.quick, seeds=args.seeds)
+    if args.real:
+        from sftlab.demo_real import run_demo_real
+
+        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds)
+        return 0
+    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds)
     return 0
 
 
@@ -158,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML audit config (flags and KEY=VALUE override it)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     p.add_argument("--base")
-    p.add_argument("--tuned", action="append", help="tuned model or adapter dir (repeat for several)")
+    p.add_argument("--tuned", action="append", metavar="[NAME=]DIR",
+                   help="tuned model or adapter dir, labelled NAME in the report (repeat for several)")
     p.add_argument("--prompts")
     p.add_argument("--sft-data", dest="sft_data")
     p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable)")
@@ -171,9 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sweep", _cmd_sweep, "train and audit several strategies on one base; comparison table")
     add_config_args(p)
 
-    p = add("demo", _cmd_demo, "the end-to-end job on the synthetic world")
+    p = add("demo", _cmd_demo, "the end-to-end job: on the synthetic world, or --real on SmolLM2-135M-Instruct")
+    p.add_argument("--real", action="store_true",
+                   help="the seeds' experiment on the built-in real model (Shakespeare SFT; about 25 minutes)")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default=None, help="default runs/demo (runs/demo_real with --real)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
@@ -182,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--eval-file", dest="eval_file", help="check train/eval overlap against this file")
     p.add_argument("--tokenizer", help="tokenizer dir for token length stats")
-    p.add_argument("--out", default=None, help="dir for report + quarantine (default: beside the data)")
+    p.add_argument("--out", default=None, help="dir for report + quarantine (default: runs/data_check/<first file's stem>)")
     p.add_argument("--strict", action="store_true", help="exit 2 if any record is bad")
 
     models = sub.add_parser("models", help="built-in real models").add_subparsers(dest="models_command", required=True)

@@ -320,7 +320,10 @@ class AuditConfig(StrictModel):
 
     base: str = Field(..., description="HF model dir, hub id, .gguf file, or a built-in name")
     gguf_file: str | None = Field(None, description="a .gguf file inside `base` (then a folder)")
-    tuned: list[str] = Field(..., min_length=1)
+    tuned: list[str] | dict[str, str] = Field(
+        ..., min_length=1,
+        description="tuned model or adapter dirs: a list of DIR or NAME=DIR, or a mapping NAME: DIR; NAME labels it in the report",
+    )
     prompts: str
     out: str = "runs/audit"
     sft_data: str | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import html
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -55,17 +55,37 @@ from sftlab.models.load import load_model, load_tokenizer
 INLINE_ANSWERS = 3
 
 
-def model_names(base: str, tuned: Sequence[str]) -> dict[str, str]:
-    """Short unique display names: the dir's name, or ``parent/name`` for generic names like ``model``."""
-    names: dict[str, str] = {}
-    for path in [base, *tuned]:
-        p = Path(path.rstrip("/"))
-        name = f"{p.parent.name}/{p.name}" if p.name in ("model", "adapter", "merged") and p.parent.name else p.name
-        name = name or path
-        unique, n = name, 2
-        while unique in names:
-            unique, n = f"{name}#{n}", n + 1
-        names[unique] = path
+def _auto_name(path: str) -> str:
+    """The dir's name, or ``parent/name`` for generic names like ``model``."""
+    p = Path(path.rstrip("/"))
+    name = f"{p.parent.name}/{p.name}" if p.name in ("model", "adapter", "merged") and p.parent.name else p.name
+    return name or path
+
+
+def split_label(entry: str) -> tuple[str | None, str]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain ``DIR`` (or an existing path that holds ``=``) -> (None, DIR)."""
+    name, sep, path = entry.partition("=")
+    if not sep or Path(entry).exists():
+        return None, entry
+    if not name or not path:
+        raise UserError(f"tuned model {entry!r}: expected NAME=DIR with both parts, or a plain DIR")
+    return name, path
+
+
+def model_names(base: str, tuned: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """Display name -> path, base first. A tuned model is labelled by the NAME it was given (``NAME=DIR``
+    or a mapping), else by its dir's name (``parent/name`` for generic names like ``model``).
+
+    Two models with one label would be merged in every table, so a collision is a user error.
+    """
+    entries = list(tuned.items()) if isinstance(tuned, Mapping) else [split_label(e) for e in tuned]
+    names: dict[str, str] = {_auto_name(base): base}
+    for given, path in entries:
+        name = given or _auto_name(path)
+        if name in names:
+            hint = "" if given else f"; name them, e.g. --tuned NAME={path}"
+            raise UserError(f"two models of the audit are both labelled {name!r} ({names[name]} and {path}){hint}")
+        names[name] = path
     return names
 
 
@@ -290,12 +310,12 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
+    models = model_names(cfg.base, cfg.tuned)  # colliding labels fail before any data is read
     inputs = read_inputs(cfg)
     console = Console(stderr=True)
     if inputs.sft_rejected:
         console.print(f"[yellow]sft_data: {inputs.sft_rejected} bad records skipped for pattern copying "
                       f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")
-    models = model_names(cfg.base, cfg.tuned)
     base = next(iter(models))
     base_tok = load_tokenizer(cfg.base, cfg.trust_remote_code)
     embedder = Embedder(cfg.embedding_model, device) if cfg.embedding_model else None

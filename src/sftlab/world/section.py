@@ -188,7 +188,7 @@ def _render(table: dict[str, Any], base: str, tuned: list[str]) -> Section:
             delta_rows.append([model, names[key], fmt_delta(d["delta"], ci=(d["ci_low"], d["ci_high"]))])
             if d["ci_low"] is not None and not np.isnan(d["ci_low"]) and (d["ci_low"] > 0 or d["ci_high"] < 0):
                 findings.append(Finding(model, "gained" if d["delta"] > 0 else "lost",
-                                        f"{names[key]} {d['delta']:+.3f}"))
+                                        f"{names[key]} {d['delta']:+.3f}", f"world/{key}"))
     summary = Table(headers, rows)
     changes = Table(["model", "measure", "Δ vs base [95% CI]"], delta_rows)
     intro = (f"Judged exactly by the world's grammar ({len(GENRES)} genres; the pretraining mixture has entropy "

@@ -65,9 +65,10 @@ def diversity_section(table: dict[str, Any], base: str) -> Section:
                 more_diverse = (d["delta"] > 0) == table["higher_is_diverse"][n]
                 (gained if more_diverse else lost).append(f"{LABELS[n]} {d['delta']:+.3g}")
         if lost:
-            findings.append(Finding(model, "lost", "diversity per prompt: " + ", ".join(lost)))
+            findings.append(Finding(model, "lost", "diversity per prompt: " + ", ".join(lost), "diversity/per_input"))
         if gained:
-            findings.append(Finding(model, "gained", "diversity per prompt: " + ", ".join(gained)))
+            findings.append(Finding(model, "gained", "diversity per prompt: " + ", ".join(gained),
+                                    "diversity/per_input"))
 
     def block(scope: str) -> Table:
         headers = ["metric", _base_label(base)] + [f"{m}" for m in tuned] + [f"Δ {m} [95% CI]" for m in tuned]
@@ -205,7 +206,7 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) 
                 if notable:
                     findings.append(Finding(m, "lost" if ch > 0 else "gained",
                                             f"perplexity on {corpus} {ch:+.1%} ({fmt(per[base]['perplexity'], 2)} → "
-                                            f"{fmt(per[m]['perplexity'], 2)})"))
+                                            f"{fmt(per[m]['perplexity'], 2)})", f"perplexity/{corpus}"))
             rows.append(row)
             tones.append(row_t)
         t = Table(["corpus", "tokens", _base_label(base)] + [m for m in models if m != base], rows, tones)
@@ -228,7 +229,8 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) 
                 if sig:
                     findings.append(Finding(m, "gained" if r["delta"] > 0 else "lost",
                                             f"accuracy on {bench} {100 * r['delta']:+.1f} pt "
-                                            f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"))
+                                            f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]",
+                                            f"multiple_choice/{bench}"))
             rows.append(row)
             tones.append(row_t)
         t = Table(["benchmark", "questions", _base_label(base)] + [m for m in models if m != base], rows, tones)
@@ -265,7 +267,7 @@ def task_section(data: dict[str, Any], base: str) -> Section:
                 t = tone(d["delta"], True, sig)
                 if sig:
                     findings.append(Finding(model, "gained" if d["delta"] > 0 else "lost",
-                                            f"{label} on the eval set {d['delta']:+.{digits}f}"))
+                                            f"{label} on the eval set {d['delta']:+.{digits}f}", f"task/{key}"))
             row.append(cell)
             row_t.append(t)
         rows.append(row)
