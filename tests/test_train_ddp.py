@@ -1,4 +1,6 @@
-"""A 2-process data-parallel run: `torchrun --nproc_per_node 2 -m sftlab.cli train` on CPU (gloo)."""
+"""A 2-process data-parallel run: `torchrun --nproc_per_node 2 -m sftlab.cli train` on CPU (gloo), with
+packing, evaluation and NEFTune. (DDP with the regularizers, against one process on the same global
+batch: tests/test_train_fsdp.py.)"""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def test_torchrun_two_processes(tiny_model_dir, shared_data, tmp_path):
     config.write_text(yaml.safe_dump(dict(
         model_name_or_path=str(tiny_model_dir), train_file=[str(data)], output_dir=str(run), max_length=128,
         per_device_train_batch_size=4, num_train_epochs=2, learning_rate=3e-3, logging_steps=1, save_steps=4,
-        eval_fraction=0.2, packing=True,
+        eval_fraction=0.2, packing=True, neftune_noise_alpha=5.0,
     )))
     # --standalone: a local rendezvous on a free port, so parallel test runs do not collide.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -43,6 +45,8 @@ def test_torchrun_two_processes(tiny_model_dir, shared_data, tmp_path):
     steps_per_epoch = -(-rows // 8)
     train_steps = [m["step"] for m in logs if "loss" in m]
     assert train_steps == list(range(1, 2 * steps_per_epoch + 1)), "rank 0 alone logs, once per step"
+    noised = [m["neftune/noised_forwards"] for m in logs if "loss" in m]
+    assert noised[0] >= 1 and noised == sorted(noised), "NEFTune noises the DDP-wrapped model's embeddings"
     evals = [m["eval_loss"] for m in logs if "eval_loss" in m]
     assert evals[-1] < evals[0]
     assert (run / "model" / "model.safetensors").is_file()

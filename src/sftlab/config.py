@@ -197,6 +197,45 @@ def expand_preset(data: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Training: scaling out (see docs/scaling.md and sftlab.train.distributed)
+
+
+class FsdpSettings(StrictModel):
+    """PyTorch FSDP2 (``fully_shard``) through accelerate: parameters, gradients and optimizer state
+    sharded over the ranks of a ``torchrun`` / ``accelerate launch`` run. Names follow
+    ``TrainingArguments.fsdp_config``."""
+
+    version: Literal[2] = Field(2, description="FSDP2 only; FSDP1 is deprecated in transformers")
+    reshard_after_forward: bool = Field(
+        True, description="free each block's gathered weights after its forward (like ZeRO-3)"
+    )
+    transformer_layer_cls_to_wrap: list[str] | None = Field(
+        None, description="block classes sharded as units; None = the model's own _no_split_modules"
+    )
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = Field(
+        "FULL_STATE_DICT", description="checkpoint layout; the final model dir is always a full one"
+    )
+    cpu_offload: bool = False
+    activation_checkpointing: bool = False
+
+
+class DeepSpeedSettings(StrictModel):
+    """DeepSpeed ZeRO through accelerate (``TrainingArguments.deepspeed``). Untested here: deepspeed
+    does not run on a CPU-only machine (docs/scaling.md)."""
+
+    stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False
+    offload_param: bool = Field(False, description="ZeRO-3 only")
+    config_file: str | None = Field(None, description="a DeepSpeed JSON of your own, used as it is")
+
+    @model_validator(mode="after")
+    def _offload_param_needs_stage_3(self) -> DeepSpeedSettings:
+        if self.offload_param and self.stage != 3:
+            raise ValueError("deepspeed.offload_param needs stage: 3 (ZeRO-2 keeps every parameter on each rank)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
 # Recipes
 
 
@@ -244,6 +283,11 @@ class TrainConfig(StrictModel):
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3"] | None = Field(
+        None, description="None = the model's default; flash_attention_2 packs by position_ids (varlen), GPU only"
+    )
+    fsdp: FsdpSettings | None = None
+    deepspeed: DeepSpeedSettings | None = None
 
     logging_steps: int = Field(10, ge=1)
     eval_strategy: Literal["no", "steps", "epoch"] = "no"
@@ -287,6 +331,8 @@ class TrainConfig(StrictModel):
     def _consistent(self) -> TrainConfig:
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are exclusive: pick one")
+        if self.fsdp is not None and self.deepspeed is not None:
+            raise ValueError("fsdp and deepspeed are exclusive: pick one engine")
         if self.eval_strategy != "no" and not (self.eval_file or self.eval_fraction > 0):
             raise ValueError("eval_strategy needs eval data: set eval_file or eval_fraction")
         if self.early_stopping_patience and self.eval_strategy == "no":

@@ -55,6 +55,7 @@ from sftlab.train.callbacks import (
     quiet_packed_padding_warning,
     summarize_logs,
 )
+from sftlab.train.distributed import engine_arguments
 from sftlab.train.losses import LossFn, build_loss
 from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
 from sftlab.train.regularizers import Regularizer, build_regularizers
@@ -185,6 +186,8 @@ def prepare_train(
         dropout=cfg.dropout,
     )
     _check_positions(model, cfg.max_length)
+    if cfg.attn_implementation is not None:
+        _set_attention(model, cfg.attn_implementation)
     model = apply_method(cfg, model)
 
     trainer = SFTLabTrainer(
@@ -263,6 +266,8 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "eval_loss_last": last,
         "eval_objective_first": objective_first,
         "eval_objective_last": objective_last,
+        # Per-parameter regularizer state (anchors, Fisher, frozen base) held on each rank, in bytes.
+        "regularizer_state_bytes_per_rank": trainer.regularizer_state_bytes,
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
@@ -337,6 +342,7 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, optim: str, resuming: bo
         remove_unused_columns=False,  # the collator emits exactly what the model takes
         **save,
         **early,
+        **engine_arguments(cfg),  # fsdp / deepspeed (sftlab.train.distributed)
     )
 
 
@@ -391,6 +397,15 @@ def _check_positions(model: torch.nn.Module, max_length: int) -> None:
         )
 
 
+def _set_attention(model: torch.nn.Module, implementation: str) -> None:
+    """Switch the attention kernel. With ``flash_attention_2`` and packing, transformers reads the
+    document boundaries from the packed rows' ``position_ids`` (varlen attention, no block mask)."""
+    try:
+        model.set_attn_implementation(implementation)
+    except (ImportError, ValueError) as exc:
+        raise UserError(f"attn_implementation: {implementation} is not available here ({exc})") from None
+
+
 def _evaluated_at(trainer: SFTLabTrainer, step: int) -> bool:
     return any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history)
 
@@ -421,9 +436,21 @@ def _print_setup(console: Console, session: TrainSession) -> None:
     remedies = describe_remedies(cfg)
     if remedies:
         table.add_row("remedies", "; ".join(remedies))
+    engine = describe_engine(cfg, session.trainer.args.world_size)
+    if engine:
+        table.add_row("engine", engine)
     if session.checkpoint:
         table.add_row("resume", session.checkpoint)
     console.print(table)
+
+
+def describe_engine(cfg: TrainConfig, world_size: int) -> str | None:
+    """How the run is spread over processes (None for a single process without an engine)."""
+    if cfg.fsdp is not None:
+        return f"FSDP2 over {world_size} ranks (checkpoints: {cfg.fsdp.state_dict_type.lower()})"
+    if cfg.deepspeed is not None:
+        return f"DeepSpeed ZeRO-{cfg.deepspeed.stage} over {world_size} ranks"
+    return f"DDP over {world_size} ranks" if world_size > 1 else None
 
 
 def describe_remedies(cfg: TrainConfig) -> list[str]:

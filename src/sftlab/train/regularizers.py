@@ -11,6 +11,14 @@ when the regularizer is built, which must be the start of training (before a che
 resume). For full fine-tuning that is the base weights; for PEFT it is the adapter's initialisation
 (LoRA's B = 0, so the merged model equals the base there). They are computed with ``torch._foreach_*``
 ops over the whole parameter list: a few fused kernels per step instead of several per tensor.
+
+Sharded training (FSDP2). The state is captured from the full model before the Trainer wraps it, and
+must then follow the model onto its shards: ``bind(model, accelerator)``, which the trainer calls
+once the model is wrapped (its first training step), keeps of each anchor and Fisher tensor only the
+slice this rank's parameter shard holds, and shards a frozen KL base as the model was sharded. A
+weight penalty is then each rank's sum over its own shards, summed over the ranks for its value
+(see ``sftlab.train.distributed.sum_over_shards``), so its per-rank memory falls with the number of
+ranks. ``state_tensors()`` lists what a regularizer keeps per parameter, for measuring that.
 """
 
 from __future__ import annotations
@@ -29,10 +37,20 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from sftlab.errors import UserError
+from sftlab.train.distributed import (
+    count_over_ranks,
+    is_fsdp2,
+    local,
+    reshard,
+    shard_like,
+    shard_module_like,
+    sum_over_shards,
+)
 from sftlab.train.losses import IGNORE_INDEX, cross_entropy
 from sftlab.train.neftune import packed_padding
 
 if TYPE_CHECKING:
+    from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
     from sftlab.config import TrainConfig
@@ -58,6 +76,8 @@ class Regularizer(Protocol):
     A regularizer may also set ``uses_logits = False`` (it never reads ``outputs.logits``) or
     ``scored_logits_suffice = True`` (it reads them at scored positions only and understands the
     gathered layout flagged by ``inputs[SCORED_POSITIONS_KEY]``); without either, it gets full logits.
+    One that keeps state per parameter also has ``bind(model, accelerator)``, called once the
+    Trainer has wrapped the model (see the module docstring), and ``state_tensors()``.
     """
 
     name: str
@@ -74,7 +94,8 @@ class Regularizer(Protocol):
 class Anchor:
     """The trainable parameters of a model and a frozen copy of their starting values.
 
-    Shared by L2-SP and EWC, so using both keeps one copy of the starting point in memory.
+    Shared by L2-SP and EWC, so using both keeps one copy of the starting point in memory. Built on
+    the model before it is wrapped; :meth:`bind` moves it onto the wrapped model's parameters.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
@@ -84,10 +105,29 @@ class Anchor:
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.start = [p.detach().clone() for p in self.params]
+        self.bound = False
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Point at ``model``'s parameters (the wrapped model: FSDP2 replaces every parameter with a
+        DTensor) and keep of each starting value only the slice this rank's shard holds. Idempotent."""
+        if self.bound:
+            return
+        named = dict(model.named_parameters())
+        missing = [n for n in self.names if n not in named]
+        if missing:
+            raise ValueError(f"the wrapped model has no parameter {missing[0]} ({len(missing)} missing)")
+        self.params = [named[n] for n in self.names]
+        self.start = [shard_like(start, p) for start, p in zip(self.start, self.params)]
+        self.bound = True
+
+    @property
+    def local_params(self) -> list[torch.Tensor]:
+        """This rank's shard of each parameter (the parameter itself when unsharded), differentiable."""
+        return [local(p) for p in self.params]
 
     def deltas(self) -> list[torch.Tensor]:
-        """theta - theta_0 per parameter, differentiable in theta."""
-        return torch._foreach_sub(self.params, self.start)
+        """theta - theta_0 per parameter (this rank's shards), differentiable in theta."""
+        return torch._foreach_sub(self.local_params, self.start)
 
 
 def _sum_of_squares(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -110,9 +150,17 @@ class L2SP:
         self.anchor = anchor
         self.lam = lam
 
+    def bind(self, model: torch.nn.Module, accelerator: "Accelerator | None" = None) -> None:
+        """Anchor on the wrapped model's (possibly sharded) parameters."""
+        self.anchor.bind(model)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """theta_0, as this rank holds it."""
+        return list(self.anchor.start)
+
     def penalty(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
-        """(lambda / 2) * sum_i (theta_i - theta_0,i)^2."""
-        return 0.5 * self.lam * _sum_of_squares(self.anchor.deltas())
+        """(lambda / 2) * sum_i (theta_i - theta_0,i)^2, over all ranks' shards."""
+        return sum_over_shards(0.5 * self.lam * _sum_of_squares(self.anchor.deltas()), self.anchor.params)
 
 
 class EWC:
@@ -134,13 +182,25 @@ class EWC:
         self.anchor = anchor
         self.lam = lam
         self.sqrt_fisher = [
-            fisher[n].to(device=p.device, dtype=p.dtype).sqrt() for n, p in zip(anchor.names, anchor.params)
+            fisher[n].to(device=local(p).device, dtype=p.dtype).sqrt() for n, p in zip(anchor.names, anchor.params)
         ]
+        self.bound = False
+
+    def bind(self, model: torch.nn.Module, accelerator: "Accelerator | None" = None) -> None:
+        """Anchor on the wrapped model's parameters; keep this rank's slice of sqrt(F). Idempotent."""
+        self.anchor.bind(model)
+        if not self.bound:
+            self.sqrt_fisher = [shard_like(f, p) for f, p in zip(self.sqrt_fisher, self.anchor.params)]
+            self.bound = True
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """theta* and sqrt(F), as this rank holds them."""
+        return [*self.anchor.start, *self.sqrt_fisher]
 
     def penalty(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
-        """(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2."""
+        """(lambda / 2) * sum_i F_i (theta_i - theta*_i)^2, over all ranks' shards."""
         weighted = torch._foreach_mul(self.anchor.deltas(), self.sqrt_fisher)
-        return 0.5 * self.lam * _sum_of_squares(weighted)
+        return sum_over_shards(0.5 * self.lam * _sum_of_squares(weighted), self.anchor.params)
 
 
 @contextmanager
@@ -263,6 +323,8 @@ class KLToBase:
     base and its own forward is deterministic, the penalty is 0. It gets the tuned forward's inputs
     (``position_ids``, ``attention_mask``) and ``use_cache=False``, which transformers needs to build
     the per-document mask of a packed batch. Its output head runs on the selected positions only.
+    Under FSDP2, :meth:`bind` shards the frozen copy the way accelerate sharded the model (the PEFT
+    base needs nothing: it is the sharded model itself with its adapter off).
 
     With ``on`` response or replay the selected positions are all scored ones, so the trainer may run
     the tuned model's head on scored positions only (``scored_logits_suffice``); the KL then reads the
@@ -295,6 +357,31 @@ class KLToBase:
         if self.peft_model is None:
             # Build this before NEFTune is attached, or the copy carries its hooks (inert in eval mode).
             self.base_copy = copy.deepcopy(model).eval().requires_grad_(False)
+        self.bound = False
+        self.base_sharded = False
+
+    def bind(self, model: torch.nn.Module, accelerator: "Accelerator | None" = None) -> None:
+        """Follow the wrapped model: a frozen base copy is sharded like it under FSDP2 (each rank then
+        holds its shards only) or moved beside it otherwise. Idempotent."""
+        from peft import PeftModel
+
+        if self.bound:
+            return
+        if self.peft_model is not None and isinstance(model, PeftModel):
+            self.peft_model = model
+        elif self.base_copy is not None:
+            if is_fsdp2(model):
+                if accelerator is None:
+                    raise ValueError("sharding the KL base like an FSDP2 model needs the run's accelerator")
+                self.base_copy = shard_module_like(self.base_copy, accelerator)
+                self.base_sharded = True
+            else:
+                self.base_copy.to(local(next(model.parameters())).device)
+        self.bound = True
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """The frozen base copy's parameters as this rank holds them (none for a PEFT model)."""
+        return list(self.base_copy.parameters()) if self.base_copy is not None else []
 
     def _base_logits(self, inputs: dict[str, torch.Tensor], sel: torch.Tensor) -> torch.Tensor:
         """The base model's logits at the ``sel`` [B, T] positions, [M, V] in row-major order."""
@@ -319,6 +406,8 @@ class KLToBase:
         finally:
             if handle is not None:
                 handle.remove()
+        if self.base_sharded and model is self.base_copy:
+            reshard(model)  # no backward follows this forward to free its gathered weights
         if head is None:
             return logits[:, logits.size(1) - sel.size(1) :][sel]
         return logits[0]
@@ -351,7 +440,7 @@ class KLToBase:
         return sel
 
     def penalty(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], outputs: Any) -> torch.Tensor:
-        """beta * mean KL at the selected positions (0 when there are none)."""
+        """beta * mean KL at the selected positions of the whole (all-rank) batch (0 when there are none)."""
         batch, length = inputs["input_ids"].shape
         sel = self.positions(inputs, (batch, length))
         scored = inputs.get(SCORED_POSITIONS_KEY)
@@ -368,7 +457,10 @@ class KLToBase:
             kl = F.kl_div(log_tuned, log_base, log_target=True, reduction="sum")
         else:
             kl = F.kl_div(log_base, log_tuned, log_target=True, reduction="sum")
-        return self.beta * kl / sel.sum().clamp(min=1)
+        # The mean over the whole data-parallel batch, as the task loss is: each rank divides its sum by
+        # every rank's count, times the rank count that DDP / FSDP divide the averaged gradient by.
+        count, ranks = count_over_ranks(sel.sum())
+        return self.beta * kl * ranks / count.clamp(min=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -393,7 +485,9 @@ def build_regularizers(
     before a checkpoint is loaded (the anchors and the KL base are the starting weights) and before
     NEFTune is attached. EWC's Fisher is cached in ``run_dir`` and reused on resume; in a multi-process
     run, let the main process build first (``TrainingArguments.main_process_first``) so the others
-    read its Fisher instead of all computing it.
+    read its Fisher instead of all computing it. Under FSDP or DeepSpeed the Trainer has not moved
+    the model yet, so the Fisher is computed where the model was loaded (the CPU), once per run. The
+    trainer then binds each regularizer to the wrapped model (``bind``) at its first training step.
     """
     regs: list[Regularizer] = []
     anchor = Anchor(model) if (cfg.l2sp or cfg.ewc) else None

@@ -16,6 +16,12 @@ What this subclass adds:
   (regularizer penalties are not part of either).
 - **A NaN or inf loss stops the run** with :class:`NonFiniteLossError` (a UserError: exit 2, no
   traceback) before the optimizer step, so the bad step changes no weight and saves nothing.
+- **Regularizers follow the wrapped model.** Their state is built from the model before the Trainer
+  wraps it; at the first training step (after DDP / FSDP2 / DeepSpeed wrapping) each regularizer's
+  ``bind`` moves it onto the wrapped model's parameters, so under FSDP2 each rank keeps the slices of
+  its own shards (``regularizer_state_bytes`` records what each rank then holds).
+- **FSDP2 on CPU.** accelerate builds FSDP only on accelerator devices; in a multi-process CPU (gloo)
+  run, the same FSDP2 plugin is switched on by hand, so the sharded path is the one tested here.
 - **Atomic checkpoints.** Each checkpoint is written into ``checkpoints/.staging/`` and renamed into
   place only when complete, so a run killed mid-save never leaves a ``checkpoint-N`` that resume would
   pick up half-written.
@@ -43,6 +49,7 @@ from transformers.trainer_utils import (
 from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
+from sftlab.train.distributed import enable_fsdp_on_cpu, full_state_dict, is_fsdp2, local_bytes, per_rank, reshard
 from sftlab.train.losses import IGNORE_INDEX, LossFn, cross_entropy
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
 
@@ -87,6 +94,30 @@ class SFTLabTrainer(Trainer):
         self._staging = False
         # Evaluation sums, over every eval target token: cross-entropy, the task objective, the token count.
         self._eval_sums: list[torch.Tensor] | None = None
+        # Bytes of per-parameter regularizer state (anchors, Fisher, a frozen base) on each rank, once bound.
+        self.regularizer_state_bytes: list[int] | None = None
+        self._regularizers_bound = False
+
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's accelerator; FSDP2 switched on for a multi-process CPU run, where accelerate
+        would otherwise fall back to DDP and leave the fsdp settings unused."""
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp_plugin_args is not None and not self.is_fsdp_enabled:
+            self.is_fsdp_enabled = enable_fsdp_on_cpu(self.accelerator, self.args.fsdp_plugin_args)
+
+    def _bind_regularizers(self, model: torch.nn.Module) -> None:
+        """Move every regularizer's state onto the wrapped model (see ``Regularizer``); once, before the
+        first training forward, when every FSDP2 parameter is its registered shard."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if is_fsdp2(unwrapped):
+            reshard(unwrapped)  # an evaluation before training leaves the root's weights gathered
+        for reg in self.regularizers:
+            bind = getattr(reg, "bind", None)
+            if bind is not None:
+                bind(unwrapped, self.accelerator)
+        state = [t for reg in self.regularizers for t in getattr(reg, "state_tensors", list)()]
+        self.regularizer_state_bytes = per_rank(local_bytes(state))
+        self._regularizers_bound = True
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> TrainOutput:
         """Train, or resume; resuming a run that had finished (all planned steps, or stopped early)
@@ -119,6 +150,8 @@ class SFTLabTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """Task loss on the logits (labels kept away from the model, so it computes no loss of its own)
         plus, in training, every regularizer's penalty. Regularizers see the whole batch (``replay_mask`` too)."""
+        if model.training and self.regularizers and not self._regularizers_bound:
+            self._bind_regularizers(model)
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
         head = self._scoring_head(model)
@@ -487,7 +520,8 @@ def save_final(trainer: Trainer, out_dir: Path) -> Path:
     if trainer.args.should_save:
         shutil.rmtree(staged, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staged))
+    with full_state_dict(trainer.accelerator):  # a plain model dir even when FSDP checkpoints are sharded
+        trainer.save_model(str(staged))
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
         # The Trainer pickles its arguments beside the weights; the run's config.yaml already records them,

@@ -1,0 +1,37 @@
+"""`sftlab train` that stops still once checkpoint N is in place, on every rank, until it is killed.
+
+For tests that must kill a multi-process run at a known point: ``torchrun ... tests/torchrun_pause.py N
+config.yaml``. A kill timed by polling alone can come too late on a loaded machine (the run may already
+have finished); here each rank sleeps in ``on_save`` at step N, after the checkpoint was renamed into place.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from transformers import TrainerCallback
+
+import sftlab.recipes.train as recipe
+from sftlab.cli import main
+from sftlab.train.trainer import SFTLabTrainer
+
+
+class PauseAfterSave(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 - the TrainerCallback signature
+        if state.global_step == self.step:
+            time.sleep(3600)
+
+
+class PausingTrainer(SFTLabTrainer):
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.add_callback(PauseAfterSave(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    recipe.SFTLabTrainer = PausingTrainer
+    sys.exit(main(["--offline", "train", sys.argv[2]]))
