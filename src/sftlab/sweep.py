@@ -166,6 +166,14 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
         b, t = (b["mean"], t["mean"]) if scope == "per_input" else (b, t)
         row[f"diversity_kept_{scope}"] = t / b if b else None
     row["shifted"] = sections["shift"]["models"][tuned_name]["class_fraction"]["shifted"]
+    style = sections.get("style", {})
+    if "capture" in style:
+        row["style_capture"] = style["capture"]["models"][tuned_name]["value"]
+    if "adherence" in style:
+        row["delta_adherence"] = style["adherence"]["deltas"][tuned_name]["delta"]
+    scene = sections.get("scene_style", {}).get("models", {}).get(tuned_name)
+    if scene:
+        row["play_style_other"] = scene["other_prompts"]
     forgetting = sections.get("forgetting", {})
     ppl = forgetting.get("perplexity", {})
     if ppl:
@@ -311,7 +319,8 @@ def aggregate(rows: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any
 
 def print_table(console: Console, table: dict[str, Any]) -> None:
     """A short console table: the headline columns only."""
-    short = {"eval_loss": "eval loss", "task_score": "task", "diversity_kept_per_input": "div. kept",
+    short = {"eval_loss": "eval loss", "task_score": "task", "style_capture": "SFT style",
+             "diversity_kept_per_input": "div. kept",
              "genres_covered": "genres", "delta_perplexity": "Δ ppl", "shifted": "shifted", "train_seconds": "train s"}
     cols = [c for c in COLUMNS if c.key in short]
     rich_table = RichTable(title="sweep (mean ± std over seeds)")

@@ -168,7 +168,9 @@ def comparison_table(table: dict[str, Any], group: str = "outcome") -> Table:
         arrow = {True: " ↑", False: " ↓", None: ""}[c.higher_is_better]
         return c.label + arrow
 
-    columns = [c for c in COLUMNS if c.group == group]
+    # A column no run of this sweep measured (the world's genres on a real model, say) is left out.
+    columns = [c for c in COLUMNS if c.group == group
+               and any(s["columns"][c.key]["mean"] is not None for s in table["strategies"].values())]
     rows = [[name, str(len(s["seeds"]))] + [format_cell(c, s["columns"][c.key]).replace(" ± ", " ±\u00a0")
                                             for c in columns]
             for name, s in table["strategies"].items()]

@@ -27,6 +27,9 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("eval_loss", "eval loss", False),
     Column("task_score", "task score", True),
+    Column("style_capture", "answers in the SFT style (audit prompts)", False, percent=True),
+    Column("delta_adherence", "Δ prompt adherence (cosine)", True),
+    Column("play_style_other", "answers written as a play (other prompts)", False, percent=True),
     Column("diversity_kept_per_input", "diversity kept, per input", True, percent=True),
     Column("diversity_kept_across_input", "diversity kept, across inputs", True, percent=True),
     Column("genres_covered", "genres covered (open prompts)", True, digits=1),
