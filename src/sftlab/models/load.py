@@ -109,12 +109,38 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tok
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """``auto`` means bf16 on a GPU that supports it, fp32 otherwise (CPU-sane)."""
+# Narrowest model (hidden size) for which ``dtype: auto`` picks bf16 autocast on an AMX CPU. Measured with
+# bench/bf16_threshold.py (one training step, 8 x 96 tokens, fp32 time / bf16 time, 1 thread, Xeon with AMX,
+# torch 2.13; docs/benchmarks.md): width 64 0.79x (bf16 slower: casts and AMX tile set-up outweigh the tiny
+# matmuls), width 128 1.01x (no gain), width 288 1.40x, width 576 (4 layers) {W576}x, SmolLM2-135M {SMOL}x.
+CPU_BF16_MIN_WIDTH = 256
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when this CPU has AMX bf16 tile units (Intel Sapphire Rapids and later), as torch detects them."""
+    return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+
+
+def model_width(config: PretrainedConfig | None) -> int | None:
+    """The model's hidden size (``hidden_size``; GPT-2 maps it to ``n_embd``), or None when unknown."""
+    width = getattr(config, "hidden_size", None) if config is not None else None
+    return width if isinstance(width, int) else None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str, config: PretrainedConfig | None = None) -> torch.dtype:
+    """The compute dtype ``dtype`` names; ``auto`` is bf16 where bf16 pays, fp32 elsewhere.
+
+    bf16 pays on a CUDA GPU that supports it, and on a CPU with AMX bf16 units for a model at least
+    :data:`CPU_BF16_MIN_WIDTH` wide (``config``'s hidden size); narrower models, models of unknown width,
+    and CPUs without AMX (where bf16 matmuls are emulated and slower than fp32) get fp32.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        width = model_width(config)
+        if device == "cpu" and cpu_has_amx_bf16() and width is not None and width >= CPU_BF16_MIN_WIDTH:
             return torch.bfloat16
         return torch.float32
     try:
@@ -122,6 +148,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise UserError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model config of a model dir, built-in name, .gguf file or hub id; an adapter dir gives its base's."""
+    name_or_path = resolve_model_source(name_or_path)
+    _check_source(name_or_path)
+    source = resolve_model_source(adapter_base_path(name_or_path)) if is_adapter_dir(name_or_path) else name_or_path
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if Path(source).exists():
+            raise UserError(f"{source}: could not read its config ({type(exc).__name__}: {exc})") from None
+        raise _hub_error(source, exc) from None
 
 
 def dropout_overrides(config: PretrainedConfig, p: float) -> dict[str, float]:
@@ -150,10 +189,10 @@ def load_model(
     ``merge_adapter`` folds an adapter into the base weights and returns a plain transformers model.
     ``dropout`` overrides every dropout rate of the (base) model's config before the model is built.
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
+    ``dtype: auto`` loads the weights in bf16 where :func:`resolve_dtype` finds that bf16 pays.
     """
     name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path)
-    torch_dtype = resolve_dtype(dtype, device)
     adapter = is_adapter_dir(name_or_path)
     base_source = resolve_model_source(adapter_base_path(name_or_path)) if adapter else name_or_path
     if adapter:
@@ -161,6 +200,7 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(base_source, trust_remote_code=trust_remote_code)
         overrides = dropout_overrides(config, dropout) if dropout is not None else {}
+        torch_dtype = resolve_dtype(dtype, device, config)
         model = AutoModelForCausalLM.from_pretrained(
             base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **overrides
         )
