@@ -130,3 +130,62 @@ def test_bf16_autocast_training_tracks_fp32_within_one_percent(tiny_llama_dir, a
     worst = max(abs(b - f) / f for f, b in zip(fp32, bf16))
     assert worst < 0.01, (fp32, bf16)
     assert bf16 != fp32  # bf16 did change the arithmetic
+
+
+@pytest.mark.parametrize(("compute", "device", "expected"), [
+    (torch.float32, "cpu", (torch.float32, None)),
+    (torch.bfloat16, "cpu", (torch.float32, torch.bfloat16)),  # fp32 weights, bf16 matmuls under autocast
+    (torch.bfloat16, "cuda", (torch.bfloat16, None)),
+    (torch.float16, "cuda:1", (torch.float16, None)),
+])
+def test_inference_precision_plan(compute, device, expected):
+    assert load.weights_and_autocast(compute, device) == expected
+
+
+def _audit(base: Path, tuned: Path, prompts: Path, reference: Path, out: Path, cache: Path, dtype: str,
+           monkeypatch) -> tuple[dict, set[tuple[torch.dtype, torch.dtype]]]:
+    """A small audit on CPU; returns report.json and the (weight, output) dtypes every Linear computed in."""
+    from sftlab.config import AuditConfig
+    from sftlab.recipes import audit
+
+    seen: set[tuple[torch.dtype, torch.dtype]] = set()
+    real_load = load.load_model
+
+    def load_and_watch(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(lambda m, a, o: seen.add((m.weight.dtype, o.dtype)))
+        return model
+
+    monkeypatch.setattr(audit, "load_model", load_and_watch)
+    cfg = AuditConfig(base=str(base), tuned=[str(tuned)], prompts=str(prompts), reference=[str(reference)],
+                      out=str(out), cache_dir=str(cache), device="cpu", dtype=dtype, max_length=128,
+                      bootstrap_samples=100, sampling={"num_samples": 2, "max_new_tokens": 8, "batch_size": 8})
+    audit.run_audit(cfg)
+    return json.loads((out / "report.json").read_text()), seen
+
+
+def test_audit_in_bf16_runs_matmuls_in_bf16_on_fp32_weights_and_caches_apart(
+        tiny_llama_dir, tiny_tokenizer, shared_data, tmp_path, monkeypatch):
+    import shutil
+
+    alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": r["instruction"]}) + "\n" for r in alpaca[:3]))
+    reference = tmp_path / "ref.txt"
+    reference.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[100_000:102_000])
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_llama_dir, tuned)
+    cache = tmp_path / "cache"
+    fp32, fp32_seen = _audit(tiny_llama_dir, tuned, prompts, reference, tmp_path / "a32", cache, "float32",
+                             monkeypatch)
+    cached = set(cache.rglob("*"))
+    bf16, bf16_seen = _audit(tiny_llama_dir, tuned, prompts, reference, tmp_path / "a16", cache, "bfloat16",
+                             monkeypatch)
+    assert fp32_seen == {(torch.float32, torch.float32)}
+    assert bf16_seen == {(torch.float32, torch.bfloat16)}
+    assert set(cache.rglob("*")) > cached  # bf16 sampled anew instead of reusing the fp32 samples
+    assert (fp32["meta"]["dtype"], bf16["meta"]["dtype"]) == ("float32", "bfloat16")
+    ppl = [r["sections"]["forgetting"]["perplexity"]["ref"][tiny_llama_dir.name]["perplexity"] for r in (fp32, bf16)]
+    assert ppl[0] != ppl[1] and abs(ppl[1] / ppl[0] - 1) < 0.01, ppl  # teacher-forced scoring agrees within 1%

@@ -303,7 +303,9 @@ class AuditConfig(StrictModel):
     trust_remote_code: bool = False
     cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps")
-    dtype: str = Field("auto", description="auto (bf16 on a GPU that has it, else fp32), float32, bfloat16, float16")
+    dtype: str = Field("auto", description="compute dtype: auto (bf16 where it pays: a GPU that has it, or a CPU "
+                       "with AMX for a model at least 256 wide; else fp32), float32, bfloat16, float16. On a CPU "
+                       "the weights stay fp32 and bf16/fp16 run under autocast")
 
     @model_validator(mode="before")
     @classmethod

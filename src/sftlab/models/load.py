@@ -13,6 +13,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -150,6 +151,28 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str, config: Pretrain
         raise UserError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
+def weights_and_autocast(compute: torch.dtype, device: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """How to run inference in ``compute``: (dtype to load the weights in, autocast dtype or None).
+
+    On a CPU the weights stay fp32 and matmuls run under ``torch.autocast`` in ``compute``: norms,
+    softmax and the residual stream keep fp32, which a model cast whole to bf16 would lose, and AMX
+    runs the matmuls at the bf16 rate either way. On a GPU a half-precision model is loaded in that
+    dtype (half the memory, the usual practice there).
+    """
+    if compute == torch.float32:
+        return torch.float32, None
+    if device == "cpu":
+        return torch.float32, compute
+    return compute, None
+
+
+def autocast(dtype: torch.dtype | None, device: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` in ``dtype`` on ``device``'s type; a no-op for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The model config of a model dir, built-in name, .gguf file or hub id; an adapter dir gives its base's."""
     name_or_path = resolve_model_source(name_or_path)
@@ -189,7 +212,7 @@ def load_model(
     ``merge_adapter`` folds an adapter into the base weights and returns a plain transformers model.
     ``dropout`` overrides every dropout rate of the (base) model's config before the model is built.
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
-    ``dtype: auto`` loads the weights in bf16 where :func:`resolve_dtype` finds that bf16 pays.
+    ``dtype: auto`` loads bf16 weights on a GPU that has bf16 and fp32 weights elsewhere.
     """
     name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path)
@@ -200,7 +223,9 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(base_source, trust_remote_code=trust_remote_code)
         overrides = dropout_overrides(config, dropout) if dropout is not None else {}
-        torch_dtype = resolve_dtype(dtype, device, config)
+        # Without the config, ``auto`` on a CPU keeps fp32 weights: bf16 pays there under autocast, which the
+        # caller sets up around its own compute (weights_and_autocast), not as bf16 weights.
+        torch_dtype = resolve_dtype(dtype, device)
         model = AutoModelForCausalLM.from_pretrained(
             base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **overrides
         )
