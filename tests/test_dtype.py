@@ -110,6 +110,8 @@ def _train(model_dir: Path, alpaca_file: Path, out: Path, dtype: str) -> tuple[l
     """Train 12 steps; returns the per-step train losses, the dtypes the first MLP projection computed in,
     and the saved run's summary."""
     session = prepare_train(_cfg(model_dir, alpaca_file, out, dtype=dtype, seed=3))
+    # Short rows under CPU bf16 train with eager attention (SDPA's CPU kernel is slow there); fp32 keeps SDPA.
+    assert session.trainer.model.config._attn_implementation == ("eager" if dtype == "bfloat16" else "sdpa")
     seen: set[torch.dtype] = set()
     proj = session.trainer.model.model.layers[0].mlp.up_proj
     proj.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
@@ -130,6 +132,14 @@ def test_bf16_autocast_training_tracks_fp32_within_one_percent(tiny_llama_dir, a
     worst = max(abs(b - f) / f for f, b in zip(fp32, bf16))
     assert worst < 0.01, (fp32, bf16)
     assert bf16 != fp32  # bf16 did change the arithmetic
+
+
+@pytest.mark.parametrize(("precision", "device", "length", "expected"), [
+    ("bf16", "cpu", 96, "eager"), ("bf16", "cpu", load.CPU_BF16_EAGER_MAX_LENGTH, "eager"),
+    ("bf16", "cpu", load.CPU_BF16_EAGER_MAX_LENGTH + 1, None), ("fp32", "cpu", 96, None), ("bf16", "cuda", 96, None),
+])
+def test_training_attention(precision, device, length, expected):
+    assert load.training_attention(precision, device, length) == expected
 
 
 @pytest.mark.parametrize(("compute", "device", "expected"), [

@@ -151,6 +151,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str, config: Pretrain
         raise UserError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
 
 
+# Longest rows for which training under CPU bf16 autocast uses eager attention instead of SDPA. SDPA's CPU
+# flash kernel is slow in bf16 on short rows; fwd+bwd of one SmolLM2 attention layer (9 query / 3 KV heads of
+# 64, 1 thread, loaded machine; docs/benchmarks.md), SDPA vs eager: 96 tokens x 8 rows 84-126 ms vs 26 ms,
+# 128 x 6 109-118 vs 75, 192 x 3 61-65 vs 56, 256 x 4 100-123 vs 116, 512 x 2 107-135 vs 180. In fp32 SDPA
+# is the faster one at every length tried (96 x 8: 29 ms vs 41).
+CPU_BF16_EAGER_MAX_LENGTH = 192
+
+
+def training_attention(precision: str, device: str, max_length: int) -> str | None:
+    """The attention implementation to train with: ``eager`` under bf16 autocast on a CPU for rows of at most
+    :data:`CPU_BF16_EAGER_MAX_LENGTH` tokens, else None (transformers' default, SDPA)."""
+    if precision == "bf16" and device == "cpu" and max_length <= CPU_BF16_EAGER_MAX_LENGTH:
+        return "eager"
+    return None
+
+
 def weights_and_autocast(compute: torch.dtype, device: str) -> tuple[torch.dtype, torch.dtype | None]:
     """How to run inference in ``compute``: (dtype to load the weights in, autocast dtype or None).
 
@@ -206,11 +222,13 @@ def load_model(
     trust_remote_code: bool = False,
     merge_adapter: bool = False,
     dropout: float | None = None,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM (or base + PEFT adapter) from safetensors weights, in eval mode on ``device``.
 
     ``merge_adapter`` folds an adapter into the base weights and returns a plain transformers model.
-    ``dropout`` overrides every dropout rate of the (base) model's config before the model is built.
+    ``dropout`` overrides every dropout rate of the (base) model's config before the model is built;
+    ``attn_implementation`` picks the attention kernel (None: transformers' default).
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
     ``dtype: auto`` loads bf16 weights on a GPU that has bf16 and fp32 weights elsewhere.
     """
@@ -222,10 +240,12 @@ def load_model(
         _check_source(base_source)
     try:
         config = AutoConfig.from_pretrained(base_source, trust_remote_code=trust_remote_code)
-        overrides = dropout_overrides(config, dropout) if dropout is not None else {}
+        overrides: dict[str, Any] = dropout_overrides(config, dropout) if dropout is not None else {}
         # Without the config, ``auto`` on a CPU keeps fp32 weights: bf16 pays there under autocast, which the
         # caller sets up around its own compute (weights_and_autocast), not as bf16 weights.
         torch_dtype = resolve_dtype(dtype, device)
+        if attn_implementation is not None:
+            overrides["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(
             base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **overrides
         )

@@ -42,7 +42,14 @@ from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
 from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
-from sftlab.models.load import is_adapter_dir, load_config, load_model, load_tokenizer, resolve_dtype
+from sftlab.models.load import (
+    is_adapter_dir,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    training_attention,
+)
 from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
 from sftlab.train.callbacks import (
     DatasetEpoch,
@@ -169,6 +176,8 @@ def prepare_train(
         trust_remote_code=cfg.trust_remote_code,
         merge_adapter=is_adapter_dir(base),
         dropout=cfg.dropout,
+        attn_implementation=training_attention(precision, "cuda" if torch.cuda.is_available() else "cpu",
+                                               cfg.max_length),
     )
     _check_positions(model, cfg.max_length)
     model = apply_method(cfg, model)
@@ -403,7 +412,9 @@ def _print_setup(console: Console, session: TrainSession) -> None:
     table = Table(title=f"sftlab train -> {run_dir}", show_header=False, title_justify="left")
     table.add_row("model", f"{cfg.model_name_or_path} ({total / 1e6:.2f}M parameters)")
     table.add_row("method", f"{cfg.method}: {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
-    table.add_row("precision", f"{_precision_name(session.trainer.args)} (dtype: {cfg.dtype}); weights fp32")
+    attention = getattr(session.trainer.model.config, "_attn_implementation", None)
+    table.add_row("precision", f"{_precision_name(session.trainer.args)} (dtype: {cfg.dtype}); weights fp32; "
+                  f"attention {attention}")
     rejected = len(data.read.rejected) + (len(data.eval_read.rejected) if data.eval_read else 0)
     reasons = data.read.counts + (data.eval_read.counts if data.eval_read else type(data.read.counts)())
     detail = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
