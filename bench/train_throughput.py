@@ -18,6 +18,7 @@ full from its own weights with its own chat template, in fp32 and under bf16 aut
   TRL defaults         SFTConfig defaults (bf16 autocast, gradient checkpointing, fused AdamW)
   TRL best CPU fp32    SFTConfig without gradient checkpointing, bf16 off
   TRL best CPU bf16    SFTConfig without gradient checkpointing, bf16 on
+  TRL best CPU bf16 eager   the same with eager attention, the kernel sftlab picks for short bf16 rows
 Beside tokens/s it reports the fraction of the machine's bf16 matmul rate each reaches: model FLOPs
 (6 x parameters per token) per second over the rate of a 2048^2 bf16 matmul timed just before that
 measurement, so both see the same load.
@@ -80,6 +81,9 @@ def main() -> None:
             "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
             "TRL best CPU fp32": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
             "TRL best CPU bf16": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
+            # sftlab's own choice of attention kernel for short bf16 rows on a CPU, handed to TRL.
+            "TRL best CPU bf16 eager": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True,
+                                                                 attention="eager"),
         }
     else:
         contenders = {
@@ -241,9 +245,10 @@ def plain_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any) -
 
 
 def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, best_cpu: bool,
-                bf16: bool = False) -> Any:
+                bf16: bool = False, attention: str | None = None) -> Any:
     """trl.SFTTrainer on the same prompts and completions (completion-only loss, EOS appended by TRL).
-    ``best_cpu`` turns gradient checkpointing off and sets bf16 autocast to ``bf16``."""
+    ``best_cpu`` turns gradient checkpointing off and sets bf16 autocast to ``bf16``; ``attention`` picks the
+    model's attention kernel (default: transformers', SDPA)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -256,7 +261,8 @@ def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, bes
     )
     with Quiet():
         trainer = SFTTrainer(
-            model=AutoModelForCausalLM.from_pretrained(str(setup["model_dir"])),
+            model=AutoModelForCausalLM.from_pretrained(
+                str(setup["model_dir"]), **({"attn_implementation": attention} if attention else {})),
             args=config,
             train_dataset=Dataset.from_list(setup["prompt_completion"]),
             processing_class=setup["tokenizer"],
@@ -290,6 +296,7 @@ def report(speeds: dict[str, list[float]], peaks: dict[str, list[float]], matmul
         print(f"2048^2 bf16 matmul: median {statistics.median(rates):.0f} GFLOP/s (min {min(rates):.0f}, "
               f"max {max(rates):.0f}); fp32 now {matmul_gflops('float32'):.0f}")
     pairs = [("sftlab bf16", "TRL defaults"), ("sftlab bf16", "TRL best CPU bf16"),
+             ("sftlab bf16", "TRL best CPU bf16 eager"),
              ("sftlab fp32", "TRL best CPU fp32"), ("sftlab bf16", "sftlab fp32"),
              ("TRL best CPU bf16", "TRL best CPU fp32")]
     pairs += [(ours, peer) for ours in ("sftlab packed", "sftlab padded")

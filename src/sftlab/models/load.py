@@ -113,7 +113,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
 # Narrowest model (hidden size) for which ``dtype: auto`` picks bf16 autocast on an AMX CPU. Measured with
 # bench/bf16_threshold.py (one training step, 8 x 96 tokens, fp32 time / bf16 time, 1 thread, Xeon with AMX,
 # torch 2.13; docs/benchmarks.md): width 64 0.79x (bf16 slower: casts and AMX tile set-up outweigh the tiny
-# matmuls), width 128 1.01x (no gain), width 288 1.40x, width 576 (4 layers) {W576}x, SmolLM2-135M {SMOL}x.
+# matmuls), width 128 1.01x (no gain), width 288 1.40x, width 576 (4 layers) 1.63x; SmolLM2-135M through
+# `sftlab train` 1.76x (bench/bf16_agreement.py).
 CPU_BF16_MIN_WIDTH = 256
 
 
