@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo demo-real test bench clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/sftlab demo
+
+demo-real: $(STAMP)
+	$(VENV)/bin/sftlab demo --real
 
 test: $(STAMP)
 	$(PY) -m pytest tests

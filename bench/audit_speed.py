@@ -10,6 +10,11 @@
    for a base and one tuned model: answers/s and generated tokens/s over the whole wall clock (model
    loading, diversity scoring and the report included; no corpora or benchmarks). The shift stage
    alone is part 1's batched tokens/s.
+3. The style section's cost on the real model (``--real``): ``run_audit`` of SmolLM2-135M-Instruct (the built-in
+   ``smollm2-135m-instruct``) against a LoRA adapter of it (random, non-zero B: no training needed to make it
+   differ), with 500 Alpaca responses as the SFT data. The audit records the seconds spent embedding answers
+   and prompts (all-MiniLM-L6-v2) and fitting and applying the style classifier with the surface statistics;
+   their sum over the rest of the audit's wall time is what the new sections add (the budget is 15%).
 
 Models are random-init GPT-2s of the ``tiny`` preset (about 1M parameters plus embeddings) with a
 byte-level BPE trained here, so the script runs offline. Absolute numbers depend on the machine and
@@ -17,6 +22,7 @@ its load; the ratio is measured within one run.
 
     python bench/audit_speed.py            # full
     python bench/audit_speed.py --quick    # smaller, for a smoke test
+    python bench/audit_speed.py --real     # part 3 only: the style section's cost on SmolLM2
 """
 
 from __future__ import annotations
@@ -105,15 +111,51 @@ def bench_audit(root: Path, base_dir: Path, tuned_dir: Path, n_prompts: int, k: 
             ["class_fraction"]["shifted"]}
 
 
+def bench_style_cost(root: Path, n_prompts: int, k: int, new_tokens: int, n_sft: int = 500) -> dict:
+    """Part 3: the embeddings' and the style classifier's share of a real-model audit's wall time."""
+    from peft import LoraConfig, get_peft_model
+
+    from sftlab.models.builtin import resolve_model_source
+
+    base_dir = resolve_model_source("smollm2-135m-instruct")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    lora.save_pretrained(str(root / "lora"))
+    alpaca = json.loads((SHARED / "alpaca" / "alpaca_5000.json").read_text())
+    prompts = root / "real_prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"]}) + "\n"
+                               for r in alpaca[2000 : 2000 + n_prompts]))
+    sft = root / "real_sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": r["instruction"], "completion": r["output"]}) + "\n"
+                           for r in alpaca[3000 : 3000 + n_sft]))
+    cfg = build_config(AuditConfig, {
+        "base": base_dir, "tuned": [str(root / "lora")], "prompts": str(prompts), "sft_data": str(sft),
+        "out": str(root / "real_audit"), "bootstrap_samples": 1000,
+        "sampling": {"num_samples": k, "max_new_tokens": new_tokens, "batch_size": 32}})
+    report = run_audit(cfg)
+    meta = json.loads((report.parent / "report.json").read_text())["meta"]
+    added = meta["embedding_seconds"] + meta["style_seconds"]
+    return {"prompts": n_prompts, "k": k, "max_new_tokens": new_tokens, "sft_responses": n_sft,
+            "audit_seconds": meta["seconds"], "embedding_seconds": meta["embedding_seconds"],
+            "style_seconds": meta["style_seconds"], "added_share": round(added / (meta["seconds"] - added), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--real", action="store_true", help="only part 3, the style section's cost on SmolLM2")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [l for l in (SHARED / "tinyshakespeare" / "input.txt").read_text().splitlines() if l][:8000]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        if args.real:
+            style = bench_style_cost(root, n_prompts=8 if args.quick else 16, k=4, new_tokens=32 if args.quick else 64)
+            print(json.dumps({"style_cost": style, "threads": args.threads, "torch": torch.__version__}, indent=2))
+            return
         tok = train_tokenizer(lines, vocab_size=4096)
         save_tokenizer(tok, root / "tok")
         base = make_model(root / "base", tok, 0)

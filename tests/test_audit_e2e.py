@@ -109,7 +109,26 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     assert doc["config"]["sampling"]["num_samples"] == 3 and doc["config"]["sampling"]["max_new_tokens"] == 12
     assert doc["config"]["bootstrap_samples"] == 100
     sec = doc["sections"]
-    assert set(sec) == {"diversity", "shift", "copying", "forgetting", "task"}
+    assert set(sec) == {"style", "diversity", "shift", "copying", "forgetting", "forecast", "task"}
+
+    st = sec["style"]
+    assert "all-MiniLM-L6-v2" in st["embedding_model"]  # the default embedding model, named in the report
+    cap = st["capture"]
+    assert cap["n_sft"] == 60 and cap["n_base"] == 18 and 0 <= cap["balanced_accuracy"] <= 1
+    assert cap["features"]["sft"] and cap["features"]["base"] and "ref" in cap["corpora"]
+    for m in models:
+        for block in (cap["models"][m], st["adherence"]["models"][m]):
+            assert block["ci_low"] - 1e-12 <= block["value"] <= block["ci_high"] + 1e-12
+        assert len(cap["per_prompt"][m]) == 6
+        assert st["surface"]["models"][m]["length"]["value"] <= 12  # answers are at most max_new_tokens long
+    for m in models[1:]:
+        assert _finite(st["base_logprob"][m]["value"]) and st["base_logprob"][m]["value"] < 0
+        assert _finite(st["adherence"]["deltas"][m]["delta"]) and _finite(cap["deltas"][m]["delta"])
+    # The headline leads with the style section: its findings come before any other section's.
+    style_texts = ("style capture", "prompt adherence", "surface form")
+    order = [any(f["text"].startswith(t) for t in style_texts) for f in doc["summary"]]
+    assert any(order) and order == sorted(order, reverse=True)
+    assert doc["meta"]["style_seconds"] >= 0 and doc["meta"]["embedding_seconds"] > 0
 
     div = sec["diversity"]
     for m in models:
@@ -140,6 +159,11 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     for m in models[1:]:
         assert _finite(fg["perplexity"]["ref"][m]["relative_change"])
         assert _finite(fg["multiple_choice"]["bench"][m]["delta"])
+
+    for m in models[1:]:  # the forecast is on by default when sft_data is given
+        fc = sec["forecast"]["models"][m]
+        assert fc["n_prompts"] == sec["forecast"]["prompts"] > 0 and _finite(fc["forward"]["mean"])
+        assert fc["forward"]["mean"] > 0 and fc["reverse"]["mean"] > 0
 
     task = sec["task"]
     for m in models:
@@ -175,7 +199,7 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
     doc = json.loads((report.parent / "report.json").read_text())
     assert doc["sections"]["world"] == {"n_samples": 12}
     assert doc["sections"]["shift"]["template"] == "plain" and doc["sections"]["shift"]["answers"] == "sampled"
-    assert {"model": "tuned/model", "kind": "lost", "text": "two genres"} in doc["summary"]
+    assert {"model": "tuned/model", "kind": "lost", "text": "two genres", "key": ""} in doc["summary"]
     assert "world body" in report.read_text() and "## World" in (report.parent / "report.md").read_text()
 
 
@@ -197,3 +221,55 @@ def test_tokenizer_mismatch_is_a_user_error(audit_setup, tmp_path, shared_data) 
         fh.write('{"question": "q", "choices": ["a", "b"], "answer": "a"}\n')
     assert main(["audit", "--base", str(s["base"]), "--tuned", str(s["tuned"]), "--prompts", str(s["prompts"]),
                  "--benchmark", str(bad), "--out", str(tmp_path / "o2")]) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The mission's central case on a real model: a fine-tune that copies its SFT set's style everywhere.
+
+EVERYDAY_PROMPTS = [
+    "Give me three tips for staying healthy.", "How do I boil an egg?", "Write a short poem about the sea.",
+    "What should I pack for a weekend trip?", "Explain why the sky is blue.", "Suggest a name for a new bakery.",
+]
+
+
+@pytest.mark.slow
+def test_real_model_lora_style_capture_is_the_headline_loss(smollm2_dir, shared_data, tmp_path) -> None:
+    """SmolLM2-135M-Instruct + a LoRA adapter trained a few steps on lower-cased, tokenised answers.
+
+    The audit prompts are everyday questions, unrelated to the SFT set: style capture is the collapse measure,
+    and the report's headline must name it first among the adapter's losses.
+    """
+    import re
+
+    from sftlab.config import TrainConfig
+    from sftlab.recipes.train import run_train
+
+    alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
+    short = [r for r in alpaca if not r["input"] and "," in r["output"] and 40 < len(r["output"]) < 200][:64]
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": r["instruction"],
+                                       "completion": re.sub(r"\s*([,.])", r" \1", r["output"].lower())}) + "\n"
+                           for r in short))
+    adapter = run_train(build_config(TrainConfig, {
+        "model_name_or_path": "smollm2-135m-instruct", "train_file": [str(sft)], "output_dir": str(tmp_path / "lora"),
+        "method": "lora", "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
+        "learning_rate": 3e-3, "max_steps": 16, "per_device_train_batch_size": 8, "max_length": 96,
+        "save_strategy": "no", "logging_steps": 4, "seed": 0}))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in EVERYDAY_PROMPTS))
+    report = run_audit(build_config(AuditConfig, {
+        "base": str(smollm2_dir), "tuned": [str(adapter)], "prompts": str(prompts), "sft_data": str(sft),
+        "out": str(tmp_path / "audit"), "bootstrap_samples": 200,
+        "sampling": {"num_samples": 3, "max_new_tokens": 24, "batch_size": 24}}))
+    doc = json.loads((report.parent / "report.json").read_text())
+    tuned = next(m for m in doc["models"] if m != doc["base"])
+    cap = doc["sections"]["style"]["capture"]
+    assert cap["balanced_accuracy"] > 0.8  # lower-cased, tokenised text is easy to tell from SmolLM2's own
+    assert cap["deltas"][tuned]["ci_low"] > 0
+    losses = [f["text"] for f in doc["summary"] if f["model"] == tuned and f["kind"] == "lost"]
+    assert losses and losses[0].startswith("style capture"), losses
+    surface = doc["sections"]["style"]["surface"]["deltas"][tuned]
+    assert surface["starts_lower"]["delta"] > 0
+    md = (report.parent / "report.md").read_text()
+    card = md.split(f"**{tuned}**", 1)[1]
+    assert card.lstrip().startswith("- lost: style capture"), card[:300]

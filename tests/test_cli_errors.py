@@ -118,3 +118,18 @@ def test_pretrain_missing_corpus(tmp_path, capsys):
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(UserError, match="config file not found"):
         main(["--debug", "train", str(tmp_path / "nope.yaml")])
+
+
+def test_colliding_audit_labels_are_refused(tmp_path, capsys):
+    # Two sweeps' runs are both ".../seed0/model": one label for two models would merge them in every table.
+    for sweep in ("a", "b"):
+        (tmp_path / sweep / "seed0" / "model").mkdir(parents=True)
+    base = tmp_path / "base"
+    base.mkdir()
+    args = ["audit", "--base", str(base), "--prompts", str(tmp_path / "prompts.jsonl")]
+    err = _run(capsys, *args, "--tuned", str(tmp_path / "a/seed0/model"), "--tuned", str(tmp_path / "b/seed0/model"))
+    assert "both labelled 'seed0/model'" in err and "--tuned NAME=" in err
+    err = _run(capsys, *args, "--tuned", f"x={tmp_path / 'a/seed0/model'}", "--tuned", f"x={tmp_path / 'b/seed0/model'}")
+    assert "both labelled 'x'" in err
+    # A tuned model may not take the base's label either.
+    assert "both labelled 'base'" in _run(capsys, *args, "--tuned", f"base={tmp_path / 'a/seed0/model'}")

@@ -124,7 +124,7 @@ def test_data_check_on_shared_alpaca_and_oasst(shared_data: Path, alpaca: list[d
 
 
 def test_data_check_default_dir_duplicates_tokens_and_strict(
-    tmp_path: Path, alpaca: list[dict], tiny_tokenizer_dir: Path, tiny_tokenizer
+    tmp_path: Path, alpaca: list[dict], tiny_tokenizer_dir: Path, tiny_tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sftlab.data.readers import read_records
     from sftlab.data.tokenize import encode_record
@@ -132,8 +132,9 @@ def test_data_check_default_dir_duplicates_tokens_and_strict(
     rows = alpaca[:50] + [alpaca[7], alpaca[7], {"instruction": "x", "output": 3}]
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
     assert main(["data", "check", str(data), "--tokenizer", str(tiny_tokenizer_dir)]) == 0
-    report = json.loads((tmp_path / "mine.check" / "report.json").read_text())
+    report = json.loads((tmp_path / "runs" / "data_check" / "mine" / "report.json").read_text())
     assert report["exact_duplicates"]["groups"] == 1 and report["exact_duplicates"]["extra_copies"] == 2
     assert report["exact_duplicates"]["examples"] == [[f"{data}:8", f"{data}:51", f"{data}:52"]]
     assert report["rejected_by_reason"] == {"wrong type": 1} and report["length_unit"] == "tokens"
@@ -143,4 +144,4 @@ def test_data_check_default_dir_duplicates_tokens_and_strict(
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert main(["data", "check", str(empty), "--out", str(tmp_path / "e")]) == 1
-    shutil.rmtree(tmp_path / "mine.check")
+    shutil.rmtree(tmp_path / "runs")

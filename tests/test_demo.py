@@ -1,20 +1,14 @@
-"""``sftlab demo --quick`` end to end: the testbed shows collapse, and the sweep resumes."""
+"""``sftlab demo --quick`` end to end: the testbed shows collapse, and the sweep resumes.
+
+The demo itself is the session fixture ``demo`` (tests/conftest.py), shared with the browser check of its pages.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-
 from sftlab.cli import main
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    assert main(["--offline", "demo", "--quick", "--out", str(out)]) == 0
-    return out
 
 
 def _world(report: Path) -> dict:
@@ -28,6 +22,12 @@ def test_demo_writes_the_sweep_report(demo: Path) -> None:
     assert "Strategies compared" in html and "data:image/png;base64," in html
     for row in sweep["rows"]:
         assert row["eval_loss"] is not None and row["trainable_params"] > 0
+        assert row["forecast_kl"] > 0 and row["delta_heldout_task"] is not None  # the forecast and what it forecasts
+    # Two strategies cannot rank anything: the forecast check says so rather than report rho = +-1 as a result.
+    assert {m["key"] for m in sweep["forecast"]["measures"]} == {"delta_perplexity", "delta_benchmark",
+                                                                  "delta_heldout_task"}
+    assert all(m["n"] == 2 and m["verdict"].startswith("too few strategies") for m in sweep["forecast"]["measures"])
+    assert "Did the forgetting forecast work on this sweep?" in html
         assert (demo / "sweep" / "runs" / row["strategy"] / f"seed{row['seed']}" / "audit" / "report.html").is_file()
 
 

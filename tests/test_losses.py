@@ -1,4 +1,5 @@
-"""Token losses: GEM against a hand computation and against cross-entropy's gradient; label smoothing."""
+"""Token losses: GEM against a hand computation and against cross-entropy's gradient; label smoothing;
+DFT against a hand computation and against TRL's `loss_type="dft"`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from sftlab.config import TrainConfig
-from sftlab.train.losses import IGNORE_INDEX, build_loss, cross_entropy, gem_loss
+from sftlab.train.losses import IGNORE_INDEX, build_loss, cross_entropy, dft_loss, gem_loss
 
 # One target token: position 0 of a 2-position sequence predicts label[1] = 0 over a 3-token vocabulary.
 Z = [1.0, 2.0, 0.5]
@@ -139,3 +140,113 @@ def test_build_loss_picks_gem_with_its_settings() -> None:
     )
     ce_cfg = TrainConfig(model_name_or_path="m", train_file="t.jsonl")
     assert build_loss(ce_cfg)(logits, labels).item() == pytest.approx(cross_entropy(logits, labels).item())
+
+
+# --------------------------------------------------------------------------------------------------
+# DFT
+
+
+def _hand_dft(z: list[list[float]], y: list[int]) -> tuple[float, list[list[float]]]:
+    """-mean_t p(y_t) log p(y_t) with plain floats; the gradient is p(y_t) * (softmax(z_t) - onehot(y_t)) / N."""
+    value, grads = 0.0, []
+    for zt, yt in zip(z, y):
+        lse = math.log(sum(math.exp(v) for v in zt))
+        p = [math.exp(v - lse) for v in zt]
+        value += -p[yt] * math.log(p[yt])
+        grads.append([p[yt] * (p[v] - (v == yt)) / len(y) for v in range(len(zt))])
+    return value / len(y), grads
+
+
+def test_dft_matches_hand_computation_on_three_tokens() -> None:
+    """Three target tokens over a 3-token vocabulary, checked against numbers worked out on paper.
+
+    Position 0: z = (1, 2, 0.5), y = 0: p_y = 0.2312, -p_y log p_y = 0.3385.
+    Position 1: z = (0, 0, 0), y = 2: p_y = 1/3, -p_y log p_y = 0.3662.
+    Position 2: z = (3, 0, 0), y = 0: p_y = 0.9094, -p_y log p_y = 0.0864.
+    Mean: (0.3385 + 0.3662 + 0.0864) / 3 = 0.2637.
+    """
+    z = [[1.0, 2.0, 0.5], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]]
+    y = [0, 2, 0]
+    logits = torch.zeros(1, 5, 3, dtype=torch.float64)
+    logits[0, 1:4] = torch.tensor(z, dtype=torch.float64)
+    logits.requires_grad_(True)
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 0, 2, 0]])
+    loss = dft_loss(logits, labels)
+    loss.backward()
+    value, grads = _hand_dft(z, y)
+    assert value == pytest.approx(0.2637, abs=1e-4)
+    assert loss.item() == pytest.approx(value, rel=1e-6)
+    assert logits.grad[0, 1:4].tolist() == [pytest.approx(g, rel=1e-6, abs=1e-12) for g in grads]
+    assert logits.grad[0, [0, 4]].abs().sum() == 0  # positions with no target get nothing
+    # Normalised like cross-entropy: by num_items_in_batch when given.
+    assert dft_loss(logits, labels, num_items_in_batch=6).item() == pytest.approx(value / 2, rel=1e-6)
+
+
+def test_dft_gradient_is_cross_entropys_scaled_by_the_target_probability() -> None:
+    logits, labels = _random_batch(5)
+    logits = logits.detach().double().requires_grad_(True)
+    (g_dft,) = torch.autograd.grad(dft_loss(logits, labels), logits)
+    (g_ce,) = torch.autograd.grad(cross_entropy(logits, labels), logits)
+    shift_labels = labels[:, 1:]
+    p_y = torch.softmax(logits[:, :-1].float(), -1).gather(-1, shift_labels.clamp(min=0).unsqueeze(-1))
+    expected = g_ce.clone()
+    expected[:, :-1] *= p_y.double() * (shift_labels != IGNORE_INDEX).unsqueeze(-1)
+    torch.testing.assert_close(g_dft.float(), expected.float(), rtol=1e-5, atol=1e-7)
+
+
+def test_dft_loss_and_gradient_equal_trls(tiny_model_dir, tiny_tokenizer, tmp_path) -> None:
+    """On one batch, sftlab's DFT through its trainer's scored-positions path and TRL 1.16's SFTTrainer
+    with ``loss_type="dft"`` (its fused LM head) give the same loss and the same gradient of every weight."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from sftlab.train.trainer import SFTLabTrainer, make_training_arguments
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, len(tiny_tokenizer), (3, 20), generator=g)
+    labels = ids.clone()
+    labels[0, :8] = IGNORE_INDEX  # a prompt
+    labels[1, :3] = IGNORE_INDEX
+    labels[2, 15:] = IGNORE_INDEX  # padding
+    mask = torch.ones_like(ids)
+    mask[2, 15:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    ours_model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).train()
+    ours = SFTLabTrainer(
+        model=ours_model,
+        args=make_training_arguments(output_dir=str(tmp_path / "ours")),
+        processing_class=tiny_tokenizer,
+        loss_fn=dft_loss,
+    )
+    ours_loss = ours.compute_loss(ours_model, dict(batch))
+    ours_loss.backward()
+
+    trl_model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).train()
+    trl = SFTTrainer(
+        model=trl_model,
+        args=SFTConfig(output_dir=str(tmp_path / "trl"), loss_type="dft", report_to="none", use_cpu=True,
+                       dataset_kwargs={"skip_prepare_dataset": True}),
+        train_dataset=Dataset.from_dict({"input_ids": ids.tolist()}),
+        processing_class=tiny_tokenizer,
+    )
+    trl_loss = trl.compute_loss(trl.model, dict(batch))
+    trl_loss.backward()
+
+    assert ours_loss.item() == pytest.approx(trl_loss.item(), abs=1e-6)
+    ours_grads, trl_grads = grads(ours_model), grads(trl_model)
+    assert ours_grads.keys() == trl_grads.keys() and ours_grads
+    for name in ours_grads:
+        torch.testing.assert_close(ours_grads[name], trl_grads[name], rtol=0, atol=1e-6, msg=name)
+    # And DFT is not cross-entropy on this batch (the comparison above could not pass by accident).
+    assert abs(cross_entropy(ours_model(input_ids=ids).logits, labels).item() - ours_loss.item()) > 0.1
+
+
+def test_build_loss_picks_dft() -> None:
+    cfg = TrainConfig(model_name_or_path="m", train_file="t.jsonl", loss="dft")
+    logits, labels = _random_batch(6)
+    assert build_loss(cfg)(logits, labels).item() == pytest.approx(dft_loss(logits, labels).item())

@@ -140,6 +140,11 @@ class Browser:
         out.write_bytes(base64.b64decode(shot["data"]))
         return w, h
 
+    def set_window(self, width: int, height: int = 900) -> None:
+        """Lay pages out as in a window of this size (CSS pixels)."""
+        self.call("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+
     def close(self) -> None:
         self.proc.terminate()
         try:
@@ -194,6 +199,7 @@ def test_report_renders_without_console_errors(browser, report) -> None:
     assert len(sizes) >= 4 and all(done and width > 100 for done, width in sizes), sizes
     ids = browser.evaluate("[...document.querySelectorAll('section.card')].map(s => s.id)")
     assert ids == ["diversity", "shift", "copying", "forgetting", "task", "config"]
+    assert_tables_fit(browser, report)
     shot = report.parent / "report.png"
     width, height = browser.screenshot(shot)
     assert shot.stat().st_size > 50_000 and width >= 1000 and height > 2000
@@ -223,3 +229,88 @@ def test_token_pieces_rebuild_the_text_and_newline_runs_stay_short(tiny_tokenize
     html = answer_html(shift, tiny_tokenizer)
     assert html.count("↵") == 4 and html.count("\n") == 1  # four newlines shown, one line break kept
     assert 'class="tok shifted"' in html and 'class="tok marginal"' in html
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout at a 1400-pixel window, and the headlines of the demo's own pages
+
+WINDOW = 1400
+# For each table: its width, the width of the box it sits in, and its card's visible and full widths.
+TABLE_FIT = """[...document.querySelectorAll('table')].map(t => {
+    const card = t.closest('section.card, .summary');
+    return {head: t.querySelector('th') ? t.querySelector('th').innerText : '',
+            width: t.getBoundingClientRect().width, box: t.parentElement.clientWidth,
+            card: card.clientWidth, card_full: card.scrollWidth};
+})"""
+
+
+def assert_tables_fit(browser: Browser, page: Path) -> None:
+    """No table is wider than the box it sits in, and no card (so no page) is pushed wider than itself."""
+    browser.set_window(WINDOW)
+    browser.open(page)
+    assert browser.errors() == []
+    tables = browser.evaluate(TABLE_FIT)
+    assert tables
+    for t in tables:
+        assert t["width"] <= t["box"] + 1 and t["card_full"] <= t["card"] + 1, (page.name, t)
+    assert browser.evaluate("document.documentElement.scrollWidth") <= WINDOW
+
+
+def headline(browser: Browser) -> dict[str, list[list[str]]]:
+    """The summary cards: card title -> [kind, text] of each line."""
+    return browser.evaluate("""Object.fromEntries([...document.querySelectorAll('#summary .model')].map(card =>
+        [card.querySelector('h3').innerText,
+         [...card.querySelectorAll('li')].map(li => [li.className, li.innerText.replace(/^(lost|gained) · /, '')])]))""")
+
+
+def _sweep_page(root: Path, seeds: list[int]) -> Path:
+    """A sweep's report over made-up rows (eight strategies, every column filled), as the sweep writes it."""
+    import yaml
+
+    from sftlab.sweep import aggregate, load_sweep
+    from sftlab.sweep_report import write_sweep_report
+
+    names = ["full", "lora", "dora", "neftune", "replay", "kl", "gem", "wise0.5"]
+    config = root / "sweep.yaml"
+    config.write_text(yaml.safe_dump({"base_model": "base", "out": str(root / "sweep"), "seeds": seeds,
+                                      "train": {"train_file": "train.jsonl"}, "audit": {"prompts": "p.jsonl"},
+                                      "strategies": [{"name": n} for n in names]}))
+    row = {"eval_loss": 0.7512, "task_score": 0.4312, "diversity_kept_per_input": 0.7312,
+           "diversity_kept_across_input": 0.8123, "genres_covered": 3.0, "genre_entropy": 0.912,
+           "delta_perplexity": 12.34, "delta_benchmark": -0.0612, "shifted": 0.1234, "train_seconds": 1234.5,
+           "peak_memory_mb": 12345.0, "trainable_params": 134515008}
+    rows = [{"strategy": n, "seed": s, **{k: v * (1 + 0.01 * s) for k, v in row.items()}} for s in seeds for n in names]
+    return write_sweep_report(root / "sweep", aggregate(rows, names), load_sweep(str(config)))
+
+
+def test_the_sweep_table_fits_its_card(browser, tmp_path) -> None:
+    # Two seeds: every cell is "mean ± std", the widest the table gets.
+    assert_tables_fit(browser, _sweep_page(tmp_path, [0, 1]))
+
+
+def test_the_demo_pages_headlines_name_what_each_run_found(browser, demo) -> None:
+    sweep = demo / "sweep"
+    assert_tables_fit(browser, sweep / "sweep.html")
+    cards = headline(browser)
+    width, height = browser.screenshot(sweep / "sweep.png")
+    assert width >= 1000 and height > 1000
+    table = json.loads((sweep / "sweep.json").read_text())
+    assert set(cards) == set(table["strategies"])
+    found_any = False
+    for row in table["rows"]:
+        run = sweep / "runs" / row["strategy"] / f"seed{row['seed']}" / "audit"
+        doc = json.loads((run / "report.json").read_text())
+        label = f"{row['strategy']}/seed{row['seed']}"  # the run is labelled by strategy and seed
+        assert list(doc["models"])[1] == label
+        stated = sorted([f["kind"], f["text"]] for f in doc["summary"] if f["kind"] in ("lost", "gained"))
+        found_any |= bool(stated)
+        # One seed per strategy: the sweep's card says what the run's own audit found, word for word.
+        assert sorted(line for line in cards[row["strategy"]] if line[0] in ("lost", "gained")) == stated, row["strategy"]
+        # ... and so does the run's own page, under its label.
+        assert_tables_fit(browser, run / "report.html")
+        own = headline(browser)
+        assert list(own) == [label]
+        assert sorted(line for line in own[label] if line[0] in ("lost", "gained")) == stated
+    assert found_any, "no run of the quick demo found a loss or gain: the check above proved nothing"
+    browser.screenshot(sweep / "runs" / "full" / "seed0" / "audit" / "report.png")
+

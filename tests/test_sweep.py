@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from sftlab.errors import UserError
 from sftlab.sweep import (
-    COLUMNS,
     ROW_FILE,
     SETTINGS_FILE,
     aggregate,
+    audit_config,
     finished_row,
-    format_cell,
     load_sweep,
-    pareto_front,
     plan,
     run_settings,
 )
+from sftlab.sweep_table import COLUMNS, format_cell, pareto_front
 
 
 def _sweep(tmp_path, **overrides):
@@ -107,3 +107,132 @@ def test_a_base_retrained_in_place_makes_even_unfinished_runs_stale(tmp_path):
     (base / "model.safetensors").write_bytes(b"weights v2, retrained")
     with pytest.raises(UserError, match="other settings"):
         finished_row(cfg, full)  # its checkpoints belong to the old base: no resume
+
+
+# --------------------------------------------------------------------------------------------------
+# The headline of sweep.html, the run labels, and the module layout
+
+
+def _report(tuned: str, *findings: tuple[str, str, str]) -> dict:
+    """A run's report.json as the audit writes it, reduced to what the sweep's headline reads."""
+    return {"base": "base", "models": {"base": "b", tuned: "t"},
+            "summary": [{"model": tuned, "kind": kind, "text": text, "key": key} for kind, key, text in findings],
+            "sections": {}}
+
+
+def _summary_card(html: str, strategy: str) -> str:
+    summary = html[html.index('id="summary"'):html.index("<section")]
+    card = summary[summary.index(f"<h3>{strategy}</h3>"):]
+    return card[:card.index("</div>")]
+
+
+def test_the_sweep_headline_states_what_every_seed_found(tmp_path):
+    from sftlab.sweep_report import write_sweep_report
+
+    cfg = load_sweep(str(_sweep(tmp_path, seeds=[0, 1])))
+    out = tmp_path / "sweep"
+    reports = {
+        ("full", 0): _report("full/seed0", ("lost", "perplexity/wiki", "perplexity on wiki +18.5% (10.00 → 11.85)"),
+                             ("lost", "diversity/per_input", "diversity per prompt: EAD (n=1..4) -0.27")),
+        ("full", 1): _report("full/seed1", ("lost", "perplexity/wiki", "perplexity on wiki +17.0% (10.00 → 11.70)")),
+        ("wise", 0): _report("wise/seed0"),
+        ("wise", 1): _report("wise/seed1"),
+    }
+    for (name, seed), doc in reports.items():
+        path = out / "runs" / name / f"seed{seed}" / "audit" / "report.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(doc))
+    table = aggregate([{"strategy": n, "seed": s, "eval_loss": 1.0} for n, s in reports], ["full", "wise"])
+    html = write_sweep_report(out, table, cfg).read_text()
+    full = _summary_card(html, "full")
+    # Both seeds lost perplexity: stated, with each seed's figure.
+    assert ('<li class="lost"><b>lost</b> · seed 0: perplexity on wiki +18.5% (10.00 → 11.85); '
+            "seed 1: perplexity on wiki +17.0% (10.00 → 11.70)</li>") in full
+    # Only seed 0 lost diversity: a note, not a loss.
+    assert '<li class="note">lost in 1 of 2 seeds only (seed 0: diversity per prompt: EAD (n=1..4) -0.27)</li>' in full
+    assert "no loss or gain" not in full
+    assert "no loss or gain that clears its interval or threshold" in _summary_card(html, "wise")
+    # The page says which rule it used.
+    assert "when every one of its 2 seeds&#x27; audits (same measure, same direction) found it" in html
+    summary = json.loads((out / "sweep.json").read_text())["summary"]
+    assert [(f["model"], f["kind"], f["key"]) for f in summary] == [
+        ("full", "lost", "perplexity/wiki"), ("full", "note", "diversity/per_input")]
+    md = (out / "sweep.md").read_text()
+    assert "- lost: seed 0: perplexity on wiki +18.5%" in md
+
+
+def test_changes_the_seeds_disagree_on_are_notes():
+    from sftlab.sweep_report import seed_findings
+
+    up = _report("a/seed0", ("gained", "task/bleu", "BLEU on the eval set +2.00"))
+    down = _report("a/seed1", ("lost", "task/bleu", "BLEU on the eval set -1.00"))
+    findings = seed_findings("a", [(0, up), (1, down), (2, None)])
+    assert [(f.kind, f.text) for f in findings] == [
+        ("note", "gained in 1 of 3 seeds only (seed 0: BLEU on the eval set +2.00)"),
+        ("note", "lost in 1 of 3 seeds only (seed 1: BLEU on the eval set -1.00)"),
+        ("note", "seed 2: no audit report.json"),
+    ]
+    # One seed: its own findings, as its audit wrote them.
+    only = seed_findings("a", [(0, up)])
+    assert [(f.model, f.kind, f.text) for f in only] == [("a", "gained", "BLEU on the eval set +2.00")]
+
+
+def test_each_sweep_run_is_audited_under_its_strategy_and_seed(tmp_path, monkeypatch):
+    import sftlab.recipes.audit as audit_recipe
+    import sftlab.sweep as sweep
+    from sftlab.recipes.audit import model_names
+
+    cfg = load_sweep(str(_sweep(tmp_path)))
+    spec = plan(cfg)[0]
+    seen = {}
+
+    def fake_train(cfg, spec):
+        return spec.run_dir / "model", {"train_seconds": 1.0, "peak_memory_mb": 1.0, "trainable_params": 1}
+
+    def fake_audit(acfg, extra_sections=()):
+        seen["models"] = names = model_names(acfg.base, acfg.tuned)
+        tuned = list(names)[1]
+        scores = {"per_input": {"ead": {"mean": 0.5}}, "across_input": {"ead": 0.5}}
+        doc = {"base": "base", "models": names, "summary": [], "sections": {
+            "diversity": {"models": {"base": scores, tuned: scores}},
+            "shift": {"models": {tuned: {"class_fraction": {"shifted": 0.1}}}}}}
+        Path(acfg.out).mkdir(parents=True)
+        (Path(acfg.out) / "report.json").write_text(json.dumps(doc))
+
+    monkeypatch.setattr(sweep, "train_run", fake_train)
+    monkeypatch.setattr(audit_recipe, "run_audit", fake_audit)
+    row = sweep.run_one(cfg, spec, {}, ())
+    assert list(seen["models"]) == ["base", "full/seed0"]
+    assert row["shifted"] == 0.1
+
+
+def test_audit_labels_name_dir_mapping_and_plain_dirs(tmp_path):
+    from sftlab.config import AuditConfig, build_config
+    from sftlab.recipes.audit import model_names
+
+    assert model_names("runs/base", ["lora=runs/x/seed0/adapter", "runs/y/seed0/model"]) == {
+        "base": "runs/base", "lora": "runs/x/seed0/adapter", "seed0/model": "runs/y/seed0/model"}
+    # An existing dir whose name holds '=' is a plain dir, not NAME=DIR.
+    odd = tmp_path / "lr=0.1"
+    odd.mkdir()
+    assert list(model_names("b", [str(odd)])) == ["b", "lr=0.1"]
+    cfg = build_config(AuditConfig, {"base": "b", "prompts": "p.jsonl", "tuned": {"full": "runs/full/model"}})
+    assert model_names(cfg.base, cfg.tuned) == {"b": "b", "full": "runs/full/model"}
+    with pytest.raises(UserError, match="NAME=DIR"):
+        model_names("b", ["=runs/x"])
+
+
+def test_the_table_module_imports_neither_the_sweep_nor_its_report():
+    import ast
+
+    import sftlab.sweep_report
+    import sftlab.sweep_table
+
+    def imports(module) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert not imports(sftlab.sweep_table) & {"sftlab.sweep", "sftlab.sweep_report"}
+    assert "sftlab.sweep" not in imports(sftlab.sweep_report)
+    assert "sftlab.sweep_table" in imports(sftlab.sweep_report)

@@ -56,6 +56,20 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_data_distill(args: argparse.Namespace) -> int:
+    from sftlab.config import SamplingSettings, build_config
+    from sftlab.recipes.distill import run_distill
+
+    sampling = build_config(SamplingSettings, {"num_samples": 1, "max_new_tokens": args.max_new_tokens,
+                                               "batch_size": args.batch_size, "temperature": args.temperature,
+                                               "seed": args.seed}, source="data distill flags")
+    run_distill(args.model, args.input, args.output, sampling=sampling, greedy=not args.sample,
+                rouge_threshold=args.rouge_threshold, short_answer_words=args.short_answer_words,
+                max_length=args.max_length, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype,
+                trust_remote_code=args.trust_remote_code)
+    return 0
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from sftlab.config import AuditConfig, build_config, parse_overrides, read_yaml, _deep_merge
     from sftlab.recipes.audit import run_audit
@@ -120,7 +134,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    run_demo(out=args.out, quick=args.quick, seeds=args.seeds)
+    if args.real:
+        from sftlab.demo_real import run_demo_real
+
+        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds)
+        return 0
+    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds)
     return 0
 
 
@@ -158,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="YAML audit config (flags and KEY=VALUE override it)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     p.add_argument("--base")
-    p.add_argument("--tuned", action="append", help="tuned model or adapter dir (repeat for several)")
+    p.add_argument("--tuned", action="append", metavar="[NAME=]DIR",
+                   help="tuned model or adapter dir, labelled NAME in the report (repeat for several)")
     p.add_argument("--prompts")
     p.add_argument("--sft-data", dest="sft_data")
     p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable)")
@@ -171,9 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sweep", _cmd_sweep, "train and audit several strategies on one base; comparison table")
     add_config_args(p)
 
-    p = add("demo", _cmd_demo, "the end-to-end job on the synthetic world")
+    p = add("demo", _cmd_demo, "the end-to-end job: on the synthetic world, or --real on SmolLM2-135M-Instruct")
+    p.add_argument("--real", action="store_true",
+                   help="the seeds' experiment on the built-in real model (Shakespeare SFT; about 25 minutes)")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default=None, help="default runs/demo (runs/demo_real with --real)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
@@ -182,8 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--eval-file", dest="eval_file", help="check train/eval overlap against this file")
     p.add_argument("--tokenizer", help="tokenizer dir for token length stats")
-    p.add_argument("--out", default=None, help="dir for report + quarantine (default: beside the data)")
+    p.add_argument("--out", default=None, help="dir for report + quarantine (default: runs/data_check/<first file's stem>)")
     p.add_argument("--strict", action="store_true", help="exit 2 if any record is bad")
+
+    p = data.add_parser("distill", help="SDFT: the base rewrites each response in its own words; keeps the "
+                        "rewrites that agree with the reference")
+    p.set_defaults(handler=_cmd_data_distill)
+    p.add_argument("input", metavar="IN", help="SFT data file (any format `sftlab train` reads)")
+    p.add_argument("output", metavar="OUT", help="distilled jsonl to write (stats beside it: OUT.stats.json)")
+    p.add_argument("--model", required=True, help="the base model (dir, adapter dir or hub id)")
+    p.add_argument("--rouge-threshold", type=float, default=0.4,
+                   help="keep a rewrite when its ROUGE-L F against the reference is at least this")
+    p.add_argument("--short-answer-words", type=int, default=3,
+                   help="references of at most this many words need an exact (normalised) match instead")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generation batch")
+    p.add_argument("--max-length", type=int, default=1024, help="prompt + rewrite tokens")
+    p.add_argument("--sample", action="store_true", help="sample (at --temperature) instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None, help="rewrite cache (default ~/.cache/sftlab/distill)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--trust-remote-code", action="store_true")
 
     models = sub.add_parser("models", help="built-in real models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="the built-in model names and whether each is installed and converted")

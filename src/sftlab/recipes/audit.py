@@ -3,7 +3,8 @@
 Reads only model dirs (full or PEFT adapter) and data files. Steps, per model: sample K answers per
 prompt and one greedy answer (cached under ``out/cache``), perplexity on the reference corpora,
 multiple-choice benchmarks, greedy answers on the eval set; per tuned model, the shift of its greedy
-answers under the base (both models in memory, one at a time beside the base). Then the metric tables,
+answers under the base (both models in memory, one at a time beside the base) and, with ``sft_data``, the
+forgetting forecast (its KL to the base along its own answers to the SFT prompts). Then the metric tables,
 the sections and the files: ``report.html``, ``report.md``, ``report.json``, ``token_view.html``,
 ``plots/*.png``.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import gc
 import html
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -27,8 +28,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.audit import copying, diversity, forgetting, shift, task
-from sftlab.audit.embed import Embedder
+from sftlab.audit import copying, diversity, forgetting, shift, style, task
+from sftlab.audit.embed import Embedder, resolve_embedding_model
+from sftlab.audit.forecast import AnswerKL, forecast_table, score_forecast, scored_continuation
 from sftlab.audit.generate import generate, model_fingerprint
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
@@ -36,10 +38,14 @@ from sftlab.audit.report.json_report import build_report, write_json
 from sftlab.audit.report.markdown import render_markdown
 from sftlab.audit.report.section import AuditContext, Section, SectionProvider
 from sftlab.audit.report.sections import (
+    adherence_fell,
     copying_section,
     diversity_section,
+    forecast_section,
     forgetting_section,
+    sft_style_corpora,
     shift_section,
+    style_section,
     task_section,
 )
 from sftlab.audit.report.token_view import answers_html, legend_html, token_view_page
@@ -55,17 +61,37 @@ from sftlab.models.load import autocast, load_config, load_model, load_tokenizer
 INLINE_ANSWERS = 3
 
 
-def model_names(base: str, tuned: Sequence[str]) -> dict[str, str]:
-    """Short unique display names: the dir's name, or ``parent/name`` for generic names like ``model``."""
-    names: dict[str, str] = {}
-    for path in [base, *tuned]:
-        p = Path(path.rstrip("/"))
-        name = f"{p.parent.name}/{p.name}" if p.name in ("model", "adapter", "merged") and p.parent.name else p.name
-        name = name or path
-        unique, n = name, 2
-        while unique in names:
-            unique, n = f"{name}#{n}", n + 1
-        names[unique] = path
+def _auto_name(path: str) -> str:
+    """The dir's name, or ``parent/name`` for generic names like ``model``."""
+    p = Path(path.rstrip("/"))
+    name = f"{p.parent.name}/{p.name}" if p.name in ("model", "adapter", "merged") and p.parent.name else p.name
+    return name or path
+
+
+def split_label(entry: str) -> tuple[str | None, str]:
+    """``NAME=DIR`` -> (NAME, DIR); a plain ``DIR`` (or an existing path that holds ``=``) -> (None, DIR)."""
+    name, sep, path = entry.partition("=")
+    if not sep or Path(entry).exists():
+        return None, entry
+    if not name or not path:
+        raise UserError(f"tuned model {entry!r}: expected NAME=DIR with both parts, or a plain DIR")
+    return name, path
+
+
+def model_names(base: str, tuned: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """Display name -> path, base first. A tuned model is labelled by the NAME it was given (``NAME=DIR``
+    or a mapping), else by its dir's name (``parent/name`` for generic names like ``model``).
+
+    Two models with one label would be merged in every table, so a collision is a user error.
+    """
+    entries = list(tuned.items()) if isinstance(tuned, Mapping) else [split_label(e) for e in tuned]
+    names: dict[str, str] = {_auto_name(base): base}
+    for given, path in entries:
+        name = given or _auto_name(path)
+        if name in names:
+            hint = "" if given else f"; name them, e.g. --tuned NAME={path}"
+            raise UserError(f"two models of the audit are both labelled {name!r} ({names[name]} and {path}){hint}")
+        names[name] = path
     return names
 
 
@@ -146,6 +172,7 @@ class Inputs:
     eval_items: list[EvalItem]
     sft_examples: list[copying.SFTExample]
     sft_rejected: int = 0
+    sft_prompts: list[list[Message]] = field(default_factory=list)  # for the forgetting forecast
 
 
 def read_inputs(cfg: AuditConfig) -> Inputs:
@@ -157,7 +184,33 @@ def read_inputs(cfg: AuditConfig) -> Inputs:
     benchmarks = {n: forgetting.read_multiple_choice(p) for n, p in zip(_stem_names(cfg.benchmark), cfg.benchmark)}
     eval_items = read_eval_set(cfg.eval_set) if cfg.eval_set else []
     sft, rejected = read_sft_examples(cfg.sft_data) if cfg.sft_data else ([], 0)
-    return Inputs(messages, references, benchmarks, eval_items, sft, rejected)
+    inputs = Inputs(messages, references, benchmarks, eval_items, sft, rejected)
+    if cfg.sft_data and cfg.forecast_prompts:
+        inputs.sft_prompts = read_sft_prompts(cfg.sft_data, cfg.forecast_prompts, cfg.sampling.seed)
+    return inputs
+
+
+def read_sft_prompts(path: str, limit: int, seed: int) -> list[list[Message]]:
+    """Up to ``limit`` distinct prompts of an SFT set (each record's turns before its last answer).
+
+    A seeded sample, kept in file order, when there are more: a file sorted by topic would otherwise
+    give the forecast only its first topic. Duplicates are dropped so a prompt repeated across many
+    records (a generic request) counts once.
+    """
+    seen: dict[tuple[tuple[str, str], ...], list[Message]] = {}
+    for record in read_records([path]).records:
+        if record.kind == "text":
+            continue
+        turns = record.as_messages()
+        while turns and turns[-1].role == "assistant":
+            turns.pop()
+        if turns:
+            seen.setdefault(tuple((m.role, m.content) for m in turns), turns)
+    prompts = list(seen.values())
+    if len(prompts) > limit:
+        keep = np.random.default_rng(seed).choice(len(prompts), size=limit, replace=False)
+        prompts = [prompts[i] for i in sorted(keep)]
+    return prompts
 
 
 @dataclass
@@ -169,9 +222,11 @@ class ModelRun:
     greedy: list[str]
     greedy_ids: list[list[int]]
     first_sample_ids: list[list[int]]
+    sample_lengths: list[list[int]] = field(default_factory=list)  # generated tokens of each sample, EOS excluded
     eval_greedy: list[str] = field(default_factory=list)
     perplexity: dict[str, forgetting.Perplexity] = field(default_factory=dict)
     mc_correct: dict[str, list[bool]] = field(default_factory=dict)
+    forecast_kl: list[list[AnswerKL]] = field(default_factory=list)  # per SFT prompt, its scored answers
 
 
 class _Progress:
@@ -202,7 +257,8 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
                       fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: greedy answers", len(prompt_ids)))
     run = ModelRun(prompt_ids=[p[-max(1, max_length - s.max_new_tokens):] for p in prompt_ids],
                    samples=sampled.texts, greedy=[g[0] for g in greedy.texts],
-                   greedy_ids=[g[0] for g in greedy.token_ids], first_sample_ids=[g[0] for g in sampled.token_ids])
+                   greedy_ids=[g[0] for g in greedy.token_ids], first_sample_ids=[g[0] for g in sampled.token_ids],
+                   sample_lengths=[[len(ids) for ids in g] for g in sampled.token_ids])
     if inputs.eval_items:
         eval_ids = [encode_prompt(tok, it.messages) for it in inputs.eval_items]
         out = generate(model, tok, eval_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
@@ -233,6 +289,34 @@ def shift_contexts(cfg: AuditConfig, base_tok: PreTrainedTokenizerBase, messages
     lead = leading_special_ids(base_tok)
     limit = max(1, max_length - cfg.sampling.max_new_tokens)
     return [(lead + base_tok(shift.plain_prompt(m), add_special_tokens=False)["input_ids"])[-limit:] for m in messages]
+
+
+def forecast_run(cfg: AuditConfig, prompts: list[list[Message]], model: PreTrainedModel, tok: PreTrainedTokenizerBase,
+                 base_model: PreTrainedModel, base_tok: PreTrainedTokenizerBase, name: str, path: str,
+                 bars: _Progress, cache_dir: Path, max_length: int, precision_tag: str = "") -> list[list[AnswerKL]]:
+    """The forgetting forecast's raw scores: the tuned model samples answers to the SFT prompts (cached like
+    every sample, ``precision_tag`` in the key as in :func:`run_model`), then both models are teacher-forced
+    along them (see :mod:`sftlab.audit.forecast`).
+
+    The base reads each prompt as it does for the shift (``shift_template``). Returns, per prompt, the
+    per-position KL of each of its ``forecast_samples`` answers.
+    """
+    s = cfg.sampling.model_copy(update={"num_samples": cfg.forecast_samples})
+    prompt_ids = [encode_prompt(tok, m) for m in prompts]
+    sampled = generate(model, tok, prompt_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
+                       fingerprint=model_fingerprint(path) + precision_tag,
+                       on_prompts_done=bars.step(f"{name}: forecast samples (SFT prompts)", len(prompt_ids)))
+    tuned_ctx = [p[-max(1, max_length - s.max_new_tokens):] for p in prompt_ids]
+    base_ctx = shift_contexts(cfg, base_tok, prompts, tuned_ctx, max_length)
+    owner = [p for p, answers in enumerate(sampled.token_ids) for _ in answers]
+    conts = [scored_continuation(a, s.max_new_tokens, base_tok.pad_token_id) for answers in sampled.token_ids
+             for a in answers]
+    scores = score_forecast(model, base_model, [tuned_ctx[p] for p in owner], [base_ctx[p] for p in owner], conts,
+                            base_tok.pad_token_id, s.batch_size, bars.step(f"{name}: forecast KL", len(conts)))
+    per_prompt: list[list[AnswerKL]] = [[] for _ in prompts]
+    for p, score in zip(owner, scores):
+        per_prompt[p].append(score)
+    return per_prompt
 
 
 def context_limit(model: PreTrainedModel, max_length: int) -> int:
@@ -284,6 +368,9 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
                 model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
                 answers, base_tok.pad_token_id, cfg.sampling.batch_size,
                 bars.step(f"{name}: shift under the base", len(answers)))
+            if inputs.sft_prompts:
+                run.forecast_kl = forecast_run(cfg, inputs.sft_prompts, model, tok, base_model, base_tok, name, path,
+                                               bars, cache_dir, limit, tag)
         del model
         _release_gpu_memory(device)
     del base_model
@@ -303,26 +390,33 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
+    models = model_names(cfg.base, cfg.tuned)  # colliding labels fail before any data is read
     inputs = read_inputs(cfg)
     console = Console(stderr=True)
     if inputs.sft_rejected:
         console.print(f"[yellow]sft_data: {inputs.sft_rejected} bad records skipped for pattern copying "
                       f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")
-    models = model_names(cfg.base, cfg.tuned)
     base = next(iter(models))
     base_tok = load_tokenizer(cfg.base, cfg.trust_remote_code)
-    embedder = Embedder(cfg.embedding_model, device) if cfg.embedding_model else None
+    loading = time.perf_counter()
+    embedding_path = resolve_embedding_model(cfg.embedding_model)
+    embedder = Embedder(embedding_path, device) if embedding_path else None
+    embedder_load_s = time.perf_counter() - loading
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
     with progress:
         bars = _Progress(progress)
         runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, Path(cfg.cache_dir) if cfg.cache_dir else out / "cache")
         model_s = time.perf_counter() - started
+        embedded = time.perf_counter()
+        embeddings = {name: [embedder.embed(t) for t in run.samples] for name, run in runs.items()} if embedder else None
+        prompt_embeddings = embedder.embed([m[-1].content for m in inputs.messages]) if embedder else None
+        embedding_s = time.perf_counter() - embedded + embedder_load_s
         outputs = {
             name: diversity.ModelOutputs(
                 texts=run.samples,
                 tokens=[base_tok(t, add_special_tokens=False)["input_ids"] for t in run.samples],
-                embeddings=[embedder.embed(t) for t in run.samples] if embedder else None)
+                embeddings=embeddings[name] if embeddings else None)
             for name, run in runs.items()
         }
         scoring = bars.step("diversity metrics", len(outputs))
@@ -330,33 +424,65 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
         for name, o in outputs.items():
             scores[name] = diversity.score_outputs(o, len(base_tok))
             scoring(1)
+        styled = time.perf_counter()
+        style_data = style_data_of(cfg, inputs, runs, shifts, base, base_tok, embeddings, prompt_embeddings)
+        style_s = time.perf_counter() - styled
+        bars.step("style, adherence, surface form", 1)(1)
 
     ctx = AuditContext(cfg=cfg, out_dir=out, base=base, models=models, messages=inputs.messages,
                        samples={n: r.samples for n, r in runs.items()}, greedy={n: r.greedy for n, r in runs.items()})
     colors = plots.model_colors(list(models), base)
-    sections = build_sections(cfg, ctx, inputs, runs, shifts, scores, base_tok, colors)
+    sections = build_sections(cfg, ctx, inputs, runs, shifts, scores, base_tok, colors, style_data,
+                              embedder.description if embedder else None)
     for provider in extra_sections:
         section = provider(ctx)
         if section is not None:
             sections.append(section)
     tokens = sum(len(ids) for r in runs.values() for ids in r.greedy_ids)
     meta = {"sftlab_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device, "dtype": str(audit_precision(cfg, device)).removeprefix("torch."), "seconds": round(time.perf_counter() - started, 2),
-            "model_seconds": round(model_s, 2), "prompts": len(inputs.messages),
+            "device": device, "dtype": str(audit_precision(cfg, device)).removeprefix("torch."),
+            "seconds": round(time.perf_counter() - started, 2),
+            "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
+            "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),
             "greedy_tokens": tokens}
     write_reports(out, sections, ctx, colors, meta, shifts, base_tok)
     console.print(f"[bold]audit report[/bold]: {out / 'report.html'}")
     return out / "report.html"
 
 
+def style_data_of(cfg: AuditConfig, inputs: Inputs, runs: dict[str, ModelRun],
+                  shifts: dict[str, list[shift.AnswerShift]], base: str, base_tok: PreTrainedTokenizerBase,
+                  embeddings: dict[str, list[np.ndarray]] | None, prompt_embeddings: np.ndarray | None) -> dict[str, Any]:
+    """The style section's table (:func:`sftlab.audit.style.style_table`) from the models' samples and shifts.
+
+    The base's log-probability of a tuned answer is the mean over its tokens of log p_base, from the shift
+    scores (probabilities clipped at 1e-30, so one that underflowed to 0 stays finite).
+    """
+    sft = [ex.response for ex in inputs.sft_examples]
+    sft_lengths = [len(ids) for ids in base_tok(sft, add_special_tokens=False)["input_ids"]] if sft else []
+    adherence = ({m: style.adherence_scores(prompt_embeddings, embeddings[m]) for m in runs}
+                 if embeddings is not None and prompt_embeddings is not None else None)
+    logprob = {m: [float(np.mean(np.log(np.clip(a.base_prob, 1e-30, None)))) if len(a.base_prob) else float("nan")
+                   for a in answers] for m, answers in shifts.items()}
+    return style.style_table({m: r.samples for m, r in runs.items()}, {m: r.sample_lengths for m, r in runs.items()},
+                             base, cfg.sampling.max_new_tokens, sft, sft_lengths, adherence, logprob,
+                             inputs.references, cfg.bootstrap_samples, cfg.sampling.seed)
+
+
 def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: dict[str, ModelRun],
                    shifts: dict[str, list[shift.AnswerShift]], scores: dict[str, diversity.DiversityScores],
-                   base_tok: PreTrainedTokenizerBase, colors: dict[str, Any]) -> list[Section]:
-    """The audit's own sections, in reading order; each metric table is also put in ``ctx.results``."""
+                   base_tok: PreTrainedTokenizerBase, colors: dict[str, Any], style_data: dict[str, Any],
+                   embedder: str | None = None) -> list[Section]:
+    """The audit's own sections, in reading order; each metric table is also put in ``ctx.results``.
+
+    The style section comes first, so the headline leads with style capture, adherence and surface form.
+    """
     base = ctx.base
+    sections = [style_section(style_data, base, embedder)]
+    ctx.results["style"] = sections[0].data
     table = diversity.diversity_table(scores, base, cfg.bootstrap_samples, cfg.sampling.seed)
     ctx.results["diversity"] = table
-    sections = [diversity_section(table, base)]
+    sections.append(diversity_section(table, base, adherence_fell(style_data)))
 
     summaries = {m: shift.summarize_shift(s, base_tok) for m, s in shifts.items()}
     ctx.results["shift"] = summaries
@@ -381,7 +507,14 @@ def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: di
             {b: {m: r.mc_correct[b] for m, r in runs.items()} for b in inputs.benchmarks},
             base, cfg.bootstrap_samples, cfg.sampling.seed)
         ctx.results["forgetting"] = data
-        sections.append(forgetting_section(data, base, colors))
+        sections.append(forgetting_section(data, base, colors, sft_style_corpora(style_data)))
+
+    forecasts = {m: r.forecast_kl for m, r in runs.items() if r.forecast_kl}
+    if forecasts:
+        data = forecast_table(forecasts, len(inputs.sft_prompts), cfg.forecast_samples, cfg.shift_template,
+                              cfg.bootstrap_samples, cfg.sampling.seed)
+        ctx.results["forecast"] = data
+        sections.append(forecast_section(data))
 
     if inputs.eval_items:
         data = task.task_table({m: r.eval_greedy for m, r in runs.items()},

@@ -1,8 +1,13 @@
 """``sftlab data check FILE... [--eval-file F] [--tokenizer DIR] [--out DIR] [--strict]``.
 
 Reads the files (quarantining bad records), measures quality (see :mod:`sftlab.data.quality`), prints
-a summary and writes ``report.json`` and ``quarantine.jsonl`` (plus ``eval_quarantine.jsonl`` with an
-eval file) into the output dir: by default ``<first file's stem>.check/`` beside the first file.
+the first rejected records as a linter does (``file:line: reason``) and a summary, and writes
+``report.json`` and ``quarantine.jsonl`` (plus ``eval_quarantine.jsonl`` with an eval file) into the output
+dir: by default ``runs/data_check/<first file's stem>/`` under the working directory, as every verb writes
+under ``runs/`` (the data's own folder may be read-only, and is left as it was).
+
+Exit codes: 0 when there is a usable record (bad ones quarantined), 1 when none is usable, 2 on a user
+error; with ``strict`` the first bad record is a user error.
 """
 
 from __future__ import annotations
@@ -17,14 +22,39 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sftlab.data.quality import build_report, token_lengths
-from sftlab.data.readers import ReadResult, read_records
+from sftlab.data.readers import ReadResult, Rejection, read_records
 from sftlab.errors import UserError
 
 
+# Rejected records printed one per line; the rest are counted (all of them are in the quarantine file).
+SHOWN_REJECTIONS = 5
+
+
 def default_out_dir(first_file: str | Path) -> Path:
-    """``<stem>.check/`` beside the first data file (or beside a `datasets` dir)."""
+    """``runs/data_check/<stem>/`` under the working directory (``<name>`` for a `datasets` dir)."""
     path = Path(first_file)
-    return path.parent / f"{path.stem if path.is_file() else path.name}.check"
+    return Path("runs") / "data_check" / (path.stem if path.is_file() else path.name)
+
+
+def rejection_line(rejection: Rejection) -> str:
+    """A rejected record as a linter reports it: ``file:line: reason`` (the field named when the reason
+    does not name it)."""
+    reason = rejection.reason
+    if rejection.field and f"'{rejection.field}'" not in reason:
+        reason = f"field '{rejection.field}': {reason}"
+    return f"{rejection.origin}: {reason}"
+
+
+def print_rejections(rejected: Sequence[Rejection], quarantines: Sequence[Path], console: Console,
+                     limit: int = SHOWN_REJECTIONS) -> None:
+    """The first ``limit`` rejected records, one per line, then how many more there are and where all are."""
+    for rejection in rejected[:limit]:
+        console.print(rejection_line(rejection), markup=False, highlight=False, soft_wrap=True)
+    if rejected:
+        more = f"{len(rejected) - limit} more rejected; " if len(rejected) > limit else ""
+        files = " and ".join(str(q) for q in quarantines)
+        console.print(f"{more}every rejected record, with its raw text, is in {files}",
+                      markup=False, highlight=False, soft_wrap=True)
 
 
 def _reading_summary(result: ReadResult, quarantine: Path) -> dict[str, Any]:
@@ -46,7 +76,8 @@ def run_data_check(
 ) -> int:
     """Check data files; return the exit code (0, or 1 when no usable record was found).
 
-    ``strict``: the first bad record raises a UserError (exit code 2 from the CLI).
+    ``out``: the output dir (default :func:`default_out_dir`). ``strict``: the first bad record raises a
+    UserError (exit code 2 from the CLI).
     """
     console = console or Console(stderr=True)
     if not files:
@@ -85,6 +116,11 @@ def run_data_check(
         report["eval_overlap"]["eval_file"] = eval_file
         report["eval_overlap"]["eval_rejected"] = len(eval_result.rejected)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    rejected, quarantines = list(result.rejected), [quarantine] if result.rejected else []
+    if eval_result is not None and eval_result.rejected:
+        rejected += eval_result.rejected
+        quarantines.append(out_dir / "eval_quarantine.jsonl")
+    print_rejections(rejected, quarantines, console)
     _print_summary(report, out_dir, console)
     return 0 if result.records else 1
 

@@ -5,16 +5,18 @@ Run dir (``output_dir``)::
     config.yaml          the resolved config of the latest invocation
     data/                quarantine.jsonl (rejected records: file, line, field, reason) and stats.json
     checkpoints/         checkpoint-N dirs, each written atomically; ``resume: auto`` picks the newest
-    metrics.jsonl        one JSON object per log event (train loss and its components, eval loss, ...)
+    metrics.jsonl        one JSON object per log event (train loss and its components; eval_loss, the token
+                         cross-entropy on the eval set under every loss, and eval_objective, the loss trained)
     ewc_fisher.safetensors   EWC's diagonal Fisher (with ``ewc``), computed once and reused on resume
     summary.json         what the run cost and reached (see :func:`write_summary`)
     model/ or adapter/   the result: a full model dir, or a PEFT adapter dir (``sftlab merge`` folds it in)
 
 Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss), ``l2sp`` / ``ewc`` /
 ``kl_to_base`` (build_regularizers), ``neftune_noise_alpha`` (attach_neftune), ``replay`` (the data
-pipeline). The order matters: method (PEFT) -> Trainer (places the model on its device) ->
-regularizers (anchors, Fisher and KL base from the starting weights, before a checkpoint loads in
-``train``) -> NEFTune (after, so a frozen KL base copy carries no hook) -> train.
+pipeline); a ``preset`` (ASFT) is expanded into those keys when the config is read. The order
+matters: method (PEFT) -> Trainer (places the model on its device) -> regularizers (anchors, Fisher
+and KL base from the starting weights, before a checkpoint loads in ``train``) -> NEFTune (after, so a
+frozen KL base copy carries no hook) -> train.
 
 Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
 UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer``).
@@ -38,6 +40,7 @@ from transformers import EarlyStoppingCallback, PretrainedConfig, PreTrainedToke
 
 from sftlab.config import TrainConfig, dump_config
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
+from sftlab.data.mixing import ReplayPool, self_replay_pool
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
 from sftlab.errors import UserError
@@ -228,7 +231,7 @@ def finish_train(session: TrainSession) -> Path:
     if session.main:
         _write_stats(session.run_dir / "data" / "stats.json", data)
         write_summary(session.run_dir / "summary.json", session, train_seconds)
-        _print_result(Console(), trainer, out)
+        _print_result(Console(), trainer, out, session.cfg.loss)
     return out
 
 
@@ -237,12 +240,15 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
 
     ``train_seconds`` is this invocation's wall time in ``trainer.train`` (a resumed run counts only
     its own part); ``peak_memory_mb`` is :func:`peak_memory_mb` since ``prepare_train`` began; losses
-    come from the Trainer's log history, which a resumed run inherits from its checkpoint.
+    come from the Trainer's log history, which a resumed run inherits from its checkpoint. ``eval_loss_*``
+    is token cross-entropy on the eval set whatever the loss; ``eval_objective_*`` is the configured loss
+    there (equal to it under cross-entropy).
     """
     trainer = session.trainer
     history = trainer.state.log_history
     trainable, total = count_parameters(trainer.model)
     first, last = summarize_logs(history, "eval_loss")
+    objective_first, objective_last = summarize_logs(history, "eval_objective")
     summary = {
         "method": session.cfg.method,
         "precision": _precision_name(trainer.args),
@@ -254,6 +260,8 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "final_train_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
         "eval_loss_first": first,
         "eval_loss_last": last,
+        "eval_objective_first": objective_first,
+        "eval_objective_last": objective_last,
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
@@ -320,7 +328,7 @@ def training_arguments(
         save = {"save_strategy": cfg.eval_strategy, "save_steps": cfg.eval_steps or cfg.logging_steps}
         early = {
             "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_loss",
+            "metric_for_best_model": cfg.metric_for_best_model,
             "greater_is_better": False,
             "restore_callback_states_from_checkpoint": True,
         }
@@ -377,8 +385,14 @@ def load_data(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Pa
         train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
     else:
         train_records, eval_records = records, []
-    replay = read_texts(cfg.replay.corpus) if cfg.replay else None
-    train = build_train_dataset(train_records, tokenizer, cfg, replay_texts=replay)
+    pool = None
+    if cfg.replay is not None:
+        if cfg.replay.source == "self":
+            pool = self_replay_pool(cfg, tokenizer)
+        else:
+            assert cfg.replay.corpus is not None
+            pool = ReplayPool(read_texts(cfg.replay.corpus), tokenizer, name=cfg.replay.name)
+    train = build_train_dataset(train_records, tokenizer, cfg, replay_pool=pool)
     evaluation = build_eval_dataset(eval_records, tokenizer, cfg) if eval_records else None
     return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records))
 
@@ -443,14 +457,18 @@ def _print_setup(console: Console, session: TrainSession) -> None:
 def describe_remedies(cfg: TrainConfig) -> list[str]:
     """One short phrase per remedy the config turns on (loss, regularizers, NEFTune, replay)."""
     parts = []
+    if cfg.preset == "asft":
+        parts.append("ASFT preset: DFT + forward KL to the base on response tokens")
     if cfg.loss == "gem":
         parts.append(f"loss gem (beta {cfg.gem.beta}, h {cfg.gem.h})")
     elif cfg.loss == "label_smoothing":
         parts.append(f"label smoothing {cfg.label_smoothing_factor}")
+    elif cfg.loss == "dft":
+        parts.append("loss dft (cross-entropy weighted by each target's own probability)")
     if cfg.neftune_noise_alpha is not None:
         parts.append(f"NEFTune alpha {cfg.neftune_noise_alpha} ({cfg.neftune_noise_type}, {cfg.neftune_schedule})")
     if cfg.replay is not None:
-        parts.append(f"replay {cfg.replay.ratio:.0%} of tokens from {cfg.replay.corpus}")
+        parts.append(f"replay {cfg.replay.ratio:.0%} of tokens from {cfg.replay.name}")
     if cfg.l2sp is not None:
         parts.append(f"L2-SP lambda {cfg.l2sp.lambda_}")
     if cfg.ewc is not None:
@@ -473,13 +491,16 @@ def _write_stats(path: Path, data: TrainData) -> None:
     path.write_text(json.dumps(stats, indent=2, default=str))
 
 
-def _print_result(console: Console, trainer: SFTLabTrainer, out: Path) -> None:
+def _print_result(console: Console, trainer: SFTLabTrainer, out: Path, loss_name: str) -> None:
     first, last = summarize_logs(trainer.state.log_history, "eval_loss")
     loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
     parts = [f"{trainer.state.global_step} steps"]
     if loss is not None:
         parts.append(f"last train loss {loss:.4f}")
     if first is not None:
-        parts.append(f"eval loss {first:.4f} -> {last:.4f}")
+        parts.append(f"eval loss (cross-entropy) {first:.4f} -> {last:.4f}")
+    obj_first, obj_last = summarize_logs(trainer.state.log_history, "eval_objective")
+    if obj_first is not None and loss_name != "cross_entropy":
+        parts.append(f"eval objective ({loss_name}) {obj_first:.4f} -> {obj_last:.4f}")
     console.print("; ".join(parts))
     console.print(f"saved: {out}")

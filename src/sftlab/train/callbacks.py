@@ -102,7 +102,8 @@ class RichProgress(TrainerCallback):
         if "loss" in logs and self.train_task is not None:
             self.progress.update(self.train_task, info=f"loss {_fmt(logs['loss'])}")
         if any(k.startswith("eval_") for k in logs):
-            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in logs.items() if k.endswith("loss"))
+            # eval_loss is cross-entropy under every loss; eval_objective is the loss being trained.
+            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in logs.items() if k.endswith(("loss", "objective")))
             self.progress.console.print(f"step {state.global_step}: {shown}")
 
     def on_train_end(

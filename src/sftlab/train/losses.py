@@ -1,4 +1,4 @@
-"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM.
+"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM, DFT.
 
 Every loss takes unshifted ``logits`` [B, T, V] and ``labels`` [B, T] (HF convention: position t
 predicts label t+1; -100 is ignored) and returns the sum over target tokens divided by
@@ -104,6 +104,33 @@ def gem_loss(
     return _normalise(per_token.sum(), shift_labels, num_items_in_batch)
 
 
+def dft_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """DFT, dynamic fine-tuning (Wu et al. 2025, "On the Generalization of SFT: A Reinforcement Learning
+    Perspective with Reward Rectification", arXiv:2508.05629; TRL's ``SFTConfig(loss_type="dft")``).
+
+    Per target token y_t with model probability p(y_t) = softmax(z_t)[y_t]:
+
+        L_t = -stopgrad(p(y_t)) * log p(y_t)
+
+    The paper reads the SFT gradient as a policy gradient whose implicit reward is 1 / p(y_t), which
+    blows up on tokens the model finds unlikely; multiplying each token's cross-entropy by its own
+    (detached) probability cancels that weight. The gradient is therefore p(y_t) times cross-entropy's,
+    dL_t/dz_t = p(y_t) * (softmax(z_t) - onehot(y_t)): confident tokens train as under cross-entropy and
+    improbable ones barely move the model. Reduction as every loss here: the sum over target tokens /
+    ``num_items_in_batch`` (TRL divides by the same count).
+    """
+    shift_logits, shift_labels = shift_for_next_token(logits, labels)
+    # nll_t = -log p(y_t), and 0 (with no gradient) at ignored positions, so p * nll needs no masking:
+    # the cost is cross-entropy's plus two elementwise ops over the tokens.
+    nll = F.cross_entropy(shift_logits.float(), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
+    per_token = torch.exp(-nll.detach()) * nll
+    return _normalise(per_token.sum(), shift_labels, num_items_in_batch)
+
+
 def build_loss(cfg: "TrainConfig") -> LossFn:
     """The token loss a train config asks for (``loss`` and its settings)."""
     if cfg.loss == "label_smoothing":
@@ -112,4 +139,6 @@ def build_loss(cfg: "TrainConfig") -> LossFn:
     if cfg.loss == "gem":
         beta, h = cfg.gem.beta, cfg.gem.h
         return lambda logits, labels, n=None: gem_loss(logits, labels, n, beta=beta, h=h)
+    if cfg.loss == "dft":
+        return dft_loss
     return cross_entropy

@@ -8,8 +8,12 @@ What this subclass adds:
   normalised by ``num_items_in_batch`` (the target-token count of the whole accumulated, all-rank
   batch), so gradient accumulation and DDP give exactly the gradient of one big batch. Each penalty is a
   per-step quantity: each micro-batch adds 1/G of it. Every component is logged by name
-  (``loss/task``, ``loss/<regularizer>``), with any ``log_sources`` (NEFTune's alpha). Evaluation
-  reports the task loss alone.
+  (``loss/task``, ``loss/<regularizer>``), with any ``log_sources`` (NEFTune's alpha).
+- **Evaluation speaks cross-entropy.** ``eval_loss`` is always the token cross-entropy on the eval set
+  (summed over every eval target token, divided by their count), whatever the training objective, so
+  runs under GEM, label smoothing or DFT compare with plain SFT on one scale. The task loss the run
+  optimises, on the same tokens and normalised the same way, is logged beside it as ``eval_objective``
+  (regularizer penalties are not part of either).
 - **A NaN or inf loss stops the run** with :class:`NonFiniteLossError` (a UserError: exit 2, no
   traceback) before the optimizer step, so the bad step changes no weight and saves nothing.
 - **Atomic checkpoints.** Each checkpoint is written into ``checkpoints/.staging/`` and renamed into
@@ -29,7 +33,13 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerState, TrainingArguments
 from transformers.trainer_pt_utils import nested_gather
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    EvalLoopOutput,
+    TrainOutput,
+    get_last_checkpoint,
+    rotate_checkpoints,
+)
 from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
@@ -75,6 +85,8 @@ class SFTLabTrainer(Trainer):
         self._components: dict[str, torch.Tensor] = {}
         self._components_since = 0
         self._staging = False
+        # Evaluation sums, over every eval target token: cross-entropy, the task objective, the token count.
+        self._eval_sums: list[torch.Tensor] | None = None
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> TrainOutput:
         """Train, or resume; resuming a run that had finished (all planned steps, or stopped early)
@@ -124,6 +136,9 @@ class SFTLabTrainer(Trainer):
             outputs = model(**model_inputs)
             # Prompt tuning prepends virtual tokens: their logits come first and have no labels.
             logits = outputs.logits[:, outputs.logits.size(1) - labels.size(1) :]
+        if not model.training and self._eval_sums is not None:
+            loss = self._eval_step_loss(logits, labels)
+            return (loss, outputs) if return_outputs else loss
         task = self.loss_fn(logits, labels, num_items_in_batch)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # num_items_in_batch counts every rank's tokens and DDP averages gradients over ranks:
@@ -138,6 +153,50 @@ class SFTLabTrainer(Trainer):
                 self._record(f"loss/{reg.name}", penalty)
                 loss = loss + penalty
         return (loss, outputs) if return_outputs else loss
+
+    def _eval_step_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Add this eval batch's summed cross-entropy, summed objective and target count to the
+        evaluation's sums; return its mean cross-entropy (what the Trainer's own loop records)."""
+        assert self._eval_sums is not None
+        # A LossFn divides its sum by num_items_in_batch: passing 1 gives the sum over this batch's targets.
+        ce = cross_entropy(logits, labels, 1)
+        objective = ce if self.loss_fn is cross_entropy else self.loss_fn(logits, labels, 1)
+        count = (labels[:, 1:] != IGNORE_INDEX).sum()
+        for i, value in enumerate((ce, objective, count)):
+            self._eval_sums[i] = self._eval_sums[i] + value.detach().double()
+        return ce / count.clamp(min=1)
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        """The Trainer's loop, with ``<prefix>_loss`` replaced by the token cross-entropy over the whole
+        eval set and ``<prefix>_objective`` (the task loss) added.
+
+        The Trainer's own figure is the mean over rows of each batch's token mean, which weighs a token
+        by its batch's size; a sum over all tokens divided by their count is the cross-entropy of the set.
+        In a multi-process run the sums are added over ranks; accelerate's even batches repeat a few
+        rows on the last batch there, and those rows count twice.
+        """
+        self._eval_sums = [torch.zeros((), dtype=torch.float64, device=self.args.device) for _ in range(3)]
+        try:
+            output = super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
+            totals = torch.stack(self._eval_sums)
+        finally:
+            self._eval_sums = None
+        if self.args.world_size > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        ce, objective, count = totals.tolist()
+        if count > 0:
+            output.metrics[f"{metric_key_prefix}_loss"] = ce / count
+            output.metrics[f"{metric_key_prefix}_objective"] = objective / count
+        return output
 
     def _scoring_head(self, model: torch.nn.Module) -> torch.nn.Module | None:
         """The output head to feed scored positions only, or None when full logits are needed.
@@ -269,7 +328,7 @@ def scored_positions_only(head: torch.nn.Module, labels: torch.Tensor) -> Iterat
     A forward pre-hook on the head gathers the scored hidden states, in row-major order, into one
     sequence ``[1, N+1, d]`` (the last row is a zero that no label scores); the yielded labels
     ``[1, N+1]`` are ``[-100, targets...]``, so any shifting LossFn (cross-entropy, label smoothing,
-    GEM) scores exactly the same (logit, target) pairs as on the full ``[B, T, V]`` logits.
+    GEM, DFT) scores exactly the same (logit, target) pairs as on the full ``[B, T, V]`` logits.
     Virtual tokens that prompt tuning prepends are skipped: hidden states are aligned to the labels
     from the right.
     """

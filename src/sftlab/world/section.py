@@ -102,11 +102,13 @@ def _judge_model(ctx: AuditContext, model: str, roles: Sequence[tuple[str, ...] 
     """Per-prompt judgements (for the bootstrap) and the model's summary figures.
 
     ``task`` is the genre adherence on the prompts that ask for a genre the SFT set taught (for the narrow
-    set: movie reviews): the task score of a world fine-tune.
+    set: movie reviews): the task score of a world fine-tune. ``heldout`` is the adherence on the prompts
+    for every other genre: tasks the SFT set did not teach, whose loss is forgetting (undefined when the SFT
+    set's genres are unknown).
     """
     samples = ctx.samples[model]
     labels = [[judge_text(t) for t in texts] for texts in samples]
-    per_prompt: dict[str, list[float]] = {"valid": [], "adherence": [], "task": [], "fact": []}
+    per_prompt: dict[str, list[float]] = {"valid": [], "adherence": [], "task": [], "heldout": [], "fact": []}
     open_idx: list[int] = []
     summary: dict[str, Any] = {}
     for p, role in enumerate(roles):
@@ -122,6 +124,8 @@ def _judge_model(ctx: AuditContext, model: str, roles: Sequence[tuple[str, ...] 
             fact_hit = float(fact_correct(ctx.greedy[model][p], role[1], role[2]))
         per_prompt["adherence"].append(genre_hit)
         per_prompt["task"].append(genre_hit if role and role[0] == "genre" and role[1] in task_genres else np.nan)
+        held_out = bool(task_genres) and role is not None and role[0] == "genre" and role[1] not in task_genres
+        per_prompt["heldout"].append(genre_hit if held_out else np.nan)
         per_prompt["fact"].append(fact_hit)
     all_verdicts = [v for vs in labels for v in vs]
     valid = [v for v in all_verdicts if v.valid]
@@ -130,7 +134,7 @@ def _judge_model(ctx: AuditContext, model: str, roles: Sequence[tuple[str, ...] 
     summary["consistent_rate"] = sum(v.consistent for v in valid) / len(valid) if valid else None
     open_texts = [t for p in open_idx for t in samples[p]]
     summary["open"] = mode_coverage(open_texts, mixture) if open_texts else None
-    for key in ("adherence", "task", "fact"):
+    for key in ("adherence", "task", "heldout", "fact"):
         vals = [v for v in per_prompt[key] if not np.isnan(v)]
         summary[key] = float(np.mean(vals)) if vals else None
     return {"summary": summary, "per_prompt": per_prompt,
@@ -150,7 +154,7 @@ def _entropy(labels: Sequence[str]) -> float:
 def _deltas(base: dict[str, Any], tuned: dict[str, Any], n_boot: int) -> dict[str, Any]:
     """Tuned minus base with 95% intervals: per-prompt means paired; open-prompt entropy by prompt resampling."""
     out: dict[str, Any] = {}
-    for key in ("valid", "adherence", "task", "fact"):
+    for key in ("valid", "adherence", "task", "heldout", "fact"):
         d, lo, hi = paired_bootstrap_ci(base["per_prompt"][key], tuned["per_prompt"][key], n_boot=n_boot)
         out[key] = {"delta": d, "ci_low": lo, "ci_high": hi}
     b_open, t_open = base["open_labels"], tuned["open_labels"]
@@ -172,6 +176,7 @@ def _render(table: dict[str, Any], base: str, tuned: list[str]) -> Section:
     """The section's table, text and findings."""
     names = {"valid": "valid samples", "adherence": "genre prompts answered in the genre",
              "task": "task: prompts for the SFT set's genres answered in the genre",
+             "heldout": "held-out tasks: prompts for the other genres answered in the genre",
              "fact": "fact accuracy (greedy)", "entropy": "open-prompt genre entropy"}
     headers = ["model", "valid", "consistent", "genres covered", "entropy (nats)", "KL to mixture",
                "genre adherence", "task", "fact accuracy"]
@@ -188,7 +193,7 @@ def _render(table: dict[str, Any], base: str, tuned: list[str]) -> Section:
             delta_rows.append([model, names[key], fmt_delta(d["delta"], ci=(d["ci_low"], d["ci_high"]))])
             if d["ci_low"] is not None and not np.isnan(d["ci_low"]) and (d["ci_low"] > 0 or d["ci_high"] < 0):
                 findings.append(Finding(model, "gained" if d["delta"] > 0 else "lost",
-                                        f"{names[key]} {d['delta']:+.3f}"))
+                                        f"{names[key]} {d['delta']:+.3f}", f"world/{key}"))
     summary = Table(headers, rows)
     changes = Table(["model", "measure", "Δ vs base [95% CI]"], delta_rows)
     intro = (f"Judged exactly by the world's grammar ({len(GENRES)} genres; the pretraining mixture has entropy "

@@ -22,8 +22,9 @@ def _css_color(color: Any) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in color[:3])
 
 
-def summary_html(findings: Sequence[Finding], tuned: Sequence[str]) -> str:
-    """The headline: one card per tuned model listing its losses, then gains, then notes."""
+def summary_html(findings: Sequence[Finding], tuned: Sequence[str], rule: str = "") -> str:
+    """The headline: one card per tuned model listing its losses, then gains, then notes; ``rule`` (when
+    given) says under the heading when a change is called a loss or a gain."""
     order = {"lost": 0, "gained": 1, "note": 2}
     cards = []
     for model in tuned:
@@ -34,8 +35,9 @@ def summary_html(findings: Sequence[Finding], tuned: Sequence[str]) -> str:
             f'<li class="{f.kind}">' + (f"<b>{f.kind}</b> · " if f.kind != "note" else "") + f"{html.escape(f.text)}</li>"
             for f in items)
         cards.append(f'<div class="model"><h3>{html.escape(model)}</h3><ul>{lis}</ul></div>')
+    rule_html = f'<p class="note rule">{html.escape(rule)}</p>' if rule else ""
     return ('<div class="summary" id="summary"><h2>What the fine-tune cost, and what it bought</h2>'
-            f'<div class="models">{"".join(cards)}</div></div>')
+            f'{rule_html}<div class="models">{"".join(cards)}</div></div>')
 
 
 def render_html(
@@ -49,8 +51,9 @@ def render_html(
     version: str,
     created: str,
     title: str = "sftlab audit: what the fine-tune cost",
+    summary_rule: str = "",
 ) -> str:
-    """The whole report page."""
+    """The whole report page; ``summary_rule`` is shown under the headline (see :func:`summary_html`)."""
     template = Template(resources.files("sftlab.audit.report").joinpath("template.html").read_text(encoding="utf-8"))
     chips = "".join(
         f'<span class="chip" title="{html.escape(path)}"><i style="background:{_css_color(colors[name])}"></i>'
@@ -65,7 +68,7 @@ def render_html(
         subtitle=html.escape(subtitle),
         chips=chips,
         nav=nav,
-        summary=summary_html(findings, [m for m in models if m != base]),
+        summary=summary_html(findings, [m for m in models if m != base], summary_rule),
         sections=body,
         config=html.escape(config_yaml),
         token_css=TOKEN_CSS,

@@ -27,6 +27,9 @@ class Finding:
     model: str
     kind: Literal["lost", "gained", "note"]
     text: str
+    # What was measured, without the numbers ("perplexity/wikitext"): the same key in two runs is the same
+    # measure, which lets a sweep tell whether every seed found a change. Empty: the text is the key.
+    key: str = ""
 
 
 @dataclass

@@ -51,23 +51,38 @@ def _pct(value: float | None) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def diversity_section(table: dict[str, Any], base: str) -> Section:
-    """Diversity per input and across inputs, base vs each tuned model."""
+# Diversity metrics computed on the answers' tokens or strings; embedding diversity is the one that is not.
+LEXICAL = ("distinct_1", "distinct_2", "distinct_3", "distinct_4", "ead", "self_bleu", "compression_ratio")
+NOISE_WARNING = ("but prompt adherence fell: off-topic, incoherent text scores as lexically diverse at temperature 1, "
+                 "so read this rise as noise")
+
+
+def diversity_section(table: dict[str, Any], base: str, adherence_fell: set[str] | frozenset[str] = frozenset()) -> Section:
+    """Diversity per input and across inputs, base vs each tuned model.
+
+    Findings name lexical and embedding diversity apart; a lexical rise of a model in ``adherence_fell``
+    carries :data:`NOISE_WARNING`.
+    """
     names: list[str] = table["metrics"]
     models = list(table["models"])
     tuned = [m for m in models if m != base]
     findings: list[Finding] = []
     for model in tuned:
-        lost, gained = [], []
-        for n in names:
-            d = table["deltas"][model]["per_input"][n]
-            if excludes_zero(d["ci_low"], d["ci_high"]):
-                more_diverse = (d["delta"] > 0) == table["higher_is_diverse"][n]
-                (gained if more_diverse else lost).append(f"{LABELS[n]} {d['delta']:+.3g}")
-        if lost:
-            findings.append(Finding(model, "lost", "diversity per prompt: " + ", ".join(lost)))
-        if gained:
-            findings.append(Finding(model, "gained", "diversity per prompt: " + ", ".join(gained)))
+        for kind, members in (("lexical", [n for n in names if n in LEXICAL]),
+                              ("embedding", [n for n in names if n not in LEXICAL])):
+            lost, gained = [], []
+            for n in members:
+                d = table["deltas"][model]["per_input"][n]
+                if excludes_zero(d["ci_low"], d["ci_high"]):
+                    more_diverse = (d["delta"] > 0) == table["higher_is_diverse"][n]
+                    (gained if more_diverse else lost).append(f"{LABELS[n]} {d['delta']:+.3g}")
+            label = "lexical diversity per prompt: " if kind == "lexical" else "embedding diversity per prompt: "
+            if lost:
+                findings.append(Finding(model, "lost", label + ", ".join(lost), f"diversity/{kind}/per_input"))
+            if gained:
+                warn = f" ({NOISE_WARNING})" if kind == "lexical" and model in adherence_fell else ""
+                findings.append(Finding(model, "gained", label + ", ".join(gained) + warn,
+                                            f"diversity/{kind}/per_input"))
 
     def block(scope: str) -> Table:
         headers = ["metric", _base_label(base)] + [f"{m}" for m in tuned] + [f"Δ {m} [95% CI]" for m in tuned]
@@ -181,8 +196,14 @@ def copying_section(data: dict[str, Any]) -> Section:
     return Section("copying", "Pattern copying from the SFT data", data, body, md, findings)
 
 
-def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) -> Section:
-    """Perplexity on reference corpora and multiple-choice accuracy, base vs tuned."""
+def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any],
+                       sft_style: dict[str, float] | None = None) -> Section:
+    """Perplexity on reference corpora and multiple-choice accuracy, base vs tuned.
+
+    ``sft_style`` maps the corpora that share the SFT set's surface form (the style classifier calls that
+    share of their paragraphs SFT-style) to the share: a perplexity change on them carries that warning.
+    """
+    sft_style = sft_style or {}
     findings: list[Finding] = []
     parts_html, parts_md = [], []
     ppl = data["perplexity"]
@@ -203,13 +224,21 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) 
                 notable = abs(ch) >= PPL_THRESHOLD and (math.isnan(low) or excludes_zero(low, high))
                 row_t.append(tone(ch, False, notable))
                 if notable:
+                    warn = ""
+                    if corpus in sft_style:
+                        warn = (f" (but the style classifier calls {_pct(sft_style[corpus])} of {corpus} SFT-style: it "
+                                "shares the SFT set's surface form, so the change may measure that form, not what the "
+                                "model knows)")
                     findings.append(Finding(m, "lost" if ch > 0 else "gained",
                                             f"perplexity on {corpus} {ch:+.1%} ({fmt(per[base]['perplexity'], 2)} → "
-                                            f"{fmt(per[m]['perplexity'], 2)})"))
+                                            f"{fmt(per[m]['perplexity'], 2)}){warn}", f"perplexity/{corpus}"))
             rows.append(row)
             tones.append(row_t)
         t = Table(["corpus", "tokens", _base_label(base)] + [m for m in models if m != base], rows, tones)
         note = "In brackets: the relative change's paired bootstrap 95% interval over documents."
+        if sft_style:
+            note += (" " + ", ".join(sft_style) + ": the style classifier calls most of this text SFT-style (see the "
+                     "style section), so a perplexity change on it may measure the shared surface form.")
         parts_html.append("<h3>Perplexity on reference text</h3>" + t.to_html() + _p(note))
         parts_md.append("### Perplexity on reference text\n\n" + t.to_markdown() + "\n\n" + note)
     mc = data["multiple_choice"]
@@ -228,7 +257,8 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) 
                 if sig:
                     findings.append(Finding(m, "gained" if r["delta"] > 0 else "lost",
                                             f"accuracy on {bench} {100 * r['delta']:+.1f} pt "
-                                            f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"))
+                                            f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]",
+                                            f"multiple_choice/{bench}"))
             rows.append(row)
             tones.append(row_t)
         t = Table(["benchmark", "questions", _base_label(base)] + [m for m in models if m != base], rows, tones)
@@ -248,6 +278,33 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any]) 
                    intro + "\n\n" + "\n\n".join(parts_md), findings, images)
 
 
+def forecast_section(data: dict[str, Any]) -> Section:
+    """The forgetting forecast: each tuned model's mean per-token KL to the base on the SFT set's own prompts."""
+    findings, rows = [], []
+    for model, r in data["models"].items():
+        fwd, rev = r["forward"], r["reverse"]
+        rows.append([model, fmt(r["n_prompts"]), fmt(r["n_answers"]), fmt(r["n_positions"]),
+                     f"{fmt(fwd['mean'], 4)} [{fmt(fwd['ci_low'], 4)}, {fmt(fwd['ci_high'], 4)}]",
+                     f"{fmt(rev['mean'], 4)} [{fmt(rev['ci_low'], 4)}, {fmt(rev['ci_high'], 4)}]"])
+        if not math.isnan(fwd["mean"]):
+            findings.append(Finding(model, "note", f"forgetting forecast: KL(base ‖ tuned) {fwd['mean']:.4f} nats/token "
+                                                   f"[{fwd['ci_low']:.4f}, {fwd['ci_high']:.4f}] on the SFT prompts"))
+    table = Table(["model", "SFT prompts", "answers", "tokens", "KL(base ‖ tuned) [95% CI]",
+                   "KL(tuned ‖ base) [95% CI]"], rows)
+    context = ("both reading the same prompt ids" if data["template"] == "same"
+               else "the tuned model reading its own template and the base a plain prompt")
+    k = data["samples_per_prompt"]
+    intro = (f"On {data['prompts']} distinct prompts of the SFT set, each tuned model samples {k} answer{'s' if k != 1 else ''} "
+             f"per prompt. Along them, {context}, the base's and the tuned model's next-token distributions are compared "
+             "at every position (the stopping position included). KL(base ‖ tuned) = "
+             "Σ_v p_base(v) log(p_base(v) / p_tuned(v)) is the forward KL that forgetting tracks in "
+             f"{data['source']}; the reverse direction is beside it. Both are nats per token, with percentile bootstrap "
+             "95% intervals over prompts. It needs no benchmark: a larger value forecasts more forgetting, and the "
+             "sweep checks that forecast against the forgetting it measures.")
+    return Section("forecast", "Forgetting forecast (KL to the base on the SFT prompts)", data,
+                   _p(intro) + table.to_html(), intro + "\n\n" + table.to_markdown(), findings)
+
+
 def task_section(data: dict[str, Any], base: str) -> Section:
     """BLEU, ROUGE-L and exact match of greedy outputs on the eval set."""
     metrics = [("bleu", "BLEU", 2), ("rouge_l", "ROUGE-L", 3), ("exact_match", "exact match", 3)]
@@ -265,7 +322,7 @@ def task_section(data: dict[str, Any], base: str) -> Section:
                 t = tone(d["delta"], True, sig)
                 if sig:
                     findings.append(Finding(model, "gained" if d["delta"] > 0 else "lost",
-                                            f"{label} on the eval set {d['delta']:+.{digits}f}"))
+                                            f"{label} on the eval set {d['delta']:+.{digits}f}", f"task/{key}"))
             row.append(cell)
             row_t.append(t)
         rows.append(row)
@@ -280,3 +337,206 @@ def task_section(data: dict[str, Any], base: str) -> Section:
         for i, ex in enumerate(data["examples"]))
     return Section("task", "Task quality", data, _p(intro) + table.to_html() + ex_html,
                    intro + "\n\n" + table.to_markdown(), findings)
+
+
+# --------------------------------------------------------------------------------------------------
+# Style capture, prompt adherence, surface form
+
+# A reference corpus the style classifier calls SFT-style at least this often shares the SFT set's surface form.
+CORPUS_STYLE_THRESHOLD = 0.5
+# Below this held-out balanced accuracy the classifier barely tells the SFT style from the base's.
+WEAK_CLASSIFIER = 0.6
+
+
+def _pt(d: dict[str, Any]) -> str:
+    """A share's delta in percentage points with its interval: ``+59.0 pt [+48.1, +68.8]``."""
+    return fmt_delta(100 * d["delta"], 1, (100 * d["ci_low"], 100 * d["ci_high"])) + " pt"
+
+
+def _share_ci(v: dict[str, Any]) -> str:
+    if v["value"] is None or math.isnan(v["value"]):
+        return "–"
+    return f"{_pct(v['value'])} [{_pct(v['ci_low'])}, {_pct(v['ci_high'])}]"
+
+
+def _num_ci(v: dict[str, Any], digits: int = 3) -> str:
+    if v["value"] is None or math.isnan(v["value"]):
+        return "–"
+    return f"{fmt(v['value'], digits)} [{fmt(v['ci_low'], digits)}, {fmt(v['ci_high'], digits)}]"
+
+
+def adherence_fell(data: dict[str, Any]) -> set[str]:
+    """The tuned models whose prompt adherence fell (interval below zero)."""
+    deltas = data.get("adherence", {}).get("deltas", {})
+    return {m for m, d in deltas.items() if d["ci_high"] is not None and not math.isnan(d["ci_high"]) and d["ci_high"] < 0}
+
+
+def sft_style_corpora(data: dict[str, Any]) -> dict[str, float]:
+    """Reference corpora the style classifier calls SFT-style at least ``CORPUS_STYLE_THRESHOLD`` of the time."""
+    corpora = data.get("capture", {}).get("corpora", {})
+    return {c: s for c, s in corpora.items() if s >= CORPUS_STYLE_THRESHOLD}
+
+
+def _feature_text(f: dict[str, Any]) -> str:
+    # repr shows what a reader could not see otherwise: the space in " ,", a newline.
+    return f"{repr(f['text'])} ({f['kind']})"
+
+
+def style_section(data: dict[str, Any], base: str, embedder: str | None) -> Section:
+    """Style capture, prompt adherence and surface form of every model's sampled answers, against the base.
+
+    Findings, in the order the headline reads them: the share of answers in the SFT set's style (lost when
+    it rises above the base's floor), prompt adherence (lost when it falls, gained when it rises), the
+    casing and punctuation of the answers (lost: the base's surface form), then length and stop rate
+    (notes). Each only when its 95% interval excludes zero.
+    """
+    models: list[str] = data["models"]
+    tuned = [m for m in models if m != base]
+    findings: list[Finding] = []
+    parts_html: list[str] = []
+    parts_md: list[str] = []
+    cap = data.get("capture")
+    adh = data.get("adherence")
+    surf = data["surface"]
+
+    intro = ("How each model answers, whatever it was asked: in the SFT set's style or its own, on the question or "
+             "off it, and in which surface form. A fine-tune that has collapsed onto its SFT set writes every answer "
+             "in that set's style and drifts off the question, while lexical diversity, which rewards incoherent "
+             "text, can rise. All intervals are bootstrap 95% intervals resampling prompts (every answer of a "
+             "prompt together), paired with the base for the differences.")
+    parts_html.append(_p(intro))
+    parts_md.append(intro)
+
+    if cap is not None:
+        rows, tones = [], []
+        for m in models:
+            row = [m if m != base else _base_label(base), _share_ci(cap["models"][m])]
+            row_t = ["", ""]
+            if m == base:
+                row.append("floor (held-out answers)")
+                row_t.append("")
+            else:
+                d = cap["deltas"][m]
+                sig = excludes_zero(d["ci_low"], d["ci_high"])
+                row.append(_pt(d))
+                row_t.append(tone(d["delta"], False, sig))
+                floor = cap["models"][base]["value"]
+                if sig and d["delta"] > 0:
+                    findings.append(Finding(m, "lost", f"style capture: {_pct(cap['models'][m]['value'])} of its answers "
+                                                       f"are in the SFT set's style (base floor {_pct(floor)}; {_pt(d)})", "style/capture"))
+                elif sig:
+                    findings.append(Finding(m, "note", f"style capture: fewer answers in the SFT set's style than the "
+                                                       f"base's ({_pt(d)})"))
+            rows.append(row)
+            tones.append(row_t)
+        table = Table(["model", "answers called SFT-style [95% CI]", "Δ vs base"], rows, tones)
+        acc = cap["balanced_accuracy"]
+        method = (f"A classifier (TF-IDF of character 1-4-grams and word 1-2-grams, case and punctuation kept; logistic "
+                  f"regression; words that are neither frequent in the SFT set nor used in the base's answers to several "
+                  f"prompts are masked to their shape, X for a capital, x for a small letter, 0 for a digit, so that "
+                  f"the prompts' topics do not stand in for style) learns to tell {cap['n_sft']} SFT responses from the base's own {cap['n_base']} answers "
+                  f"to these prompts. It is cross-fitted over {cap['folds']} folds of prompts: each answer is scored by "
+                  f"the classifier that never saw the base's answers to its prompt. Held-out balanced accuracy "
+                  f"{acc:.1%} (SFT responses recognised {cap['sft_recall']:.1%}, base answers {cap['base_recall']:.1%}); "
+                  f"the base's share is the classifier's false-positive floor. When the audit prompts are unrelated to "
+                  f"the SFT task, this share is the collapse measure: a model that answers them in the SFT set's style "
+                  f"has collapsed onto it.")
+        if acc < WEAK_CLASSIFIER:
+            method += (f" The classifier barely tells the two styles apart (accuracy under {WEAK_CLASSIFIER:.0%}): the "
+                       "SFT set's style is close to the base's, and style capture is weakly measured.")
+            for m in tuned:
+                findings.append(Finding(m, "note", f"style capture weakly measured: the classifier tells SFT responses "
+                                                   f"from the base's answers with {acc:.0%} balanced accuracy"))
+        feats = cap["features"]
+        f_sft = ", ".join(_feature_text(f) for f in feats["sft"]) or "–"
+        f_base = ", ".join(_feature_text(f) for f in feats["base"]) or "–"
+        feat_text = f"What marks the SFT style (strongest n-grams): {f_sft}. What marks the base's: {f_base}."
+        corpora = cap.get("corpora", {})
+        corp_text = ""
+        if corpora:
+            corp_text = ("Reference corpora, paragraph by paragraph, called SFT-style: "
+                         + ", ".join(f"{c} {_pct(s)}" for c, s in corpora.items())
+                         + f". A corpus at {CORPUS_STYLE_THRESHOLD:.0%} or more shares the SFT set's surface form, so "
+                           "a perplexity drop on it can come from that form alone.")
+        parts_html += ["<h3>Style capture</h3>", table.to_html(), _p(method), _p(feat_text)]
+        parts_md += ["### Style capture", table.to_markdown(), method, feat_text]
+        if corp_text:
+            parts_html.append(_p(corp_text))
+            parts_md.append(corp_text)
+    else:
+        note = ("No style capture: " + data["capture_skipped"] + "." if "capture_skipped" in data else
+                "No style capture: it needs the SFT data (--sft-data) to learn the SFT set's style from.")
+        parts_html.append(_p(note))
+        parts_md.append(note)
+
+    if adh is not None:
+        rows, tones = [], []
+        for m in models:
+            row = [m if m != base else _base_label(base), _num_ci(adh["models"][m])]
+            row_t = ["", ""]
+            if m == base:
+                row.append("")
+                row_t.append("")
+            else:
+                d = adh["deltas"][m]
+                sig = excludes_zero(d["ci_low"], d["ci_high"])
+                row.append(fmt_delta(d["delta"], ci=(d["ci_low"], d["ci_high"])))
+                row_t.append(tone(d["delta"], True, sig))
+                if sig:
+                    findings.append(Finding(m, "lost" if d["delta"] < 0 else "gained",
+                                            f"prompt adherence (prompt–answer cosine) {fmt(adh['models'][base]['value'])} "
+                                            f"→ {fmt(adh['models'][m]['value'])} "
+                                            f"({fmt_delta(d['delta'], ci=(d['ci_low'], d['ci_high']))})", "style/adherence"))
+            lp = data.get("base_logprob", {}).get(m)
+            row.append(_num_ci(lp) if lp else "–")
+            row_t.append("")
+            rows.append(row)
+            tones.append(row_t)
+        table = Table(["model", "prompt–answer cosine [95% CI]", "Δ vs base", "mean log p_base per token"], rows, tones)
+        text = (f"Cosine between the embedding of each prompt and of each of its answers ({embedder}), averaged over "
+                "answers. Beside it, a second view of how far the answers are from what the base would say: the "
+                "mean log-probability per token the base gives each tuned model's scored answer (the shift section's "
+                "answers, teacher-forced through the base).")
+        parts_html += ["<h3>Prompt adherence</h3>", table.to_html(), _p(text)]
+        parts_md += ["### Prompt adherence", table.to_markdown(), text]
+    else:
+        note = "No prompt adherence: it needs a sentence-embedding model (embedding_model)."
+        parts_html.append(_p(note))
+        parts_md.append(note)
+
+    headers = ["statistic"] + (["SFT data"] if "sft_data" in surf else []) + [_base_label(base)] + tuned + [
+        f"Δ {m} [95% CI]" for m in tuned]
+    rows, tones = [], []
+    for key, spec in surf["stats"].items():
+        is_share = spec["stat"] == "mean"
+        cell = (lambda v: _pct(v)) if is_share else (lambda v: fmt(v, 1))
+        row = [spec["label"]]
+        row_t = [""]
+        if "sft_data" in surf:
+            row.append(cell(surf["sft_data"].get(key)) if surf["sft_data"].get(key) is not None else "–")
+            row_t.append("")
+        for m in [base, *tuned]:
+            row.append(cell(surf["models"][m][key]["value"]))
+            row_t.append("")
+        for m in tuned:
+            d = surf["deltas"][m][key]
+            sig = excludes_zero(d["ci_low"], d["ci_high"])
+            row.append(_pt(d) if is_share else fmt_delta(d["delta"], 1, (d["ci_low"], d["ci_high"])))
+            row_t.append("bad" if sig and key in ("starts_lower", "spaced_punctuation") else "")
+            if sig:
+                b, t = surf["models"][base][key]["value"], surf["models"][m][key]["value"]
+                change = f"{cell(b)} → {cell(t)} ({_pt(d) if is_share else fmt_delta(d['delta'], 1, (d['ci_low'], d['ci_high']))})"
+                kind = "lost" if key in ("starts_lower", "spaced_punctuation") else "note"
+                findings.append(Finding(m, kind, f"surface form: {spec['label']} {change}", f"style/surface/{spec['label']}"))
+        rows.append(row)
+        tones.append(row_t)
+    table = Table(headers, rows, tones)
+    text = ("Per answer: whether its first letter is lower case, whether it has tokenised punctuation (a space before "
+            "a comma or period, as tokenised corpora write it), its length in generated tokens, and whether it ended "
+            "(EOS) before the token budget. Casing and punctuation that move away from the base's are its surface form "
+            "lost; length and stop rate are reported as notes.")
+    parts_html += ["<h3>Surface form</h3>", table.to_html(), _p(text)]
+    parts_md += ["### Surface form", table.to_markdown(), text]
+    data = {**data, "embedding_model": embedder}
+    return Section("style", "Style capture, prompt adherence and surface form", data, "".join(parts_html),
+                   "\n\n".join(parts_md), findings)
