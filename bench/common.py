@@ -47,6 +47,27 @@ class StepTimer(TrainerCallback):
             self.result = (time.perf_counter() - t0, state.num_input_tokens_seen - n0)
 
 
+def matmul_gflops(dtype_name: str, n: int = 2048, reps: int = 4) -> float:
+    """The rate of an ``n`` x ``n`` matmul in ``dtype_name`` (float32 or bfloat16), in GFLOP/s (2 n^3 per
+    product), best of ``reps`` after one warm-up: the machine's matrix-unit ceiling at its current load."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, as ``uptime`` prints them."""
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 class Quiet:
     """Mute a contender's setup chatter (summary tables, progress bars, warnings); timing is unaffected."""
 

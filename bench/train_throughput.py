@@ -1,18 +1,30 @@
 """Training throughput: sftlab against TRL's SFTTrainer and a plain transformers Trainer.
 
-Same tiny GPT-2 (the ``tiny`` preset, about 1M parameters), same Alpaca records, same sequence length
-and effective batch, measured in one process and interleaved in rounds so that machine load hits every
-contender alike. Throughput counts the same tokens for everyone: non-padding input tokens per second
-(transformers' ``include_num_input_tokens_seen="non_padding"``), over the steps after a warm-up.
+Same model, same Alpaca records, same sequence length and effective batch, measured in one process and
+interleaved in rounds so that machine load hits every contender alike. Throughput counts the same tokens
+for everyone: non-padding input tokens per second (transformers' ``include_num_input_tokens_seen="non_padding"``),
+over the steps after a warm-up. Each measurement also records the process's peak RSS while training.
 
-Contenders:
+The default model is a random-init tiny GPT-2 (the ``tiny`` preset, about 1M parameters), with contenders:
   sftlab packed        `sftlab train` with packing (its recommended setting), built by the real recipe
   sftlab padded        the same without packing (rows padded to the longest in the batch)
   Trainer max_length   plain transformers.Trainer, rows padded to max_length (the common recipe)
   TRL defaults         trl.SFTTrainer with SFTConfig defaults (bf16 autocast, gradient checkpointing)
   TRL best CPU         trl.SFTTrainer in fp32 without gradient checkpointing
 
+``--model`` names a real base instead (``smollm2-135m-instruct``, a model dir, a .gguf file), trained in
+full from its own weights with its own chat template, in fp32 and under bf16 autocast:
+  sftlab fp32 / bf16   `sftlab train` (padded rows, fused AdamW, scored-positions head), dtype float32 / auto
+  TRL defaults         SFTConfig defaults (bf16 autocast, gradient checkpointing, fused AdamW)
+  TRL best CPU fp32    SFTConfig without gradient checkpointing, bf16 off
+  TRL best CPU bf16    SFTConfig without gradient checkpointing, bf16 on
+  TRL best CPU bf16 eager   the same with eager attention, the kernel sftlab picks for short bf16 rows
+Beside tokens/s it reports the fraction of the machine's bf16 matmul rate each reaches: model FLOPs
+(6 x parameters per token) per second over the rate of a 2048^2 bf16 matmul timed just before that
+measurement, so both see the same load.
+
 Run:  .venv/bin/python bench/train_throughput.py [--steps 30] [--rounds 2] [--threads 2]
+      .venv/bin/python bench/train_throughput.py --model smollm2-135m-instruct --threads 2
 """
 
 from __future__ import annotations
@@ -25,23 +37,32 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import Quiet, StepTimer, shared_data
+from common import Quiet, StepTimer, load_average, matmul_gflops, shared_data
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="a real base (built-in name, model dir, .gguf) instead of the tiny GPT-2")
     p.add_argument("--records", type=int, default=1000)
-    p.add_argument("--seq", type=int, default=128, help="max_length")
-    p.add_argument("--batch", type=int, default=16, help="per-device batch (no accumulation)")
-    p.add_argument("--steps", type=int, default=30, help="timed optimizer steps per measurement")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing starts")
+    p.add_argument("--seq", type=int, help="max_length (default 128; 96 with --model)")
+    p.add_argument("--batch", type=int, help="per-device batch, no accumulation (default 16; 8 with --model)")
+    p.add_argument("--steps", type=int, help="timed optimizer steps per measurement (default 30; 3 with --model)")
+    p.add_argument("--warmup", type=int, help="untimed steps before timing starts (default 5; 1 with --model)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the median is reported")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--only", nargs="*", help="run only these contenders (names as in the table)")
-    p.add_argument("--fraction-lengths", nargs="*", type=int, default=[256, 512, 1024],
-                   help="also report the real-token fraction at these max_lengths")
+    p.add_argument("--fraction-lengths", nargs="*", type=int,
+                   help="also report the real-token fraction at these max_lengths (default 256 512 1024; none "
+                        "with --model)")
     p.add_argument("--json", type=Path, help="also write the results here")
-    return p.parse_args()
+    args = p.parse_args()
+    real = args.model is not None
+    defaults = {"seq": 96 if real else 128, "batch": 8 if real else 16, "steps": 3 if real else 30,
+                "warmup": 1 if real else 5, "fraction_lengths": [] if real else [256, 512, 1024]}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def main() -> None:
@@ -52,27 +73,51 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="sftlab-bench-"))
     setup = make_setup(work, args)
 
-    contenders: dict[str, Callable[[StepTimer], Any]] = {
-        "sftlab packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True),
-        "sftlab padded": lambda timer: sftlab_trainer(setup, args, timer, packing=False),
-        "Trainer max_length": lambda timer: plain_trainer(setup, args, timer),
-        "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
-        "TRL best CPU": lambda timer: trl_trainer(setup, args, timer, best_cpu=True),
-    }
+    contenders: dict[str, Callable[[StepTimer], Any]]
+    if args.model:
+        contenders = {
+            "sftlab fp32": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="float32"),
+            "sftlab bf16": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto"),
+            "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
+            "TRL best CPU fp32": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
+            "TRL best CPU bf16": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
+            # sftlab's own choice of attention kernel for short bf16 rows on a CPU, handed to TRL.
+            "TRL best CPU bf16 eager": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True,
+                                                                 attention="eager"),
+        }
+    else:
+        contenders = {
+            "sftlab packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True),
+            "sftlab padded": lambda timer: sftlab_trainer(setup, args, timer, packing=False),
+            "Trainer max_length": lambda timer: plain_trainer(setup, args, timer),
+            "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
+            "TRL best CPU": lambda timer: trl_trainer(setup, args, timer, best_cpu=True),
+        }
+    from sftlab.recipes.train import peak_memory_mb, reset_peak_memory
+
     names = [n for n in contenders if not args.only or n in args.only]
     speeds: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, list[float]] = {n: [] for n in names}
+    matmul: dict[str, list[float]] = {n: [] for n in names}  # bf16 GFLOP/s just before each measurement
+    print(f"load average before: {load_average()}", flush=True)
     for rnd in range(args.rounds):
         for name in names:
             timer = StepTimer(args.warmup, args.steps)
             trainer = contenders[name](timer)
+            if args.model:
+                matmul[name].append(matmul_gflops("bfloat16"))
+            reset_peak_memory()
             trainer.train()
+            peaks[name].append(peak_memory_mb() or float("nan"))
             seconds, tokens = timer.result
             speeds[name].append(tokens / seconds)
-            print(f"round {rnd + 1} {name:20s} {tokens / seconds:9.0f} tok/s ({tokens} tokens in {seconds:.2f} s)",
-                  flush=True)
+            print(f"round {rnd + 1} {name:20s} {tokens / seconds:9.1f} tok/s ({tokens} tokens in {seconds:.2f} s), "
+                  f"peak RSS {peaks[name][-1]:.0f} MB" + (f", bf16 matmul {matmul[name][-1]:.0f} GFLOP/s"
+                                                          if matmul[name] else ""), flush=True)
             del trainer
+    print(f"load average after: {load_average()}", flush=True)
 
-    report(speeds, setup, args)
+    report(speeds, peaks, matmul, setup, args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,27 +125,36 @@ def main() -> None:
 
 
 def make_setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Tokenizer + random-init tiny GPT-2 saved once; the Alpaca subset as a file and as prompt/completion."""
+    """The base (``--model``, or a tokenizer + random-init tiny GPT-2 saved once); the Alpaca subset as a
+    file and as prompt/completion rendered with the base's own template."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from sftlab.config import TrainConfig
     from sftlab.data.dataset import build_train_dataset
     from sftlab.data.readers import read_records
     from sftlab.data.tokenize import render_prompt
+    from sftlab.models.builtin import resolve_model_source
+    from sftlab.models.load import load_tokenizer
     from sftlab.models.tiny import build_config, save_tokenizer, train_tokenizer
 
     records = json.loads((shared_data() / "alpaca" / "alpaca_5000.json").read_text())[: args.records]
     data_file = work / "alpaca.json"
     data_file.write_text(json.dumps(records))
-    tokenizer = train_tokenizer((r["instruction"] + " " + r["input"] + " " + r["output"] for r in records), 2048)
-    model_dir = work / "base"
-    torch.manual_seed(0)
-    config = build_config(len(tokenizer), "gpt2", "tiny", max_position_embeddings=args.seq,
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = AutoModelForCausalLM.from_config(config)
-    model.save_pretrained(str(model_dir))
-    save_tokenizer(tokenizer, model_dir)
+    if args.model:
+        model_dir = Path(resolve_model_source(args.model))
+        tokenizer = load_tokenizer(str(model_dir))
+        with torch.device("meta"):  # only to count the parameters
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)))
+    else:
+        tokenizer = train_tokenizer((r["instruction"] + " " + r["input"] + " " + r["output"] for r in records), 2048)
+        model_dir = work / "base"
+        torch.manual_seed(0)
+        config = build_config(len(tokenizer), "gpt2", "tiny", max_position_embeddings=args.seq,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(str(model_dir))
+        save_tokenizer(tokenizer, model_dir)
 
     parsed = read_records([data_file]).records
     prompt_completion = [
@@ -110,7 +164,7 @@ def make_setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     # example per row padded to max_length. Tokenization and packing only, at several lengths.
     # Also packed with overflow: split, where long examples become several documents instead of being cut.
     fractions = {}
-    for length in sorted({args.seq, *args.fraction_lengths}):
+    for length in sorted({args.seq, *args.fraction_lengths} if args.fraction_lengths else ()):
         for packing, overflow, label in ((True, "truncate", "packed"), (True, "split", "packed, overflow split"),
                                          (False, "truncate", "padded to max_length")):
             cfg = TrainConfig(model_name_or_path=str(model_dir), train_file=[str(data_file)], max_length=length,
@@ -123,7 +177,8 @@ def make_setup(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         "data_file": data_file,
         "tokenizer": tokenizer,
         "prompt_completion": prompt_completion,
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": sum(p.numel() for p in model.parameters()),  # a tied embedding counts once
+        "model_name": args.model or "tiny GPT-2",
         "fractions": fractions,
     }
 
@@ -134,7 +189,7 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
         "per_device_train_batch_size": args.batch,
         "gradient_accumulation_steps": 1,
         "max_steps": args.warmup + args.steps,
-        "learning_rate": 1e-3,
+        "learning_rate": 1e-3 if args.model is None else 1e-5,  # a pretrained base takes a small step
         "save_strategy": "no",
         "seed": 0,
     }
@@ -144,7 +199,8 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 # Contenders
 
 
-def sftlab_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, packing: bool) -> Any:
+def sftlab_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, packing: bool,
+                   dtype: str = "auto") -> Any:
     """The trainer `sftlab train` builds (its callbacks, collator, loss and NaN guard included)."""
     from sftlab.config import TrainConfig
     from sftlab.recipes.train import prepare_train
@@ -152,7 +208,7 @@ def sftlab_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, 
     out = Path(tempfile.mkdtemp(dir=setup["work"]))
     cfg = TrainConfig(model_name_or_path=str(setup["model_dir"]), train_file=[str(setup["data_file"])],
                       output_dir=str(out), max_length=args.seq, packing=packing, logging_steps=10,
-                      resume="never", **_common(args))
+                      resume="never", dtype=dtype, **_common(args))
     with Quiet():
         session = prepare_train(cfg)
     session.trainer.args.include_num_input_tokens_seen = "non_padding"
@@ -188,21 +244,25 @@ def plain_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any) -
     return trainer
 
 
-def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, best_cpu: bool) -> Any:
-    """trl.SFTTrainer on the same prompts and completions (completion-only loss, EOS appended by TRL)."""
+def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, best_cpu: bool,
+                bf16: bool = False, attention: str | None = None) -> Any:
+    """trl.SFTTrainer on the same prompts and completions (completion-only loss, EOS appended by TRL).
+    ``best_cpu`` turns gradient checkpointing off and sets bf16 autocast to ``bf16``; ``attention`` picks the
+    model's attention kernel (default: transformers', SDPA)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     # use_cpu: without it SFTConfig's bf16 default refuses to start on a machine without a GPU.
-    extra = {"bf16": False, "gradient_checkpointing": False} if best_cpu else {}
+    extra = {"bf16": bf16, "gradient_checkpointing": False} if best_cpu else {}
     config = SFTConfig(
         output_dir=str(setup["work"] / "trl"), max_length=args.seq, report_to="none", disable_tqdm=True,
         use_cpu=True, include_num_input_tokens_seen="non_padding", **_common(args), **extra,
     )
     with Quiet():
         trainer = SFTTrainer(
-            model=AutoModelForCausalLM.from_pretrained(str(setup["model_dir"])),
+            model=AutoModelForCausalLM.from_pretrained(
+                str(setup["model_dir"]), **({"attn_implementation": attention} if attention else {})),
             args=config,
             train_dataset=Dataset.from_list(setup["prompt_completion"]),
             processing_class=setup["tokenizer"],
@@ -215,20 +275,35 @@ def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, bes
 # Report
 
 
-def report(speeds: dict[str, list[float]], setup: dict[str, Any], args: argparse.Namespace) -> None:
+def report(speeds: dict[str, list[float]], peaks: dict[str, list[float]], matmul: dict[str, list[float]],
+           setup: dict[str, Any], args: argparse.Namespace) -> None:
+    """Median tokens/s, peak RSS and (real model) fraction of the bf16 matmul rate per contender; ratios."""
     median = {name: statistics.median(v) for name, v in speeds.items() if v}
+    flops_per_token = 6 * setup["params"]  # forward + backward, the usual 6N estimate (attention left out)
+    fraction = {name: statistics.median(s * flops_per_token / (m * 1e9) for s, m in zip(speeds[name], matmul[name]))
+                for name in median if matmul[name]}
     print()
-    print(f"GPT-2 {setup['params'] / 1e6:.2f}M parameters, seq {args.seq}, batch {args.batch}, "
-          f"{args.threads} threads, {args.steps} timed steps after {args.warmup}, median of {args.rounds} rounds")
-    print(f"{'contender':22s} {'tok/s':>9s}  rounds")
+    print(f"{setup['model_name']}, {setup['params'] / 1e6:.2f}M parameters, seq {args.seq}, batch {args.batch}, "
+          f"{args.threads} threads, {args.steps} timed steps after {args.warmup}, median of {args.rounds} rounds; "
+          f"load average {load_average()}")
+    print(f"{'contender':22s} {'tok/s':>9s} {'peak MB':>8s} {'of bf16 matmul':>15s}  rounds")
     for name, value in median.items():
-        rounds = ", ".join(f"{v:.0f}" for v in speeds[name])
-        print(f"{name:22s} {value:9.0f}  [{rounds}]")
-    ratios = {}
-    for ours in ("sftlab packed", "sftlab padded"):
-        for peer in ("TRL defaults", "TRL best CPU", "Trainer max_length"):
-            if ours in median and peer in median:
-                ratios[f"{ours} / {peer}"] = median[ours] / median[peer]
+        rounds = ", ".join(f"{v:.1f}" for v in speeds[name])
+        share = f"{fraction[name]:.1%}" if name in fraction else "-"
+        print(f"{name:22s} {value:9.1f} {statistics.median(peaks[name]):8.0f} {share:>15s}  [{rounds}]")
+    if any(matmul.values()):
+        rates = [m for v in matmul.values() for m in v]
+        print(f"2048^2 bf16 matmul: median {statistics.median(rates):.0f} GFLOP/s (min {min(rates):.0f}, "
+              f"max {max(rates):.0f}); fp32 now {matmul_gflops('float32'):.0f}")
+    pairs = [("sftlab bf16", "TRL defaults"), ("sftlab bf16", "TRL best CPU bf16"),
+             ("sftlab bf16", "TRL best CPU bf16 eager"),
+             ("sftlab fp32", "TRL best CPU fp32"), ("sftlab bf16", "sftlab fp32"),
+             ("TRL best CPU bf16", "TRL best CPU fp32")]
+    pairs += [(ours, peer) for ours in ("sftlab packed", "sftlab padded")
+              for peer in ("TRL defaults", "TRL best CPU", "Trainer max_length")]
+    # Ratios per round (both measured in the same round, so under similar load), then their median.
+    ratios = {f"{a} / {b}": statistics.median(x / y for x, y in zip(speeds[a], speeds[b]))
+              for a, b in pairs if a in median and b in median}
     print()
     for key, value in ratios.items():
         print(f"{key:40s} {value:5.2f}x")
@@ -237,7 +312,10 @@ def report(speeds: dict[str, list[float]], setup: dict[str, Any], args: argparse
         print(f"real-token fraction, {key:40s} {value:.1%}")
     if args.json:
         args.json.write_text(json.dumps({"tokens_per_s": speeds, "median": median, "ratios": ratios,
+                                         "peak_rss_mb": peaks, "bf16_matmul_gflops": matmul,
+                                         "fraction_of_bf16_matmul": fraction,
                                          "real_token_fraction": setup["fractions"], "params": setup["params"],
+                                         "load_average_end": load_average(),
                                          "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
 
 

@@ -13,6 +13,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -109,12 +110,39 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tok
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """``auto`` means bf16 on a GPU that supports it, fp32 otherwise (CPU-sane)."""
+# Narrowest model (hidden size) for which ``dtype: auto`` picks bf16 autocast on an AMX CPU. Measured with
+# bench/bf16_threshold.py (one training step, 8 x 96 tokens, fp32 time / bf16 time, 1 thread, Xeon with AMX,
+# torch 2.13; docs/benchmarks.md): width 64 0.79x (bf16 slower: casts and AMX tile set-up outweigh the tiny
+# matmuls), width 128 1.01x (no gain), width 288 1.40x, width 576 (4 layers) 1.63x; SmolLM2-135M through
+# `sftlab train` 1.76x (bench/bf16_agreement.py).
+CPU_BF16_MIN_WIDTH = 256
+
+
+def cpu_has_amx_bf16() -> bool:
+    """True when this CPU has AMX bf16 tile units (Intel Sapphire Rapids and later), as torch detects them."""
+    return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+
+
+def model_width(config: PretrainedConfig | None) -> int | None:
+    """The model's hidden size (``hidden_size``; GPT-2 maps it to ``n_embd``), or None when unknown."""
+    width = getattr(config, "hidden_size", None) if config is not None else None
+    return width if isinstance(width, int) else None
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str, config: PretrainedConfig | None = None) -> torch.dtype:
+    """The compute dtype ``dtype`` names; ``auto`` is bf16 where bf16 pays, fp32 elsewhere.
+
+    bf16 pays on a CUDA GPU that supports it, and on a CPU with AMX bf16 units for a model at least
+    :data:`CPU_BF16_MIN_WIDTH` wide (``config``'s hidden size); narrower models, models of unknown width,
+    and CPUs without AMX (where bf16 matmuls are emulated and slower than fp32) get fp32.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        width = model_width(config)
+        if device == "cpu" and cpu_has_amx_bf16() and width is not None and width >= CPU_BF16_MIN_WIDTH:
             return torch.bfloat16
         return torch.float32
     try:
@@ -122,6 +150,57 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise UserError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+# Longest rows for which training under CPU bf16 autocast uses eager attention instead of SDPA. SDPA's CPU
+# flash kernel is slow in bf16 on short rows; fwd+bwd of one SmolLM2 attention layer (9 query / 3 KV heads of
+# 64, 1 thread, loaded machine; docs/benchmarks.md), SDPA vs eager: 96 tokens x 8 rows 84-126 ms vs 26 ms,
+# 128 x 6 109-118 vs 75, 192 x 3 61-65 vs 56, 256 x 4 100-123 vs 116, 512 x 2 107-135 vs 180. In fp32 SDPA
+# is the faster one at every length tried (96 x 8: 29 ms vs 41).
+CPU_BF16_EAGER_MAX_LENGTH = 192
+
+
+def training_attention(precision: str, device: str, max_length: int) -> str | None:
+    """The attention implementation to train with: ``eager`` under bf16 autocast on a CPU for rows of at most
+    :data:`CPU_BF16_EAGER_MAX_LENGTH` tokens, else None (transformers' default, SDPA)."""
+    if precision == "bf16" and device == "cpu" and max_length <= CPU_BF16_EAGER_MAX_LENGTH:
+        return "eager"
+    return None
+
+
+def weights_and_autocast(compute: torch.dtype, device: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """How to run inference in ``compute``: (dtype to load the weights in, autocast dtype or None).
+
+    On a CPU the weights stay fp32 and matmuls run under ``torch.autocast`` in ``compute``: norms,
+    softmax and the residual stream keep fp32, which a model cast whole to bf16 would lose, and AMX
+    runs the matmuls at the bf16 rate either way. On a GPU a half-precision model is loaded in that
+    dtype (half the memory, the usual practice there).
+    """
+    if compute == torch.float32:
+        return torch.float32, None
+    if device == "cpu":
+        return torch.float32, compute
+    return compute, None
+
+
+def autocast(dtype: torch.dtype | None, device: str) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` in ``dtype`` on ``device``'s type; a no-op for None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The model config of a model dir, built-in name, .gguf file or hub id; an adapter dir gives its base's."""
+    name_or_path = resolve_model_source(name_or_path)
+    _check_source(name_or_path)
+    source = resolve_model_source(adapter_base_path(name_or_path)) if is_adapter_dir(name_or_path) else name_or_path
+    try:
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if Path(source).exists():
+            raise UserError(f"{source}: could not read its config ({type(exc).__name__}: {exc})") from None
+        raise _hub_error(source, exc) from None
 
 
 def dropout_overrides(config: PretrainedConfig, p: float) -> dict[str, float]:
@@ -144,23 +223,30 @@ def load_model(
     trust_remote_code: bool = False,
     merge_adapter: bool = False,
     dropout: float | None = None,
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM (or base + PEFT adapter) from safetensors weights, in eval mode on ``device``.
 
     ``merge_adapter`` folds an adapter into the base weights and returns a plain transformers model.
-    ``dropout`` overrides every dropout rate of the (base) model's config before the model is built.
+    ``dropout`` overrides every dropout rate of the (base) model's config before the model is built;
+    ``attn_implementation`` picks the attention kernel (None: transformers' default).
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
+    ``dtype: auto`` loads bf16 weights on a GPU that has bf16 and fp32 weights elsewhere.
     """
     name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path)
-    torch_dtype = resolve_dtype(dtype, device)
     adapter = is_adapter_dir(name_or_path)
     base_source = resolve_model_source(adapter_base_path(name_or_path)) if adapter else name_or_path
     if adapter:
         _check_source(base_source)
     try:
         config = AutoConfig.from_pretrained(base_source, trust_remote_code=trust_remote_code)
-        overrides = dropout_overrides(config, dropout) if dropout is not None else {}
+        overrides: dict[str, Any] = dropout_overrides(config, dropout) if dropout is not None else {}
+        # Without the config, ``auto`` on a CPU keeps fp32 weights: bf16 pays there under autocast, which the
+        # caller sets up around its own compute (weights_and_autocast), not as bf16 weights.
+        torch_dtype = resolve_dtype(dtype, device)
+        if attn_implementation is not None:
+            overrides["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(
             base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **overrides
         )

@@ -55,7 +55,7 @@ from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
 from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
-from sftlab.models.load import load_model, load_tokenizer
+from sftlab.models.load import autocast, load_config, load_model, load_tokenizer, resolve_dtype, weights_and_autocast
 
 # Answers shown inline in report.html per tuned model (all of them are in token_view.html).
 INLINE_ANSWERS = 3
@@ -241,13 +241,14 @@ class _Progress:
 
 
 def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, path: str, inputs: Inputs,
-              cfg: AuditConfig, bars: _Progress, cache_dir: Path, max_length: int) -> ModelRun:
+              cfg: AuditConfig, bars: _Progress, cache_dir: Path, max_length: int, precision_tag: str = "") -> ModelRun:
     """Sampling, greedy answers, perplexity, benchmarks and eval-set answers of one model.
 
-    ``max_length`` bounds every sequence (prompt + answer, perplexity windows).
+    ``max_length`` bounds every sequence (prompt + answer, perplexity windows); ``precision_tag`` joins the
+    sample cache key (empty for fp32, so fp32 caches stay valid).
     """
     s = cfg.sampling
-    fingerprint = model_fingerprint(path)
+    fingerprint = model_fingerprint(path) + precision_tag
     prompt_ids = [encode_prompt(tok, m) for m in inputs.messages]
     sampled = generate(model, tok, prompt_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
                        fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: sampling K={s.num_samples}",
@@ -292,9 +293,10 @@ def shift_contexts(cfg: AuditConfig, base_tok: PreTrainedTokenizerBase, messages
 
 def forecast_run(cfg: AuditConfig, prompts: list[list[Message]], model: PreTrainedModel, tok: PreTrainedTokenizerBase,
                  base_model: PreTrainedModel, base_tok: PreTrainedTokenizerBase, name: str, path: str,
-                 bars: _Progress, cache_dir: Path, max_length: int) -> list[list[AnswerKL]]:
+                 bars: _Progress, cache_dir: Path, max_length: int, precision_tag: str = "") -> list[list[AnswerKL]]:
     """The forgetting forecast's raw scores: the tuned model samples answers to the SFT prompts (cached like
-    every sample), then both models are teacher-forced along them (see :mod:`sftlab.audit.forecast`).
+    every sample, ``precision_tag`` in the key as in :func:`run_model`), then both models are teacher-forced
+    along them (see :mod:`sftlab.audit.forecast`).
 
     The base reads each prompt as it does for the shift (``shift_template``). Returns, per prompt, the
     per-position KL of each of its ``forecast_samples`` answers.
@@ -302,7 +304,7 @@ def forecast_run(cfg: AuditConfig, prompts: list[list[Message]], model: PreTrain
     s = cfg.sampling.model_copy(update={"num_samples": cfg.forecast_samples})
     prompt_ids = [encode_prompt(tok, m) for m in prompts]
     sampled = generate(model, tok, prompt_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
-                       fingerprint=model_fingerprint(path),
+                       fingerprint=model_fingerprint(path) + precision_tag,
                        on_prompts_done=bars.step(f"{name}: forecast samples (SFT prompts)", len(prompt_ids)))
     tuned_ctx = [p[-max(1, max_length - s.max_new_tokens):] for p in prompt_ids]
     base_ctx = shift_contexts(cfg, base_tok, prompts, tuned_ctx, max_length)
@@ -330,33 +332,45 @@ def _release_gpu_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def audit_precision(cfg: AuditConfig, device: str) -> torch.dtype:
+    """The compute dtype of the audit: ``cfg.dtype``, with ``auto`` decided for the base model on ``device``
+    (:func:`sftlab.models.load.resolve_dtype`: bf16 on a bf16 GPU, or on an AMX CPU for a wide enough model)."""
+    return resolve_dtype(cfg.dtype, device, load_config(cfg.base, cfg.trust_remote_code))
+
+
 def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_tok: PreTrainedTokenizerBase,
                device: str, bars: _Progress, cache_dir: Path) -> tuple[dict[str, ModelRun], dict[str, list[shift.AnswerShift]]]:
     """Every model's outputs, and each tuned model's shift under the base.
 
-    The base stays loaded throughout; tuned models are loaded one at a time beside it.
+    The base stays loaded throughout; tuned models are loaded one at a time beside it. Every model runs
+    in the precision chosen for the base (:func:`audit_precision`), so their figures compare like with like.
     """
+    weights, amp = weights_and_autocast(audit_precision(cfg, device), device)
+    # The sample cache must not hand fp32 samples to a bf16 audit (or back): the key names the precision.
+    tag = "" if amp is None and weights == torch.float32 else f"-{str(amp or weights).removeprefix('torch.')}"
     base, *tuned = models
     runs: dict[str, ModelRun] = {}
     shifts: dict[str, list[shift.AnswerShift]] = {}
-    base_model = load_model(cfg.base, cfg.dtype, device, cfg.trust_remote_code)
+    base_model = load_model(cfg.base, weights, device, cfg.trust_remote_code)
     base_limit = context_limit(base_model, cfg.max_length)
-    runs[base] = run_model(base_model, base_tok, base, cfg.base, inputs, cfg, bars, cache_dir, base_limit)
+    with autocast(amp, device):
+        runs[base] = run_model(base_model, base_tok, base, cfg.base, inputs, cfg, bars, cache_dir, base_limit, tag)
     for name in tuned:
         path = models[name]
         tok = load_tokenizer(path, cfg.trust_remote_code)
         _check_vocab(base_tok, tok, path)
-        model = load_model(path, cfg.dtype, device, cfg.trust_remote_code)
+        model = load_model(path, weights, device, cfg.trust_remote_code)
         limit = context_limit(model, base_limit)
-        runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit)
-        answers = run.greedy_ids if cfg.shift_answers == "greedy" else run.first_sample_ids
-        shifts[name] = shift.score_shift(
-            model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
-            answers, base_tok.pad_token_id, cfg.sampling.batch_size,
-            bars.step(f"{name}: shift under the base", len(answers)))
-        if inputs.sft_prompts:
-            run.forecast_kl = forecast_run(cfg, inputs.sft_prompts, model, tok, base_model, base_tok, name, path, bars,
-                                           cache_dir, limit)
+        with autocast(amp, device):
+            runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit, tag)
+            answers = run.greedy_ids if cfg.shift_answers == "greedy" else run.first_sample_ids
+            shifts[name] = shift.score_shift(
+                model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
+                answers, base_tok.pad_token_id, cfg.sampling.batch_size,
+                bars.step(f"{name}: shift under the base", len(answers)))
+            if inputs.sft_prompts:
+                run.forecast_kl = forecast_run(cfg, inputs.sft_prompts, model, tok, base_model, base_tok, name, path,
+                                               bars, cache_dir, limit, tag)
         del model
         _release_gpu_memory(device)
     del base_model
@@ -426,7 +440,8 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
             sections.append(section)
     tokens = sum(len(ids) for r in runs.values() for ids in r.greedy_ids)
     meta = {"sftlab_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device, "dtype": cfg.dtype, "seconds": round(time.perf_counter() - started, 2),
+            "device": device, "dtype": str(audit_precision(cfg, device)).removeprefix("torch."),
+            "seconds": round(time.perf_counter() - started, 2),
             "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
             "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),
             "greedy_tokens": tokens}

@@ -31,13 +31,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from transformers import EarlyStoppingCallback, PreTrainedTokenizerBase, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, PretrainedConfig, PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from sftlab.config import TrainConfig, dump_config
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
@@ -46,7 +46,14 @@ from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
 from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
-from sftlab.models.load import is_adapter_dir, load_model, load_tokenizer
+from sftlab.models.load import (
+    is_adapter_dir,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    training_attention,
+)
 from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
 from sftlab.train.callbacks import (
     DatasetEpoch,
@@ -160,7 +167,8 @@ def prepare_train(
     base = _resolve_base(resolve_model_source(cfg.model_name_or_path, cfg.gguf_file))
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
-    args = training_arguments(cfg, run_dir, optim, resuming=checkpoint is not None)
+    precision = training_precision(cfg, load_config(base, cfg.trust_remote_code))
+    args = training_arguments(cfg, run_dir, optim, resuming=checkpoint is not None, precision=precision)
     main = args.process_index == 0
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,9 +192,11 @@ def prepare_train(
         trust_remote_code=cfg.trust_remote_code,
         merge_adapter=is_adapter_dir(base),
         dropout=cfg.dropout,
+        attn_implementation=training_attention(precision, "cuda" if torch.cuda.is_available() else "cpu",
+                                               cfg.max_length),
     )
     _check_positions(model, cfg.max_length)
-    if cfg.attn_implementation is not None:
+    if cfg.attn_implementation is not None:  # a kernel the config names replaces the automatic choice
         _set_attention(model, cfg.attn_implementation)
     model = apply_method(cfg, model)
 
@@ -256,6 +266,7 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
     objective_first, objective_last = summarize_logs(history, "eval_objective")
     summary = {
         "method": session.cfg.method,
+        "precision": _precision_name(trainer.args),
         "global_step": trainer.state.global_step,
         "train_seconds": train_seconds,
         "trainable_params": trainable,
@@ -298,8 +309,30 @@ def peak_memory_mb() -> float | None:
     return None
 
 
-def training_arguments(cfg: TrainConfig, run_dir: Path, optim: str, resuming: bool) -> TrainingArguments:
+def training_precision(cfg: TrainConfig, model_config: PretrainedConfig) -> Literal["fp32", "bf16", "fp16"]:
+    """The autocast precision a run trains in: ``bf16``/``fp16: true`` or an explicit ``dtype`` force it;
+    ``dtype: auto`` takes bf16 where :func:`sftlab.models.load.resolve_dtype` finds it pays for this model
+    on this machine (a GPU with bf16; an AMX CPU for a wide enough model), else fp32.
+
+    Master weights and optimizer state stay fp32 either way: accelerate wraps the forward in
+    ``torch.autocast`` (TrainingArguments' ``bf16``), which runs matmuls in bf16 and keeps reductions,
+    norms and the loss in fp32.
+    """
+    if cfg.bf16 or cfg.dtype == "bfloat16":
+        return "bf16"
+    if cfg.fp16 or cfg.dtype == "float16":
+        return "fp16"
+    if cfg.dtype == "float32":
+        return "fp32"
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Trainer will put the model
+    return "bf16" if resolve_dtype("auto", device, model_config) == torch.bfloat16 else "fp32"
+
+
+def training_arguments(
+    cfg: TrainConfig, run_dir: Path, optim: str, resuming: bool, precision: str = "fp32"
+) -> TrainingArguments:
     """TrainingArguments from the config: names pass through; checkpoints go to ``run_dir/checkpoints``.
+    ``precision`` (:func:`training_precision`) sets ``bf16`` / ``fp16`` autocast.
 
     With eval data, a fresh run also evaluates before the first step, so the summary shows eval loss
     from start to end even when ``eval_strategy`` is ``no``.
@@ -330,8 +363,8 @@ def training_arguments(cfg: TrainConfig, run_dir: Path, optim: str, resuming: bo
         max_grad_norm=cfg.max_grad_norm,
         optim=optim,
         seed=cfg.seed,
-        bf16=cfg.bf16,
-        fp16=cfg.fp16,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         eval_strategy=cfg.eval_strategy,
@@ -406,6 +439,10 @@ def _set_attention(model: torch.nn.Module, implementation: str) -> None:
         raise UserError(f"attn_implementation: {implementation} is not available here ({exc})") from None
 
 
+def _precision_name(args: TrainingArguments) -> str:
+    return "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32"
+
+
 def _evaluated_at(trainer: SFTLabTrainer, step: int) -> bool:
     return any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history)
 
@@ -416,6 +453,9 @@ def _print_setup(console: Console, session: TrainSession) -> None:
     table = Table(title=f"sftlab train -> {run_dir}", show_header=False, title_justify="left")
     table.add_row("model", f"{cfg.model_name_or_path} ({total / 1e6:.2f}M parameters)")
     table.add_row("method", f"{cfg.method}: {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
+    attention = getattr(session.trainer.model.config, "_attn_implementation", None)
+    table.add_row("precision", f"{_precision_name(session.trainer.args)} (dtype: {cfg.dtype}); weights fp32; "
+                  f"attention {attention}")
     rejected = len(data.read.rejected) + (len(data.eval_read.rejected) if data.eval_read else 0)
     reasons = data.read.counts + (data.eval_read.counts if data.eval_read else type(data.read.counts)())
     detail = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
