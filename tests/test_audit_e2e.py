@@ -271,5 +271,5 @@ def test_real_model_lora_style_capture_is_the_headline_loss(smollm2_dir, shared_
     surface = doc["sections"]["style"]["surface"]["deltas"][tuned]
     assert surface["starts_lower"]["delta"] > 0
     md = (report.parent / "report.md").read_text()
-    card = md.split(f"**{tuned}**", 1)[1]
+    card = md.split("## Summary", 1)[1].split(f"**{tuned}**", 1)[1]
     assert card.lstrip().startswith("- lost: style capture"), card[:300]
