@@ -280,6 +280,9 @@ class AuditConfig(StrictModel):
     sft_data: str | None = None
     reference: list[str] = Field(default_factory=list, description="text corpora for perplexity")
     benchmark: list[str] = Field(default_factory=list, description="multiple-choice jsonl files")
+    mc_score: Literal["acc", "acc_norm", "mean_token"] = Field(
+        "acc", description="multiple-choice rule: summed log-prob (acc), per character (acc_norm) or per token"
+    )
     eval_set: str | None = None
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     shift_template: Literal["same", "plain"] = "same"
