@@ -36,8 +36,11 @@ class LoraSettings(StrictModel):
     # PEFT's and LLaMA-Factory's default. Dropout on the adapter's input draws a mask for every adapted matrix
     # each step, a fifth of a LoRA step on a small model on CPU (docs/benchmarks.md, remedy overhead).
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = Field(
-        None, description="module names to adapt; None = detected from the architecture"
+    # all-linear: every Linear/Conv1D layer but the output head, PEFT's "all-linear", as LLaMA-Factory
+    # (lora_target: all) and Axolotl (lora_target_linear) users expect. peft-default: PEFT's own table
+    # per architecture (q_proj and v_proj for Llama: 0.34% of SmolLM2's weights at r 8).
+    target_modules: list[str] | Literal["all-linear", "peft-default"] = Field(
+        "all-linear", description="module names to adapt, all-linear, or peft-default (PEFT's table)"
     )
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r)")
 
