@@ -1,8 +1,8 @@
 """Every training and audit path on the real SmolLM2-135M-Instruct (Llama, tied embedding, ChatML, 49k vocab).
 
 Kept short: two trained runs shared by the module (full fine-tuning with NEFTune, L2-SP and EWC; LoRA
-with KL-to-base), each a few optimizer steps on 16 Alpaca records cut to 64 tokens, and an audit of a
-handful of prompts with 8 new tokens each.
+with KL-to-base), each two or three optimizer steps on 16 Alpaca records cut to 64 tokens, and an audit
+of the full run on two prompts with 8 new tokens each.
 """
 
 from __future__ import annotations
@@ -175,21 +175,27 @@ def test_weight_penalties_count_the_tied_embedding_once(full_run: dict) -> None:
     assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
     assert sum(p.numel() for p in l2sp.anchor.params) == PARAMETERS
     start = dict(zip(names, l2sp.anchor.start))
-    fisher = dict(zip(names, (s.square() for s in ewc.sqrt_fisher)))
+    sqrt_fisher = dict(zip(names, ewc.sqrt_fisher))
     with torch.no_grad():
         penalty_l2, penalty_ewc = l2sp.penalty(model, {}, None).item(), ewc.penalty(model, {}, None).item()
-        sq = {n: (p.double() - start[n].double()).square() for n, p in model.named_parameters()}
-        hand_l2 = 0.5 * l2sp.lam * sum(float(s.sum()) for s in sq.values())
-        hand_ewc = 0.5 * ewc.lam * sum(float((fisher[n].double() * s).sum()) for n, s in sq.items())
-        embedding = float(sq["model.embed_tokens.weight"].sum())
-    assert penalty_l2 == pytest.approx(hand_l2, rel=1e-4)
-    assert penalty_ewc == pytest.approx(hand_ewc, rel=1e-4)
-    # Counting the head as a second tensor would add the embedding's share again; it is not small.
-    assert 0.5 * l2sp.lam * embedding > 1e-3 * hand_l2
-    assert penalty_l2 != pytest.approx(hand_l2 + 0.5 * l2sp.lam * embedding, rel=1e-4)
-    # The Fisher of the tied tensor has its gradient from both uses: rows of tokens the Fisher text
-    # never contains still get some from the output head.
-    assert float(fisher["model.embed_tokens.weight"][VOCAB - 1].sum()) > 0
+        # By hand, in float64, over the model's parameters as named_parameters lists them (each once).
+        hand_l2 = hand_ewc = embedding = 0.0
+        for name, param in model.named_parameters():
+            sq = (param.double() - start[name].double()).square()
+            hand_l2 += 0.5 * l2sp.lam * float(sq.sum())
+            hand_ewc += 0.5 * ewc.lam * float((sqrt_fisher[name].double().square() * sq).sum())
+            if name == "model.embed_tokens.weight":
+                embedding = float(sq.sum())
+                rows_with_fisher = (sqrt_fisher[name].sum(dim=1) > 0).float().mean().item()
+    # (float32 norms over 134.5M weights against a float64 sum: agreement to 1e-3.)
+    assert penalty_l2 == pytest.approx(hand_l2, rel=1e-3)
+    assert penalty_ewc == pytest.approx(hand_ewc, rel=1e-3)
+    # Counting the head as a second tensor would add the embedding's share again (3% here), far more
+    # than the tolerance.
+    assert 0.5 * l2sp.lam * embedding > 0.01 * hand_l2
+    # The Fisher of the tied tensor has its gradient from both uses: the two Fisher passages hold a few
+    # hundred distinct tokens, yet nearly every row gets some through the output head.
+    assert rows_with_fisher > 0.9
 
 
 def test_full_model_saves_and_reloads_with_the_same_logits(full_run: dict, base, probe) -> None:
@@ -228,7 +234,8 @@ def test_kl_to_base_is_taken_against_the_adapter_disabled_model(lora_run: dict, 
         assert kl.penalty(model, inputs, model(input_ids=probe)).item() > 1e-4
 
 
-def test_lora_adapter_reloads_and_merges_with_the_tie_kept(lora_run: dict, smollm2_dir: Path, probe, tmp_path) -> None:
+def test_lora_adapter_reloads_and_merges_with_the_tie_kept(lora_run: dict, smollm2_dir: Path, base, probe,
+                                                          tmp_path) -> None:
     from peft import PeftModel
 
     model, adapter = lora_run["model"], lora_run["out"]
@@ -241,10 +248,12 @@ def test_lora_adapter_reloads_and_merges_with_the_tie_kept(lora_run: dict, smoll
     merged_dir = merge_adapter(adapter, tmp_path / "merged")
     merged = AutoModelForCausalLM.from_pretrained(str(merged_dir), use_safetensors=True).eval()
     assert _tied(merged)
-    assert torch.allclose(_logits(merged, probe), want, atol=1e-4)
+    # W + (alpha/r) B A folded in float32: the logits (up to 30 in size) agree to 1e-3, and the adapter
+    # moved them by far more than that.
+    assert torch.allclose(_logits(merged, probe), want, atol=1e-3)
+    assert (_logits(base, probe) - want).abs().max() > 1e-2
     # all-linear leaves the tied embedding and head alone.
-    base_embedding = load_model(str(smollm2_dir), dtype="float32").get_input_embeddings().weight
-    assert torch.equal(merged.get_input_embeddings().weight, base_embedding)
+    assert torch.equal(merged.get_input_embeddings().weight, base.get_input_embeddings().weight)
 
 
 def test_neftune_noises_the_real_embedding_by_each_rows_length(base, tok) -> None:
@@ -265,21 +274,21 @@ def test_neftune_noises_the_real_embedding_by_each_rows_length(base, tok) -> Non
         base.eval()
         capture.remove()
         hook.remove()
-    noise = seen[0] - base.get_input_embeddings().weight[ids]
+    noise = seen[0] - base.get_input_embeddings().weight.detach()[ids]
     for row, real in ((0, length), (1, 6)):
         bound = alpha / math.sqrt(real * d)
         block = noise[row, :real].abs()
-        assert block.max() <= bound * (1 + 1e-5) and block.max() > 0.99 * bound
-        assert block.mean() == pytest.approx(bound / 2, rel=0.05)  # U(-1, 1) scaled: mean |x| is half the bound
+        assert bound * 0.99 < block.max().item() <= bound * (1 + 1e-5)
+        assert block.mean().item() == pytest.approx(bound / 2, rel=0.05)  # U(-1, 1) scaled: mean |x| is half the bound
     assert torch.count_nonzero(noise[1, 6:]) == 0  # padding stays clean
 
 
-def test_audit_fills_every_section_on_the_real_model(full_run: dict, lora_run: dict, smollm2_dir: Path,
-                                                     data: dict[str, Path], shared_data: Path, tmp_path) -> None:
+def test_audit_fills_every_section_on_the_real_model(full_run: dict, smollm2_dir: Path, shared_data: Path,
+                                                     tmp_path) -> None:
     alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
     files = {name: tmp_path / name for name in ("prompts.jsonl", "sft.jsonl", "eval.jsonl", "ref.txt", "piqa.jsonl")}
     files["prompts.jsonl"].write_text("".join(json.dumps({"instruction": r["instruction"], "input": r["input"]}) + "\n"
-                                              for r in alpaca[300:303]))
+                                              for r in alpaca[300:302]))
     files["sft.jsonl"].write_text("".join(json.dumps({"prompt": r["instruction"], "completion": r["output"]}) + "\n"
                                           for r in alpaca[:16]))
     files["eval.jsonl"].write_text("".join(json.dumps({"prompt": r["instruction"], "completion": r["output"]}) + "\n"
@@ -287,7 +296,7 @@ def test_audit_fills_every_section_on_the_real_model(full_run: dict, lora_run: d
     files["ref.txt"].write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[100_000:101_000])
     files["piqa.jsonl"].write_text("".join((shared_data / "piqa" / "dev.jsonl").read_text().splitlines(True)[:4]))
     out = tmp_path / "audit"
-    code = main(["audit", "--base", str(smollm2_dir), "--tuned", str(full_run["out"]), "--tuned", str(lora_run["out"]),
+    code = main(["audit", "--base", str(smollm2_dir), "--tuned", str(full_run["out"]),
                  "--prompts", str(files["prompts.jsonl"]), "--sft-data", str(files["sft.jsonl"]),
                  "--reference", str(files["ref.txt"]), "--benchmark", str(files["piqa.jsonl"]),
                  "--eval-set", str(files["eval.jsonl"]), "--out", str(out),
@@ -297,10 +306,10 @@ def test_audit_fills_every_section_on_the_real_model(full_run: dict, lora_run: d
     sec = doc["sections"]
     assert {"diversity", "shift", "copying", "forgetting", "task"} <= set(sec)
     tuned = [m for m in doc["models"] if m != next(iter(doc["models"]))]
-    assert len(tuned) == 2
+    assert len(tuned) == 1
     for m in tuned:
         sh = sec["shift"]["models"][m]
-        assert sh["n_answers"] == 3 and sh["n_positions"] > 0
+        assert sh["n_answers"] == 2 and sh["n_positions"] > 0
         assert sum(sh["class_fraction"].values()) == pytest.approx(1.0)
         assert math.isfinite(sh["mean_kl"]) and sh["mean_kl"] > 0
         assert math.isfinite(sec["copying"]["models"][m]["all_copy_rate"])
@@ -313,3 +322,16 @@ def test_audit_fills_every_section_on_the_real_model(full_run: dict, lora_run: d
         assert 0 <= forgetting["multiple_choice"]["piqa"][m]["accuracy"] <= 1
         assert math.isfinite(forgetting["perplexity"]["ref"][m]["perplexity"])
         assert sec["task"]["models"][m]["n"] == 2
+
+
+def test_shift_ranks_over_the_whole_49k_vocabulary(base, tok, probe) -> None:
+    from sftlab.audit.shift import score_shift
+
+    last = _logits(base, probe)[0, -1]
+    top, bottom = int(last.argmax()), int(last.argmin())
+    context = probe[0].tolist()
+    # The base against itself: its own top token has rank 1 and its least likely token a rank near
+    # 49,152 (exactly that unless others tie with it): ranks over the whole vocabulary, no top-k cut.
+    got = score_shift(base, base, [context] * 2, [context] * 2, [[top], [bottom]], tok.pad_token_id)
+    assert got[0].ranks.tolist() == [1]
+    assert VOCAB - 100 < got[1].ranks[0] <= VOCAB
