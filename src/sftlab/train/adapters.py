@@ -99,11 +99,12 @@ def lora_config(cfg: TrainConfig, model: PreTrainedModel) -> PeftConfig:
     setting = cfg.lora.target_modules
     targets: list[str] | str
     if setting == "all-linear":
-        if not linear_module_names(model):
+        linear = linear_module_names(model)
+        if not linear:
             raise UserError(f"found no Linear/Conv1D layers to adapt in {type(model).__name__}; "
                             "set lora.target_modules")
         targets = "all-linear"  # PEFT resolves it (every Linear/Conv1D but the output head)
-        conv1d = _targets_conv1d(model, linear_module_names(model))
+        conv1d = _targets_conv1d(model, linear)
     else:
         targets = detect_target_modules(model) if setting == "peft-default" else list(setting)
         _check_targets(model, targets)
