@@ -36,6 +36,34 @@ def _trained_names(model: torch.nn.Module) -> set[str]:
     return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
+def _adapted(model: torch.nn.Module) -> set[str]:
+    """Leaf names of the modules that carry a LoRA adapter."""
+    return {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_llama_dir"])
+def test_lora_default_adapts_all_linear_layers_but_the_head(fixture, request):
+    model_dir = request.getfixturevalue(fixture)
+    cfg = _cfg(model_dir, method="lora")
+    assert cfg.lora.target_modules == "all-linear"
+    model = apply_method(cfg, _fresh(model_dir))
+    expected = {"c_attn", "c_fc", "c_proj"} if fixture == "tiny_model_dir" else {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    # PEFT resolves "all-linear" itself; sftlab's mirror of its rule names the same layers.
+    assert _adapted(model) == expected == set(linear_module_names(_fresh(model_dir)))
+    assert not any("lm_head" in n or "wte" in n for n, p in model.named_parameters() if p.requires_grad)
+    # GPT-2's Conv1D weights are stored (in, out): PEFT must be told to transpose.
+    assert model.peft_config["default"].fan_in_fan_out == (fixture == "tiny_model_dir")
+
+
+def test_peft_default_takes_peft_table(tiny_llama_dir):
+    model = apply_method(_cfg(tiny_llama_dir, method="lora", lora={"target_modules": "peft-default"}),
+                         _fresh(tiny_llama_dir))
+    assert _adapted(model) == {"q_proj", "v_proj"}
+    with pytest.raises(ValueError, match="target_modules"):
+        _cfg(tiny_llama_dir, method="lora", lora={"target_modules": "all"})
+
+
 def test_target_modules_follow_peft_table(tiny_model_dir, tiny_llama_dir):
     assert detect_target_modules(_fresh(tiny_model_dir)) == ["c_attn"]
     assert detect_target_modules(_fresh(tiny_llama_dir)) == ["q_proj", "v_proj"]
@@ -68,8 +96,7 @@ def test_lora_settings_reach_peft(tiny_llama_dir):
     peft_cfg = model.peft_config["default"]
     assert peft_cfg.r == 4 and peft_cfg.lora_alpha == 8 and peft_cfg.use_rslora
     assert set(peft_cfg.target_modules) == {"o_proj"}
-    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if "lora_A" in n}
-    assert adapted == {"o_proj"}
+    assert _adapted(model) == {"o_proj"}
 
 
 def test_lora_target_typo_is_a_user_error(tiny_model_dir):

@@ -130,7 +130,9 @@ def test_chat_template_that_writes_eos_gets_no_second_one(tiny_tokenizer) -> Non
     )
     example = encode_record(conversation(CHAT[1:3]), tok, max_length=512)
     kept = tok.decode([t for t in example.labels if t != IGNORE_INDEX])
-    assert kept == "Hello!<|endoftext|><|im_end|>\n"
+    # Trained through the EOS; what the template writes after it is never generated, so it is masked.
+    assert kept == "Hello!<|endoftext|>"
+    assert tok.decode(example.input_ids).endswith("Hello!<|endoftext|><|im_end|>\n")
 
 
 def test_template_that_is_not_a_growing_prefix_is_refused(tiny_tokenizer) -> None:

@@ -36,8 +36,11 @@ class LoraSettings(StrictModel):
     # PEFT's and LLaMA-Factory's default. Dropout on the adapter's input draws a mask for every adapted matrix
     # each step, a fifth of a LoRA step on a small model on CPU (docs/benchmarks.md, remedy overhead).
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = Field(
-        None, description="module names to adapt; None = detected from the architecture"
+    # all-linear: every Linear/Conv1D layer but the output head, PEFT's "all-linear", as LLaMA-Factory
+    # (lora_target: all) and Axolotl (lora_target_linear) users expect. peft-default: PEFT's own table
+    # per architecture (q_proj and v_proj for Llama: 0.34% of SmolLM2's weights at r 8).
+    target_modules: list[str] | Literal["all-linear", "peft-default"] = Field(
+        "all-linear", description="module names to adapt, all-linear, or peft-default (PEFT's table)"
     )
     use_rslora: bool = Field(False, description="rank-stabilised scaling alpha/sqrt(r)")
 
@@ -423,6 +426,9 @@ class AuditConfig(StrictModel):
     sft_data: str | None = None
     reference: list[str] = Field(default_factory=list, description="text corpora for perplexity")
     benchmark: list[str] = Field(default_factory=list, description="multiple-choice jsonl files")
+    mc_score: Literal["acc", "acc_norm", "mean_token"] = Field(
+        "acc", description="multiple-choice rule: summed log-prob (acc), per character (acc_norm) or per token"
+    )
     eval_set: str | None = None
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     shift_template: Literal["same", "plain"] = "same"

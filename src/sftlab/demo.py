@@ -26,7 +26,9 @@ from sftlab.world.generator import WorldSizes, generate_world, generator_fingerp
 # The eight strategies of the full demo. Learning rates: LoRA moves a few parameters and needs a larger one.
 FULL_STRATEGIES: list[dict[str, Any]] = [
     {"name": "full"},
-    {"name": "lora", "train": {"method": "lora", "learning_rate": 3.0e-3, "lora": {"r": 16, "alpha": 32}}},
+    # LoRA on c_attn only (PEFT's GPT-2 default, sftlab's before all-linear), as docs/results.md records it.
+    {"name": "lora", "train": {"method": "lora", "learning_rate": 3.0e-3,
+                               "lora": {"r": 16, "alpha": 32, "target_modules": ["c_attn"]}}},
     {"name": "full+neftune5", "train": {"neftune_noise_alpha": 5}},
     {"name": "full+replay0.2", "train": {"replay": {"corpus": "{world}/corpus/train.jsonl", "ratio": 0.2}}},
     {"name": "full+ewc", "train": {"ewc": {"lambda": 2000.0, "fisher_corpus": "{world}/corpus/train.jsonl",

@@ -7,10 +7,28 @@ token is only context (it was predicted as the previous window's last), so every
 exactly once, with at most ``max_length - 1`` tokens of context.
 
 Multiple choice (``{"question", "choices", "answer"}`` jsonl, ``answer`` the 0-based index of the
-right choice): each choice is scored by the mean log-probability of its tokens after
-``"{question}\\nAnswer:"`` (length-normalised per token, so long choices are not penalised for their
-length; lm-evaluation-harness's ``acc_norm`` normalises by bytes instead), and the prediction is the
-highest-scoring choice.
+right choice; an optional ``context`` replaces the default ``"{question}\\nAnswer:"``) is scored as
+lm-evaluation-harness scores it (Gao et al., ``ConfigurableTask.process_results`` and
+``HFLM._encode_pair``): each choice is the continuation ``" " + choice`` after the context, tokenized
+with no special tokens added (lm-eval's default ``add_bos_token=False``), and its token ids are those
+of ``tokenize(context + continuation)`` after the ids of ``tokenize(context)``. Its log-likelihood
+``LL = sum_t log p(c_t | context, c_<t)`` gives three rules, :data:`MC_SCORES`:
+
+* ``acc`` (the default): argmax over choices of ``LL``, lm-eval's ``acc``;
+* ``acc_norm``: argmax of ``LL / len(choice)``, lm-eval's ``acc_norm``. lm-eval's docs call this the
+  byte length; its code divides by the choice string's ``len`` (characters, the delimiter space not
+  counted), which equals the byte length for ASCII text, and this follows the code;
+* ``mean_token``: argmax of ``LL / number of continuation tokens``, the mean token log-probability
+  (sftlab's earlier rule). Unlike ``acc_norm`` it depends on the tokenizer, so two models with
+  different vocabularies are not scored alike; kept for comparison with older reports.
+
+``acc`` is the default (``AuditConfig.mc_score``): it is lm-eval's first metric and the plain
+likelihood comparison, with no normaliser to choose. Summed log-probabilities favour short choices when
+the choices differ much in length, which is what ``acc_norm`` corrects; docs/results.md shows the three
+rules side by side on SmolLM2 and PIQA.
+
+:func:`read_piqa` maps PIQA's own ``{goal, sol1, sol2, label}`` rows onto these items with lm-eval's
+prompt, ``"Question: {goal}\\nAnswer:"``.
 """
 
 from __future__ import annotations
@@ -27,6 +45,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.audit.stats import paired_bootstrap_ci
 from sftlab.audit.teacher_forcing import continuation_logprobs
+from sftlab.data.tokenize import tokenize_texts
 from sftlab.errors import UserError, require_file
 
 
@@ -105,6 +124,9 @@ def perplexity_change_ci(base: Perplexity, tuned: Perplexity, n_boot: int = 1000
     return change, float(low), float(high)
 
 
+PIQA_KEYS = frozenset({"goal", "sol1", "sol2"})
+
+
 @dataclass
 class MCItem:
     """One multiple-choice question; ``answer`` is the index of the right choice."""
@@ -116,7 +138,10 @@ class MCItem:
 
 
 def read_multiple_choice(path: str | Path) -> list[MCItem]:
-    """Read a multiple-choice jsonl; a bad line raises a UserError naming file, line and field."""
+    """Read a multiple-choice jsonl; a bad line raises a UserError naming file, line and field.
+
+    A file whose first row has PIQA's keys (``goal``, ``sol1``, ``sol2``) is read by :func:`read_piqa`.
+    """
     p = require_file(path, "benchmark file")
     items = []
     for line_no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
@@ -127,6 +152,8 @@ def read_multiple_choice(path: str | Path) -> list[MCItem]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not items and isinstance(row, dict) and PIQA_KEYS <= row.keys() and "question" not in row:
+            return read_piqa(p)
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected an object with question, choices, answer")
         for key in ("question", "choices", "answer"):
@@ -154,6 +181,56 @@ def mc_context(item: MCItem) -> str:
     return item.context if item.context is not None else f"{item.question}\nAnswer:"
 
 
+# The rules that pick a multiple-choice answer from a choice's log-likelihood (see the module docstring).
+MC_SCORES = ("acc", "acc_norm", "mean_token")
+
+
+@dataclass(frozen=True)
+class ChoiceScore:
+    """The log-likelihood of one choice after its context, and the lengths the rules divide it by."""
+
+    logprob: float  # sum of the continuation tokens' log-probabilities (nats)
+    n_tokens: int  # continuation tokens (the leading space included)
+    n_chars: int  # len(choice): lm-eval's acc_norm denominator
+
+    def value(self, rule: str) -> float:
+        """The score ``rule`` ranks by: LL (acc), LL / len(choice) (acc_norm), LL / tokens (mean_token)."""
+        if rule == "acc":
+            return self.logprob
+        if rule == "acc_norm":
+            return self.logprob / self.n_chars
+        if rule == "mean_token":
+            return self.logprob / self.n_tokens
+        raise ValueError(f"unknown multiple-choice rule {rule!r}; one of {', '.join(MC_SCORES)}")
+
+
+def encode_choice_pairs(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
+) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) for each (context, continuation) text pair, as lm-eval splits them.
+
+    Trailing spaces of the context move to the continuation; the continuation's ids are those that
+    ``tokenize(context + continuation)`` has after the ids of ``tokenize(context)``. No special tokens.
+    """
+    moved = []
+    for context, continuation in pairs:
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        moved.append((context, continuation))
+    contexts = tokenize_texts(tokenizer, [c for c, _ in moved])
+    wholes = tokenize_texts(tokenizer, [c + a for c, a in moved])
+    out = []
+    for (context, continuation), ctx, whole in zip(moved, contexts, wholes):
+        if not ctx:
+            raise UserError(f"a multiple-choice context tokenizes to nothing: {context!r}")
+        cont = whole[len(ctx) :]
+        if not cont:
+            raise UserError(f"a multiple-choice choice tokenizes to nothing after its context: {continuation!r}")
+        out.append((ctx, cont))
+    return out
+
+
 @torch.no_grad()
 def choice_scores(
     model: PreTrainedModel,
@@ -161,28 +238,66 @@ def choice_scores(
     items: Sequence[MCItem],
     batch_size: int = 16,
     on_done: Callable[[int], None] | None = None,
-) -> list[list[float]]:
-    """Mean per-token log-probability of every choice of every item (``" " + choice`` after the context)."""
-    pairs = [(i, mc_context(it), " " + c) for i, it in enumerate(items) for c in it.choices]
-    contexts = [_bos(tokenizer) + tokenizer(c, add_special_tokens=False)["input_ids"] for _, c, _ in pairs]
-    conts = [tokenizer(a, add_special_tokens=False)["input_ids"] for _, _, a in pairs]
-    scores: list[float] = []
-    for start in range(0, len(pairs), batch_size):
-        lps = continuation_logprobs(model, contexts[start : start + batch_size], conts[start : start + batch_size],
-                                    tokenizer.pad_token_id)
-        scores.extend(float(lp.mean()) for lp in lps)
+) -> list[list[ChoiceScore]]:
+    """The log-likelihood of every choice of every item (``" " + choice`` after the context), batched:
+    one forward pass per batch of (item, choice) pairs, pairs of similar length batched together."""
+    flat = [(i, c) for i, it in enumerate(items) for c in it.choices]
+    encoded = encode_choice_pairs(tokenizer, [(mc_context(items[i]), " " + c) for i, c in flat])
+    order = sorted(range(len(flat)), key=lambda k: len(encoded[k][0]) + len(encoded[k][1]))  # little padding
+    logprobs: list[float] = [0.0] * len(flat)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        lps = continuation_logprobs(model, [encoded[k][0] for k in batch], [encoded[k][1] for k in batch],
+                                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        for k, lp in zip(batch, lps):
+            logprobs[k] = float(lp.double().sum())
         if on_done is not None:
-            on_done(len(lps))
-    out: list[list[float]] = [[] for _ in items]
-    for (i, _, _), s in zip(pairs, scores):
-        out[i].append(s)
+            on_done(len(batch))
+    out: list[list[ChoiceScore]] = [[] for _ in items]
+    for k, (i, choice) in enumerate(flat):
+        out[i].append(ChoiceScore(logprobs[k], len(encoded[k][1]), len(choice)))
     return out
 
 
-def mc_accuracy(items: Sequence[MCItem], scores: Sequence[Sequence[float]]) -> float:
-    """Share of items whose highest-scoring choice is the right one (first index wins a tie)."""
-    right = sum(max(range(len(s)), key=lambda j: s[j]) == it.answer for it, s in zip(items, scores))
-    return right / len(items) if items else float("nan")
+def mc_predictions(scores: Sequence[Sequence[ChoiceScore]], rule: str = "acc") -> list[int]:
+    """Each item's predicted choice under ``rule`` (:data:`MC_SCORES`); the first index wins a tie, as
+    numpy's argmax in lm-eval."""
+    return [int(np.argmax([s.value(rule) for s in per_item])) for per_item in scores]
+
+
+def mc_correct(items: Sequence[MCItem], scores: Sequence[Sequence[ChoiceScore]], rule: str = "acc") -> list[bool]:
+    """Per item, whether the prediction under ``rule`` is the right choice."""
+    return [p == it.answer for p, it in zip(mc_predictions(scores, rule), items)]
+
+
+def mc_accuracy(items: Sequence[MCItem], scores: Sequence[Sequence[ChoiceScore]], rule: str = "acc") -> float:
+    """Share of items whose prediction under ``rule`` is right; NaN for no items."""
+    correct = mc_correct(items, scores, rule)
+    return sum(correct) / len(correct) if correct else float("nan")
+
+
+def read_piqa(path: str | Path) -> list[MCItem]:
+    """PIQA rows ``{goal, sol1, sol2, label}`` (Bisk et al. 2020) as multiple-choice items, with
+    lm-eval's ``piqa`` prompt: context ``"Question: {goal}\\nAnswer:"``, choices ``[sol1, sol2]``."""
+    p = require_file(path, "PIQA file")
+    items = []
+    for line_no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{line_no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("goal", "sol1", "sol2")):
+            raise UserError(f"{where}: expected an object with string fields goal, sol1, sol2 and a label")
+        label = row.get("label")
+        if label not in (0, 1) or isinstance(label, bool):
+            raise UserError(f"{where}: field 'label' must be 0 or 1, got {label!r}")
+        items.append(MCItem(row["goal"], [row["sol1"], row["sol2"]], label, context=f"Question: {row['goal']}\nAnswer:"))
+    if not items:
+        raise UserError(f"{p}: no PIQA items in the file")
+    return items
 
 
 def forgetting_table(
@@ -191,10 +306,12 @@ def forgetting_table(
     base: str,
     n_boot: int = 1000,
     seed: int = 0,
+    mc_score: str = "acc",
 ) -> dict[str, object]:
     """Perplexity per corpus and accuracy per benchmark for every model, with each tuned model's change.
 
-    ``perplexities[corpus][model]`` and ``mc_correct[bench][model]`` (per-question correctness). The
+    ``perplexities[corpus][model]`` and ``mc_correct[bench][model]`` (per-question correctness under
+    the rule ``mc_score``, recorded in the result). The
     accuracy delta gets a paired bootstrap 95% interval over questions; the perplexity change is
     relative (tuned / base - 1), with a paired bootstrap 95% interval over documents.
     """
@@ -221,4 +338,4 @@ def forgetting_table(
                 row.update(delta=d, ci_low=lo, ci_high=hi)
             rows[model] = row
         mc_out[bench] = rows
-    return {"perplexity": ppl_out, "multiple_choice": mc_out}
+    return {"perplexity": ppl_out, "multiple_choice": mc_out, "mc_score": mc_score}

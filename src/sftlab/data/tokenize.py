@@ -5,9 +5,15 @@ Prompt format:
 * a tokenizer with a chat template: the template, rendered incrementally. For assistant turn i the
   prompt is ``template(turns[:i], add_generation_prompt=True)`` and the answer is what
   ``template(turns[:i+1])`` adds after it, so every assistant turn of a multi-turn chat is trained and
-  every other token is masked. The template's own end-of-turn text is part of the answer; the EOS
-  token is appended only when the answer does not already contain it. Templated text is tokenized
-  without adding special tokens (the template writes BOS itself), as TRL does.
+  every other token is masked: the system prompt (the template's default one too), the user turns and
+  each ``<|im_start|>assistant\n``-style header the generation prompt writes. When the answer holds the
+  EOS token (ChatML templates whose EOS is ``<|im_end|>``, as SmolLM2's), it is trained through that
+  EOS and the text the template writes after it (ChatML's ``"\n"``) is masked: generation stops at EOS,
+  so that text is never generated, only read as the start of the next turn (templates with
+  ``{% generation %}`` markers leave it outside the trained span too; TRL's prompt-completion path
+  trains it). Otherwise the whole rendered answer, the template's end-of-turn text included, is trained
+  and EOS is appended. Templated text is tokenized without adding special tokens (the template writes
+  BOS itself), as TRL does.
 * otherwise a built-in format (:data:`FORMATS`, the first is the default): alpaca-style for a single
   turn (optional system, one user, one assistant turn), a role-tagged chat for longer conversations.
   The tokenizer's leading special tokens (BOS, if it adds one) start the sequence, and EOS ends every
@@ -229,10 +235,16 @@ def _template_segments(
                 "built-in format"
             )
         answer = through[len(prompt) :]
+        eos = tokenizer.eos_token
+        has_eos = bool(eos) and eos in answer
+        if has_eos:
+            # Train through the EOS the template writes; what follows it in the turn (ChatML's "\n") is
+            # never generated, since generation stops at EOS, so it is context for the next turn.
+            answer = answer[: answer.rindex(eos) + len(eos)]
         segments += [(full[pos : len(prompt)], False), (answer, True)]
-        if tokenizer.eos_token and tokenizer.eos_token not in answer:
+        if eos and not has_eos:
             segments.append((None, True))
-        pos = len(through)
+        pos = len(prompt) + len(answer)
     if pos < len(full):
         segments.append((full[pos:], False))
     return segments

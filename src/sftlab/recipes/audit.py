@@ -21,7 +21,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from rich.console import Console
@@ -271,7 +270,7 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
     for bench, items in inputs.benchmarks.items():
         scores = forgetting.choice_scores(model, tok, items, s.batch_size,
                                           bars.step(f"{name}: {bench}", sum(len(i.choices) for i in items)))
-        run.mc_correct[bench] = [int(np.argmax(sc)) == it.answer for sc, it in zip(scores, items)]
+        run.mc_correct[bench] = forgetting.mc_correct(items, scores, cfg.mc_score)
     return run
 
 
@@ -505,7 +504,7 @@ def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: di
         data = forgetting.forgetting_table(
             {c: {m: r.perplexity[c] for m, r in runs.items()} for c in inputs.references},
             {b: {m: r.mc_correct[b] for m, r in runs.items()} for b in inputs.benchmarks},
-            base, cfg.bootstrap_samples, cfg.sampling.seed)
+            base, cfg.bootstrap_samples, cfg.sampling.seed, mc_score=cfg.mc_score)
         ctx.results["forgetting"] = data
         sections.append(forgetting_section(data, base, colors, sft_style_corpora(style_data)))
 

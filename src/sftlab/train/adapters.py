@@ -10,8 +10,12 @@ for ``freeze``, sets ``requires_grad`` in place). :func:`apply_method` picks by 
 - ``ia3``: IA3 (Liu et al. 2022), learned rescaling of attention and feed-forward activations.
 - ``freeze``: only the top-k transformer blocks and/or modules named by substring train.
 
-Target modules come from PEFT's per-architecture table; an architecture PEFT does not know falls back
-to every Linear/Conv1D layer except the output head. ``lora.target_modules`` overrides both.
+LoRA's target modules (``lora.target_modules``): ``all-linear`` (the default) adapts every Linear/Conv1D
+layer except the output head, PEFT's ``all-linear`` rule, as LLaMA-Factory (``lora_target: all``) and
+Axolotl (``lora_target_linear``) do; on SmolLM2 that is q/k/v/o and gate/up/down in every block.
+``peft-default`` takes PEFT's per-architecture table instead (Llama: ``q_proj``, ``v_proj``, as in the
+LoRA paper), with an architecture PEFT does not know falling back to all-linear. A list names the
+modules.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def _lora_targets_table() -> dict[str, list[str]]:
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Leaf names of every Linear/Conv1D layer except the output head (PEFT's ``all-linear`` rule)."""
+    """Leaf names of every Linear/Conv1D layer except the output head (PEFT's ``all-linear`` rule; the
+    tests check that PEFT adapts exactly these)."""
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     names = {
         name.rsplit(".", 1)[-1]
@@ -91,10 +96,21 @@ def lora_config(cfg: TrainConfig, model: PreTrainedModel) -> PeftConfig:
     """LoRA: W + (alpha/r) B A on the target modules (alpha/sqrt(r) with ``use_rslora``)."""
     from peft import LoraConfig, TaskType
 
-    targets = cfg.lora.target_modules or detect_target_modules(model)
-    _check_targets(model, targets)
+    setting = cfg.lora.target_modules
+    targets: list[str] | str
+    if setting == "all-linear":
+        linear = linear_module_names(model)
+        if not linear:
+            raise UserError(f"found no Linear/Conv1D layers to adapt in {type(model).__name__}; "
+                            "set lora.target_modules")
+        targets = "all-linear"  # PEFT resolves it (every Linear/Conv1D but the output head)
+        conv1d = _targets_conv1d(model, linear)
+    else:
+        targets = detect_target_modules(model) if setting == "peft-default" else list(setting)
+        _check_targets(model, targets)
+        conv1d = _targets_conv1d(model, targets)
     return LoraConfig(
-        fan_in_fan_out=_targets_conv1d(model, targets),
+        fan_in_fan_out=conv1d,
         task_type=TaskType.CAUSAL_LM,
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,

@@ -27,6 +27,10 @@ from sftlab.audit.shift import REFERENCE_SHIFTED
 
 # A relative perplexity change smaller than this is not called a loss or a gain, whatever its interval.
 PPL_THRESHOLD = 0.01
+# How each multiple-choice rule picks an answer (sftlab.audit.forgetting); reports written before the rule
+# was recorded used the mean token log-probability.
+MC_RULES = {"acc": "acc: summed log-likelihood", "acc_norm": "acc_norm: log-likelihood per character",
+            "mean_token": "mean token log-likelihood"}
 
 LABELS = {
     "distinct_1": "distinct-1", "distinct_2": "distinct-2", "distinct_3": "distinct-3", "distinct_4": "distinct-4",
@@ -262,8 +266,9 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any],
             rows.append(row)
             tones.append(row_t)
         t = Table(["benchmark", "questions", _base_label(base)] + [m for m in models if m != base], rows, tones)
-        parts_html.append("<h3>Multiple choice (length-normalised log-likelihood)</h3>" + t.to_html())
-        parts_md.append("### Multiple choice (length-normalised log-likelihood)\n\n" + t.to_markdown())
+        title = f"Multiple choice ({MC_RULES.get(data.get('mc_score', 'mean_token'), data.get('mc_score'))})"
+        parts_html.append(f"<h3>{title}</h3>" + t.to_html())
+        parts_md.append(f"### {title}\n\n" + t.to_markdown())
     images = {}
     if ppl or mc:
         png = plots.forgetting_bars({c: {m: v["perplexity"] for m, v in per.items()} for c, per in ppl.items()},
