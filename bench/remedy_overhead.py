@@ -251,7 +251,7 @@ def component_costs(setup: dict[str, Any], args: argparse.Namespace, reps: int =
         embeds = embedding(batch["input_ids"])
     # The hook as the trainer runs it: the batch's masks recorded, then the noise (padding found, scaled, added).
     hook = attach_neftune(model, 5.0, pad_token_id=setup["pad_token_id"])
-    hook._record(model, (), model_inputs)
+    hook.inputs.record(model, (), model_inputs)
     costs["neftune"] = _median_ms(lambda: hook._add_noise(embedding, (), embeds), reps)
     hook.remove()
 
