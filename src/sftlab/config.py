@@ -150,7 +150,10 @@ class AugmentSettings(StrictModel):
 class TrainConfig(StrictModel):
     """``sftlab train``: supervised fine-tuning of a causal LM."""
 
-    model_name_or_path: str = Field(..., description="HF model dir or hub id")
+    model_name_or_path: str = Field(
+        ..., description="HF model dir, hub id, .gguf file, or a built-in name (`sftlab models list`)"
+    )
+    gguf_file: str | None = Field(None, description="a .gguf file inside model_name_or_path (then a folder)")
     trust_remote_code: bool = False
     output_dir: str = "runs/train"
 
@@ -298,7 +301,8 @@ class SamplingSettings(StrictModel):
 class AuditConfig(StrictModel):
     """``sftlab audit``: compare a base model with one or more tuned models."""
 
-    base: str
+    base: str = Field(..., description="HF model dir, hub id, .gguf file, or a built-in name")
+    gguf_file: str | None = Field(None, description="a .gguf file inside `base` (then a folder)")
     tuned: list[str] = Field(..., min_length=1)
     prompts: str
     out: str = "runs/audit"
@@ -356,7 +360,8 @@ class StrategySpec(StrictModel):
 class SweepConfig(StrictModel):
     """``sftlab sweep``: strategies x seeds on one base and data set, each trained and audited."""
 
-    base_model: str
+    base_model: str = Field(..., description="HF model dir, hub id, .gguf file, or a built-in name")
+    gguf_file: str | None = Field(None, description="a .gguf file inside base_model (then a folder)")
     out: str = "runs/sweep"
     train: dict[str, Any] = Field(..., description="TrainConfig keys shared by every strategy")
     strategies: list[StrategySpec] = Field(..., min_length=1)

@@ -42,6 +42,7 @@ from sftlab.config import (
     load_config,
 )
 from sftlab.errors import UserError
+from sftlab.models.builtin import resolve_model_source
 
 ROW_FILE = "row.json"
 SETTINGS_FILE = "settings.sha"
@@ -275,6 +276,10 @@ def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), 
 
     ``redo_stale``: redo finished runs made with other settings instead of stopping (see :func:`finished_row`).
     """
+    if cfg.gguf_file is not None:
+        # One converted dir stands for the base everywhere below: training, interpolation, audit, settings hash.
+        cfg = cfg.model_copy(update={"base_model": resolve_model_source(cfg.base_model, cfg.gguf_file),
+                                     "gguf_file": None})
     console = Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

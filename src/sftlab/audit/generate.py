@@ -25,6 +25,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.config import SamplingSettings
+from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import adapter_base_path, is_adapter_dir
 
 CACHE_VERSION = 1
@@ -38,7 +39,7 @@ def model_fingerprint(name_or_path: str) -> str:
     Sizes + mtimes are cheap (no hashing of gigabytes) and change whenever a training run rewrites
     the weights.
     """
-    path = Path(name_or_path)
+    path = Path(resolve_model_source(name_or_path))
     if not path.is_dir():
         parts: list[object] = [name_or_path]
     else:

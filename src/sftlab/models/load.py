@@ -1,7 +1,8 @@
 """Load causal LMs and tokenizers from a local dir or a hub id: safetensors only, no remote code by default.
 
 A dir that holds ``adapter_config.json`` is a PEFT adapter: its base is loaded first (from the path the
-adapter records) and the adapter is applied on top.
+adapter records) and the adapter is applied on top. A built-in name (``smollm2-135m-instruct``) or a
+``.gguf`` file is first resolved to its converted, cached model dir (:mod:`sftlab.models.builtin`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from transformers import (
 )
 
 from sftlab.errors import UserError
+from sftlab.models.builtin import resolve_model_source
 from sftlab.offline import is_offline
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -88,7 +90,9 @@ def _hub_error(name_or_path: str, exc: Exception) -> UserError:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model dir, tokenizer dir, adapter dir (its base's) or hub id; a pad token is ensured."""
+    """The tokenizer of a model dir, tokenizer dir, adapter dir (its base's), built-in name, .gguf file or hub
+    id; a pad token is ensured."""
+    name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path, tokenizer_only=True)
     source = name_or_path
     if is_adapter_dir(name_or_path) and not (Path(name_or_path) / "tokenizer_config.json").is_file():
@@ -145,11 +149,13 @@ def load_model(
 
     ``merge_adapter`` folds an adapter into the base weights and returns a plain transformers model.
     ``dropout`` overrides every dropout rate of the (base) model's config before the model is built.
+    ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
     """
+    name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path)
     torch_dtype = resolve_dtype(dtype, device)
     adapter = is_adapter_dir(name_or_path)
-    base_source = adapter_base_path(name_or_path) if adapter else name_or_path
+    base_source = resolve_model_source(adapter_base_path(name_or_path)) if adapter else name_or_path
     if adapter:
         _check_source(base_source)
     try:

@@ -48,6 +48,7 @@ from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
 from sftlab.errors import UserError
+from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import load_model, load_tokenizer
 
 # Answers shown inline in report.html per tuned model (all of them are in token_view.html).
@@ -284,6 +285,8 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     returns a Section (added to every report file) or None.
     """
     started = time.perf_counter()
+    if cfg.gguf_file is not None:
+        cfg = cfg.model_copy(update={"base": resolve_model_source(cfg.base, cfg.gguf_file), "gguf_file": None})
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)

@@ -42,6 +42,7 @@ from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_data
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
 from sftlab.errors import UserError
+from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import is_adapter_dir, load_model, load_tokenizer
 from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
 from sftlab.train.adversarial import FreeLB, attach_adversarial
@@ -143,7 +144,7 @@ def prepare_train(
         quiet_packed_padding_warning()
     reset_peak_memory()
     run_dir = Path(cfg.output_dir)
-    base = _resolve_base(cfg.model_name_or_path)
+    base = _resolve_base(resolve_model_source(cfg.model_name_or_path, cfg.gguf_file))
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
     args = training_arguments(cfg, run_dir, optim, resuming=checkpoint is not None)
