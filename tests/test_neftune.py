@@ -288,3 +288,18 @@ def test_works_on_a_peft_lora_model(model: torch.nn.Module) -> None:
     out.loss.backward()
     lora_b = [p for n, p in peft_model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora_b)
+
+
+def test_train_refuses_a_layer_the_model_lacks(tiny_model_dir, shared_data, tmp_path) -> None:
+    import json
+
+    from sftlab.config import TrainConfig
+    from sftlab.errors import UserError
+    from sftlab.recipes.train import prepare_train
+
+    data = tmp_path / "sft.json"
+    data.write_text(json.dumps(json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:8]))
+    cfg = TrainConfig(model_name_or_path=str(tiny_model_dir), train_file=[str(data)], output_dir=str(tmp_path / "run"),
+                      max_length=128, max_steps=1, save_strategy="no", neftune_noise_alpha=5, neftune_layers=[0, 5])
+    with pytest.raises(UserError, match="neftune_layers: 5 is out of range; this model has hidden states 0..2"):
+        prepare_train(cfg)

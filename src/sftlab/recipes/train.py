@@ -15,7 +15,7 @@ Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss),
 (attach_adversarial: FreeLB in the trainer's step, SMART as one more penalty), ``replay`` (the data
 pipeline). The order matters: method (PEFT) -> Trainer (places the model on its device) ->
 regularizers (anchors, Fisher and KL base from the starting weights, before a checkpoint loads in
-``train``) -> NEFTune (after, so a frozen KL base copy carries no hook) -> train.
+``train``) -> NEFTune and adversarial (after, so a frozen KL base copy carries no hook) -> train.
 
 Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
 UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer``).
