@@ -18,7 +18,9 @@ Measures, per run, all read from the run's files: eval loss of the saved model o
 (the sweep's ``row.json``); ROUGE-L and BLEU of greedy answers on the audit's eval set and EAD diversity
 (per input and across inputs, kept relative to the base) from ``audit/report.json``; the mean answer
 length in words of the sampled answers (the section added here); the perplexity change on the
-reference corpora and the multiple-choice accuracy (change and absolute) when the audit has them.
+reference corpora and the multiple-choice accuracy (change and absolute) when the audit has them. The
+base's ROUGE-L, BLEU, answer length and accuracy, which every run's audit measures alike, follow the
+table.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ MEASURES: tuple[tuple[str, str, int], ...] = (
     ("rouge_l", "ROUGE-L", 3),
     ("bleu", "BLEU", 2),
     ("answer_words", "answer length (words)", 1),
-    ("base_answer_words", "base answer length (words)", 1),
     ("diversity_kept_per_input", "EAD kept, per input", 3),
     ("diversity_kept_across_input", "EAD kept, across inputs", 3),
     ("delta_perplexity", "Δ perplexity (reference)", 2),
@@ -72,13 +73,15 @@ def run_measures(run_dir: Path) -> dict[str, Any] | None:
     tuned = next(m for m in report["models"] if m != base)
     out = {key: row.get(key) for key in ("eval_loss", "diversity_kept_per_input", "diversity_kept_across_input",
                                         "delta_perplexity", "delta_benchmark", "train_seconds")}
-    task = sections.get("task", {}).get("models", {}).get(tuned, {})
-    out["rouge_l"], out["bleu"] = task.get("rouge_l"), task.get("bleu")
+    task = sections.get("task", {}).get("models", {})
+    out["rouge_l"], out["bleu"] = task.get(tuned, {}).get("rouge_l"), task.get(tuned, {}).get("bleu")
+    out["base_rouge_l"], out["base_bleu"] = task.get(base, {}).get("rouge_l"), task.get(base, {}).get("bleu")
     lengths = sections.get("answer_length", {}).get("models", {})
     out["answer_words"] = lengths.get(tuned, {}).get("sampled_words")
     out["base_answer_words"] = lengths.get(base, {}).get("sampled_words")
     mc = sections.get("forgetting", {}).get("multiple_choice", {})
     out["benchmark_accuracy"] = statistics.fmean(per[tuned]["accuracy"] for per in mc.values()) if mc else None
+    out["base_benchmark_accuracy"] = statistics.fmean(per[base]["accuracy"] for per in mc.values()) if mc else None
     return out
 
 
@@ -121,8 +124,14 @@ def seed_table(out: Path, strategies: list[str], seeds: list[int]) -> tuple[str,
                 cells.append(f"{c['mean']:.{digits}f} ± {c['half_width']:.{digits}f}")
         seeds_cell = ",".join(str(s) for s in r["seeds"])
         lines.append(f"| {name} | {seeds_cell} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
-    note = ("\n\nMean over seeds ± the half-width of a 95% Student-t interval (a single seed: no interval).\n")
-    return "\n".join(lines) + note, table
+    note = "\n\nMean over seeds ± the half-width of a 95% Student-t interval (a single seed: no interval)."
+    first = next((m for r in table.values() for m in r["runs"].values()), None)
+    if first is not None and first.get("base_rouge_l") is not None:
+        note += (f" The base, on the same eval set and prompts: ROUGE-L {first['base_rouge_l']:.3f}, "
+                 f"BLEU {first['base_bleu']:.2f}, answer length {first['base_answer_words']:.1f} words"
+                 + (f", benchmark accuracy {first['base_benchmark_accuracy']:.3f}"
+                    if first.get("base_benchmark_accuracy") is not None else "") + ".")
+    return "\n".join(lines) + note + "\n", table
 
 
 def main() -> None:
