@@ -21,6 +21,11 @@ Contenders (remedy settings are typical values; the step cost hardly depends on 
                   reference for the next two)
   kl lora         LoRA + KL-to-base: the base is the same model with the adapter disabled
   lora drop0.05   LoRA with adapter dropout 0.05, to show what that common setting costs
+  freelb 1, 2     + FreeLB with 1 and 2 ascent steps (l2, eta 0.1, eps 1): each step is one more forward
+                  and backward of the micro-batch
+  smart 1         + SMART's smoothness term, 1 ascent step (its cost also holds the penalty's forward)
+
+The adversarial contenders are also reported as a ratio per ascent step: (ratio - 1) / steps.
 
 Step ratios under a loaded machine carry a few percent of noise, more than some targets allow. So
 the script also times each remedy's own added work in isolation on one real batch (median of many
@@ -89,6 +94,8 @@ def contenders(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "lora": lora,
         "kl lora": {**lora, **kl},
         "lora drop0.05": {**lora, "lora": {**lora["lora"], "dropout": 0.05}},
+        **{f"freelb {k}": {"adversarial": {"steps": k, "step_size": 0.1, "epsilon": 1.0}} for k in (1, 2)},
+        "smart 1": {"adversarial": {"method": "smart", "steps": 1, "step_size": 0.01, "epsilon": 0.1, "init": 0.01}},
     }
 
 
@@ -257,7 +264,7 @@ def component_costs(setup: dict[str, Any], args: argparse.Namespace, reps: int =
         embeds = embedding(batch["input_ids"])
     # The hook as the trainer runs it: the batch's masks recorded, then the noise (padding found, scaled, added).
     hook = attach_neftune(model, 5.0, pad_token_id=setup["pad_token_id"])
-    hook._record(model, (), model_inputs)
+    hook.inputs.record(model, (), model_inputs)
     costs["neftune"] = _median_ms(lambda: hook._add_noise(embedding, (), embeds), reps)
     hook.remove()
 
@@ -321,6 +328,12 @@ def report(step_s: dict[str, list[float]], memory: dict[str, dict[str, float | N
               f"{mem['model_mb']:.2f} | {mem['regularizers_mb']:.2f} | {mem['optimizer_mb']:.2f} | {peak} |")
     if lora_ratio is not None:
         print(f"\nkl lora / lora (same round): {lora_ratio:.3f}x")
+    adversarial = {n: int(n.split()[1]) for n in step_s if n.startswith(("freelb ", "smart "))}
+    if adversarial:
+        print("\n| adversarial | ascent steps | x full FT | (ratio - 1) per ascent step |")
+        print("|---|---:|---:|---:|")
+        for name, k in adversarial.items():
+            print(f"| {name} | {k} | {ratios[name]:.3f} | {(ratios[name] - 1) / k:.3f} |")
     full_ms = 1000 * statistics.median(step_s["full"])
     print("\n| remedy's own work, alone | ms per step | share of a full FT step |")
     print("|---|---:|---:|")

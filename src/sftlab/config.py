@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -136,6 +136,28 @@ class KLToBaseSettings(StrictModel):
         if isinstance(data, dict) and True in data:
             data = {("on" if k is True else k): v for k, v in data.items()}
         return data
+
+
+class AdversarialSettings(StrictModel):
+    """Adversarial perturbation of the input embeddings of real tokens (``sftlab.train.adversarial``)."""
+
+    method: Literal["freelb", "smart"] = Field(
+        "freelb", description="freelb: train on the perturbed task loss; smart: add SMART's smoothness term"
+    )
+    steps: int = Field(1, ge=0, description="projected gradient ascent steps per micro-batch")
+    step_size: float = Field(..., gt=0, description="eta: per-document L2 length (l2) or per-element size (linf)")
+    epsilon: float = Field(..., gt=0, description="radius of the per-document ball the perturbation stays in")
+    norm: Literal["l2", "linf"] = "l2"
+    init: float = Field(0.0, ge=0, description="random start: a/sqrt(L*d)*U(-1,1) (l2) or U(-a,a) (linf)")
+    smoothness_weight: float = Field(1.0, gt=0, description="SMART's lambda_s (method: smart only)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdversarialSettings:
+        if self.method == "smart" and self.init == 0:
+            raise ValueError("method: smart needs init > 0: the smoothness term's gradient is 0 at a zero perturbation")
+        if self.method == "freelb" and "smoothness_weight" in self.model_fields_set:
+            raise ValueError("smoothness_weight applies to method: smart only")
+        return self
 
 
 class EdaSettings(StrictModel):
@@ -319,8 +341,15 @@ class TrainConfig(StrictModel):
     label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
     gem: GemSettings = Field(default_factory=GemSettings)
     neftune_noise_alpha: float | None = Field(None, gt=0)
-    neftune_noise_type: Literal["uniform", "gaussian"] = "uniform"
+    neftune_noise_type: Literal["uniform", "gaussian", "laplace"] = Field(
+        "uniform", description="all three scaled to the uniform's per-element variance (see sftlab.train.neftune)"
+    )
     neftune_schedule: Literal["constant", "linear_decay"] = "constant"
+    neftune_layers: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: [0], min_length=1,
+        description="hidden states that get the noise: 0 the input embeddings, k the output of block k",
+    )
+    adversarial: AdversarialSettings | None = None
     replay: ReplaySettings | None = None
     ewc: EwcSettings | None = None
     l2sp: L2SPSettings | None = None

@@ -12,10 +12,11 @@ Run dir (``output_dir``)::
     model/ or adapter/   the result: a full model dir, or a PEFT adapter dir (``sftlab merge`` folds it in)
 
 Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss), ``l2sp`` / ``ewc`` /
-``kl_to_base`` (build_regularizers), ``neftune_noise_alpha`` (attach_neftune), ``replay`` (the data
-pipeline); a ``preset`` (ASFT) is expanded into those keys when the config is read. The order
-matters: method (PEFT) -> Trainer (places the model on its device) -> regularizers (anchors, Fisher
-and KL base from the starting weights, before a checkpoint loads in ``train``) -> NEFTune (after, so a
+``kl_to_base`` (build_regularizers), ``neftune_noise_alpha`` (attach_neftune), ``adversarial``
+(attach_adversarial: FreeLB in the trainer's step, SMART as one more penalty), ``replay`` (the data
+pipeline); a ``preset`` (ASFT) is expanded into those keys when the config is read. The order matters:
+method (PEFT) -> Trainer (places the model on its device) -> regularizers (anchors, Fisher and KL base
+from the starting weights, before a checkpoint loads in ``train``) -> NEFTune and adversarial (after, so a
 frozen KL base copy carries no hook) -> train.
 
 Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
@@ -55,6 +56,7 @@ from sftlab.models.load import (
     training_attention,
 )
 from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
+from sftlab.train.adversarial import FreeLB, attach_adversarial
 from sftlab.train.callbacks import (
     DatasetEpoch,
     attach_callbacks,
@@ -215,15 +217,27 @@ def prepare_train(
     # anchors, EWC's Fisher and the KL base must be the starting weights, and live beside the model.
     with args.main_process_first(desc="regularizers (EWC Fisher)"):
         trainer.regularizers = build_regularizers(cfg, trainer.model, run_dir, tokenizer) + list(regularizers)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.neftune_noise_alpha is not None:
         # Ours, never transformers' (args.neftune_noise_alpha stays None): its hook scales by the padded
         # batch length, noises padding and treats a packed row as one sequence.
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        hook = attach_neftune(
-            trainer.model, cfg.neftune_noise_alpha, cfg.neftune_noise_type, cfg.neftune_schedule, pad_token_id=pad
-        )
+        try:
+            hook = attach_neftune(trainer.model, cfg.neftune_noise_alpha, cfg.neftune_noise_type,
+                                  cfg.neftune_schedule, pad_token_id=pad, layers=tuple(cfg.neftune_layers))
+        except ValueError as exc:  # a layer this model does not have
+            raise UserError(str(exc)) from None
         trainer.add_callback(NEFTuneProgressCallback(hook))
         trainer.log_sources.append(hook.log_values)
+    if cfg.adversarial is not None:
+        if trainer.is_deepspeed_enabled and cfg.adversarial.method == "freelb":
+            raise UserError("adversarial method freelb runs several backwards per micro-batch, which DeepSpeed's "
+                            "engine cannot (it steps on every backward); use method: smart, or DDP / FSDP")
+        adversary = attach_adversarial(trainer.model, cfg.adversarial, pad_token_id=pad)
+        if isinstance(adversary, FreeLB):
+            trainer.adversary = adversary
+        else:
+            trainer.regularizers.append(adversary)  # SMART's smoothness term is one more penalty
+        trainer.log_sources.append(adversary.log_values)
     attach_callbacks(trainer, run_dir, "train")
     trainer.add_callback(DatasetEpoch(data.train, log=trainer.log))
     if cfg.early_stopping_patience:
@@ -505,7 +519,11 @@ def describe_remedies(cfg: TrainConfig) -> list[str]:
     elif cfg.loss == "dft":
         parts.append("loss dft (cross-entropy weighted by each target's own probability)")
     if cfg.neftune_noise_alpha is not None:
-        parts.append(f"NEFTune alpha {cfg.neftune_noise_alpha} ({cfg.neftune_noise_type}, {cfg.neftune_schedule})")
+        layers = "" if cfg.neftune_layers == [0] else f", hidden states {cfg.neftune_layers}"
+        parts.append(f"NEFTune alpha {cfg.neftune_noise_alpha} ({cfg.neftune_noise_type}, {cfg.neftune_schedule}{layers})")
+    if cfg.adversarial is not None:
+        adv = cfg.adversarial
+        parts.append(f"{adv.method} {adv.steps} ascent steps (eta {adv.step_size}, eps {adv.epsilon}, {adv.norm})")
     if cfg.replay is not None:
         parts.append(f"replay {cfg.replay.ratio:.0%} of tokens from {cfg.replay.name}")
     if cfg.l2sp is not None:

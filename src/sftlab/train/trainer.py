@@ -30,6 +30,7 @@ What this subclass adds:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -118,6 +119,8 @@ class SFTLabTrainer(Trainer):
         state = [t for reg in self.regularizers for t in getattr(reg, "state_tensors", list)()]
         self.regularizer_state_bytes = per_rank(local_bytes(state))
         self._regularizers_bound = True
+        # FreeLB (sftlab.train.adversarial): runs each micro-batch once per perturbation; None for plain steps.
+        self.adversary: Any = None
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> TrainOutput:
         """Train, or resume; resuming a run that had finished (all planned steps, or stopped early)
@@ -177,10 +180,14 @@ class SFTLabTrainer(Trainer):
             # num_items_in_batch counts every rank's tokens and DDP averages gradients over ranks:
             # scaling by the rank count makes the result the gradient of the global token mean.
             task = task * self.accelerator.num_processes
+        passes = self.adversary.passes if model.training and self.adversary is not None else 1
+        if passes > 1:
+            # FreeLB visits this micro-batch once per perturbation: each visit's loss weighs 1 / passes.
+            task = task / passes
         loss = task
         if model.training and self.regularizers:
             self._record("loss/task", task)
-            steps = max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
+            steps = max(getattr(self, "current_gradient_accumulation_steps", 1), 1) * passes
             for reg in self.regularizers:
                 penalty = reg.penalty(model, reg_inputs, outputs) / steps
                 self._record(f"loss/{reg.name}", penalty)
@@ -257,8 +264,12 @@ class SFTLabTrainer(Trainer):
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        """One forward/backward; a non-finite loss raises before the optimizer can apply it."""
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        """One forward/backward (one per perturbation under FreeLB); a non-finite loss raises before the
+        optimizer can apply it."""
+        if self.adversary is not None:
+            loss = self.adversary.training_step(functools.partial(super().training_step, model, inputs, num_items_in_batch))
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
         bad = (~torch.isfinite(loss)).any().float()
         if self.args.world_size > 1:
             # Every rank must agree to stop, or the healthy ones would wait forever in the next all-reduce.

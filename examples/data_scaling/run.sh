@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Data scaling, LoRA against full fine-tuning, on SmolLM2-135M-Instruct, end to end, on CPU:
+#   1. prepare  split the Alpaca sample (300 held out: eval loss, eval set, prompts; the rest for training),
+#               cut nested 1x / 4x / 16x training sets (250 / 1,000 / 4,000 records), 12 WikiText-2 test
+#               articles and 300 PIQA items for forgetting
+#   2. sweep    {lora, full} x {1x, 4x, 16x}, one epoch each, each run audited against the base
+#   3. table    runs/data_scaling/seed_table.md: task scores and forgetting per run (intervals with > 1 seed)
+#
+# Arguments go to examples/seed_sweep.py: sweep overrides and --strategies, e.g. seeds=[0,1,2] for
+# intervals, or a smaller run into its own dir:
+#   examples/data_scaling/run.sh --strategies lora_1x,full_1x train.max_steps=20 out=runs/data_scaling_smoke
+# A rerun resumes: finished runs are skipped, an interrupted one continues from its last checkpoint.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+DATA=../shared/data
+PY=${PY:-.venv/bin/python}  # PY=/path/to/python to use another environment
+HERE=examples/data_scaling
+OUT=runs/data_scaling
+
+for f in alpaca/alpaca_5000.json wikitext-2/test.txt piqa/dev.jsonl; do
+    if [[ ! -f "$DATA/$f" ]]; then
+        echo "missing $DATA/$f: this recipe needs the shared data dir beside the repo (../shared/data)" >&2
+        exit 2
+    fi
+done
+if [[ ! -x $PY ]]; then
+    echo "no $PY: run 'make venv' first" >&2
+    exit 2
+fi
+mkdir -p "$OUT"
+
+stage() {  # stage NAME COMMAND...: run it and append its wall and CPU time to times.tsv
+    local name=$1
+    shift
+    echo "== $name: $*"
+    local TIMEFORMAT="$name	wall %0Rs	cpu %0Us user + %0Ss sys"
+    { time "$@" 2>&3; } 3>&2 2>>"$OUT/times.tsv"
+    tail -n 1 "$OUT/times.tsv"
+}
+
+printf 'run started %s: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$OUT/times.tsv"
+stage prepare $PY examples/real_data/prepare.py --alpaca "$DATA/alpaca/alpaca_5000.json" \
+    --wikitext-test "$DATA/wikitext-2/test.txt" --train 0 --out "$OUT/data"
+stage scale $PY "$HERE/prepare.py" --data "$OUT/data" --piqa-file "$DATA/piqa/dev.jsonl"
+stage sweep $PY examples/seed_sweep.py "$HERE/sweep.yaml" "$@"
