@@ -23,12 +23,12 @@ def test_demo_writes_the_sweep_report(demo: Path) -> None:
     for row in sweep["rows"]:
         assert row["eval_loss"] is not None and row["trainable_params"] > 0
         assert row["forecast_kl"] > 0 and row["delta_heldout_task"] is not None  # the forecast and what it forecasts
+        assert (demo / "sweep" / "runs" / row["strategy"] / f"seed{row['seed']}" / "audit" / "report.html").is_file()
     # Two strategies cannot rank anything: the forecast check says so rather than report rho = +-1 as a result.
     assert {m["key"] for m in sweep["forecast"]["measures"]} == {"delta_perplexity", "delta_benchmark",
                                                                   "delta_heldout_task"}
     assert all(m["n"] == 2 and m["verdict"].startswith("too few strategies") for m in sweep["forecast"]["measures"])
     assert "Did the forgetting forecast work on this sweep?" in html
-        assert (demo / "sweep" / "runs" / row["strategy"] / f"seed{row['seed']}" / "audit" / "report.html").is_file()
 
 
 def test_full_finetune_on_narrow_lowers_open_prompt_genre_entropy(demo: Path) -> None:
