@@ -98,6 +98,8 @@ class SFTLabTrainer(Trainer):
         # Bytes of per-parameter regularizer state (anchors, Fisher, a frozen base) on each rank, once bound.
         self.regularizer_state_bytes: list[int] | None = None
         self._regularizers_bound = False
+        # FreeLB (sftlab.train.adversarial): runs each micro-batch once per perturbation; None for plain steps.
+        self.adversary: Any = None
 
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator; FSDP2 switched on for a multi-process CPU run, where accelerate
@@ -119,8 +121,6 @@ class SFTLabTrainer(Trainer):
         state = [t for reg in self.regularizers for t in getattr(reg, "state_tensors", list)()]
         self.regularizer_state_bytes = per_rank(local_bytes(state))
         self._regularizers_bound = True
-        # FreeLB (sftlab.train.adversarial): runs each micro-batch once per perturbation; None for plain steps.
-        self.adversary: Any = None
 
     def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> TrainOutput:
         """Train, or resume; resuming a run that had finished (all planned steps, or stopped early)
