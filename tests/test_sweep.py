@@ -13,7 +13,6 @@ from sftlab.sweep import (
     ROW_FILE,
     SETTINGS_FILE,
     aggregate,
-    audit_config,
     finished_row,
     load_sweep,
     plan,

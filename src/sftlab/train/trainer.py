@@ -189,7 +189,11 @@ class SFTLabTrainer(Trainer):
             self._record("loss/task", task)
             steps = max(getattr(self, "current_gradient_accumulation_steps", 1), 1) * passes
             for reg in self.regularizers:
-                penalty = reg.penalty(model, reg_inputs, outputs) / steps
+                # The model's own forward runs under accelerate's autocast (bf16 training); a regularizer's
+                # forward (KL-to-base's base logits) must run in the same precision, or the KL between a model
+                # and itself is not 0.
+                with self.accelerator.autocast():
+                    penalty = reg.penalty(model, reg_inputs, outputs) / steps
                 self._record(f"loss/{reg.name}", penalty)
                 loss = loss + penalty
         return (loss, outputs) if return_outputs else loss
