@@ -198,7 +198,7 @@ def test_report_renders_without_console_errors(browser, report) -> None:
     sizes = browser.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth])")
     assert len(sizes) >= 4 and all(done and width > 100 for done, width in sizes), sizes
     ids = browser.evaluate("[...document.querySelectorAll('section.card')].map(s => s.id)")
-    assert ids == ["diversity", "shift", "copying", "forgetting", "task", "config"]
+    assert ids == ["style", "diversity", "shift", "copying", "forgetting", "forecast", "task", "config"]
     assert_tables_fit(browser, report)
     shot = report.parent / "report.png"
     width, height = browser.screenshot(shot)

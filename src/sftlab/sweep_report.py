@@ -19,7 +19,7 @@ from sftlab.audit.report.json_report import to_jsonable
 from sftlab.audit.report.section import Finding, Section, Table, image_html
 from sftlab.audit.report.sections import PPL_THRESHOLD
 from sftlab.config import SweepConfig
-from sftlab.sweep_table import COLUMNS, Column, format_cell, pareto_front
+from sftlab.sweep_table import COLUMNS, GROUPS, Column, format_cell, pareto_front
 from sftlab.sweep_forecast import forecast_section
 
 TASK_AXIS = ("task_score", "task score (higher is better)")
@@ -187,7 +187,13 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
              "better direction. Diversity kept is the tuned model's EAD as a share of the base's; Δ are tuned minus "
              "base; cost is wall time, peak memory (GPU allocated, or process peak RSS on CPU) and trainable "
              "parameters. Each run's full audit is in runs/<strategy>/seed<k>/audit/report.html.")
-    t, cost = comparison_table(table), comparison_table(table, "cost")
+    tables_html, tables_md = [], []
+    for group, heading in GROUPS.items():
+        t = comparison_table(table, group)
+        if len(t.headers) <= 2:  # no column of this group was measured by any run
+            continue
+        tables_html.append((f"<h3>{html.escape(heading)}</h3>" if heading else "") + t.to_html())
+        tables_md.append((f"### {heading}\n\n" if heading else "") + t.to_markdown())
     images: dict[str, bytes] = {}
     figures_html, figures_md = [], []
     for name, x_key, x_label, x_higher in PARETO_PLOTS:
@@ -203,9 +209,9 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
         for r in table["rows"])
     section = Section(
         key="comparison", title="Strategies compared", data=table,
-        html=(f"<p>{html.escape(intro)}</p>{t.to_html()}<h3>Cost</h3>{cost.to_html()}{''.join(figures_html)}"
+        html=(f"<p>{html.escape(intro)}</p>{''.join(tables_html)}{''.join(figures_html)}"
               f"<h3>Per-run audits</h3><ul>{links}</ul>"),
-        markdown=f"{intro}\n\n{t.to_markdown()}\n\n### Cost\n\n{cost.to_markdown()}\n\n" + "\n\n".join(figures_md),
+        markdown=f"{intro}\n\n" + "\n\n".join(tables_md + figures_md),
         images=images)
     forecast = forecast_section(table)  # None when no run's audit had sft_data
     sections = [section] + ([forecast] if forecast else [])

@@ -19,25 +19,31 @@ class Column:
     higher_is_better: bool | None  # None: cost or context, no better direction
     percent: bool = False
     digits: int = 3
-    # "outcome": what the fine-tune did to the model; "cost": what it took to train. The report draws one
-    # table per group, so neither is too wide for a page.
+    # "outcome": what the fine-tune did on its task and to diversity; "style": how its answers to the audit
+    # prompts read; "forgetting": what it lost elsewhere, and the forecast of it; "cost": what it took to
+    # train. The report draws one table per group, so none is too wide for a page.
     group: str = "outcome"
+
+
+# The report's tables, in order: group -> heading (the first group's table has none of its own).
+GROUPS: dict[str, str] = {"outcome": "", "style": "Style and adherence", "forgetting": "Forgetting",
+                          "cost": "Cost"}
 
 
 COLUMNS: tuple[Column, ...] = (
     Column("eval_loss", "eval loss", False),
     Column("task_score", "task score", True),
-    Column("style_capture", "answers in the SFT style (audit prompts)", False, percent=True),
-    Column("delta_adherence", "Δ prompt adherence (cosine)", True),
-    Column("play_style_other", "answers written as a play (other prompts)", False, percent=True),
+    Column("style_capture", "answers in the SFT style (audit prompts)", False, percent=True, group="style"),
+    Column("delta_adherence", "Δ prompt adherence (cosine)", True, group="style"),
+    Column("play_style_other", "answers written as a play (other prompts)", False, percent=True, group="style"),
     Column("diversity_kept_per_input", "diversity kept, per input", True, percent=True),
     Column("diversity_kept_across_input", "diversity kept, across inputs", True, percent=True),
     Column("genres_covered", "genres covered (open prompts)", True, digits=1),
     Column("genre_entropy", "genre entropy (nats)", True),
-    Column("delta_perplexity", "Δ perplexity (reference)", False, digits=2),
-    Column("delta_benchmark", "Δ benchmark accuracy", True, percent=True),
-    Column("delta_heldout_task", "Δ held-out task score", True, percent=True),
-    Column("forecast_kl", "forecast: KL(base ‖ tuned) on SFT prompts", None, digits=4),
+    Column("delta_perplexity", "Δ perplexity (reference)", False, digits=2, group="forgetting"),
+    Column("delta_benchmark", "Δ benchmark accuracy", True, percent=True, group="forgetting"),
+    Column("delta_heldout_task", "Δ held-out task score", True, percent=True, group="forgetting"),
+    Column("forecast_kl", "forecast: KL(base ‖ tuned) on SFT prompts", None, digits=4, group="forgetting"),
     Column("shifted", "shifted tokens", None, percent=True),
     Column("train_seconds", "train time (s)", None, digits=1, group="cost"),
     Column("peak_memory_mb", "peak memory (MB)", None, digits=0, group="cost"),
