@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,6 +138,18 @@ class MCItem:
     context: str | None = None  # the text the choices follow; None: question + "\nAnswer:"
 
 
+def _json_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(file:line, parsed row)`` for every non-blank line of a jsonl file; bad JSON is a UserError there."""
+    for line_no, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{line_no}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+
+
 def read_multiple_choice(path: str | Path) -> list[MCItem]:
     """Read a multiple-choice jsonl; a bad line raises a UserError naming file, line and field.
 
@@ -144,14 +157,7 @@ def read_multiple_choice(path: str | Path) -> list[MCItem]:
     """
     p = require_file(path, "benchmark file")
     items = []
-    for line_no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{line_no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, row in _json_lines(p):
         if not items and isinstance(row, dict) and PIQA_KEYS <= row.keys() and "question" not in row:
             return read_piqa(p)
         if not isinstance(row, dict):
@@ -281,14 +287,7 @@ def read_piqa(path: str | Path) -> list[MCItem]:
     lm-eval's ``piqa`` prompt: context ``"Question: {goal}\\nAnswer:"``, choices ``[sol1, sol2]``."""
     p = require_file(path, "PIQA file")
     items = []
-    for line_no, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{line_no}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from None
+    for where, row in _json_lines(p):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("goal", "sol1", "sol2")):
             raise UserError(f"{where}: expected an object with string fields goal, sol1, sol2 and a label")
         label = row.get("label")
