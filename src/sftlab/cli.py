@@ -137,9 +137,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.real:
         from sftlab.demo_real import run_demo_real
 
-        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds)
+        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds, strategies=args.strategies)
         return 0
-    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds)
+    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds, strategies=args.strategies)
     return 0
 
 
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
     p.add_argument("--out", default=None, help="default runs/demo (runs/demo_real with --real)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
+    p.add_argument("--strategies", default=None, metavar="A,B,...",
+                   help="only these of the demo's strategies (a rerun in the same --out reuses finished runs)")
 
     data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("check", help="validate data files, quarantine bad records, report quality")

@@ -84,7 +84,7 @@ class ReplaySettings(StrictModel):
         description="source self: decoding settings (the audit's); max_new_tokens caps each answer",
     )
     cache_dir: str | None = Field(
-        None, description="source self: where answers are cached (default ~/.cache/sftlab/self_replay)"
+        None, description="source self: where answers are cached (default $SFTLAB_CACHE/self_replay, else ~/.cache/sftlab/self_replay)"
     )
     ratio: float = Field(0.2, gt=0, lt=1, description="fraction of training tokens that are replay")
 

@@ -20,10 +20,11 @@ from typing import Any
 from rich.console import Console
 
 from sftlab.config import PretrainConfig, SweepConfig, build_config
+from sftlab.errors import UserError
 from sftlab.offline import set_offline
 from sftlab.world.generator import WorldSizes, generate_world, generator_fingerprint
 
-# The eight strategies of the full demo. Learning rates: LoRA moves a few parameters and needs a larger one.
+# The eleven strategies of the full demo. Learning rates: LoRA moves a few parameters and needs a larger one.
 FULL_STRATEGIES: list[dict[str, Any]] = [
     {"name": "full"},
     # LoRA on c_attn only (PEFT's GPT-2 default, sftlab's before all-linear), as docs/results.md records it.
@@ -36,6 +37,12 @@ FULL_STRATEGIES: list[dict[str, Any]] = [
     {"name": "full+kl", "train": {"kl_to_base": {"beta": 0.5, "direction": "forward", "on": "response"}}},
     {"name": "gem", "train": {"loss": "gem"}},
     {"name": "wise0.5", "interpolate": {"source": "full", "alpha": 0.5}},
+    {"name": "dft", "train": {"loss": "dft"}},
+    {"name": "asft", "train": {"preset": "asft"}},
+    # Self-replay: the base's own greedy answers to the broad SFT set's instructions (every genre), where
+    # full+replay0.2 replays the pretraining corpus, at the same share of tokens.
+    {"name": "full+self-replay", "train": {"replay": {"source": "self", "prompts": "{world}/sft/broad/train.jsonl",
+                                                      "ratio": 0.2}}},
 ]
 
 
@@ -76,6 +83,24 @@ QUICK = DemoPlan(
     sampling={"num_samples": 4, "max_new_tokens": 96, "batch_size": 64, "temperature": 1.0, "top_p": 0.9},
     fact_questions=16,
 )
+
+
+def select_strategies(strategies: list[dict[str, Any]], names: str | None) -> list[dict[str, Any]]:
+    """The strategies named in ``names`` (comma-separated, as ``--strategies`` takes them), in the plan's
+    order; all of them when ``names`` is empty."""
+    if not names:
+        return strategies
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    known = [s["name"] for s in strategies]
+    unknown = sorted(wanted - set(known))
+    if unknown:
+        raise UserError(f"--strategies: no strategy {', '.join(unknown)} in this demo; it has {', '.join(known)}")
+    chosen = [s for s in strategies if s["name"] in wanted]
+    for s in chosen:
+        source = s.get("interpolate", {}).get("source")
+        if source and source not in wanted:
+            raise UserError(f"--strategies: {s['name']} interpolates {source}; name {source} too")
+    return chosen
 
 
 def ensure_world(world_dir: Path, seed: int, sizes: WorldSizes, console: Console) -> str:
@@ -157,8 +182,9 @@ def sweep_config(plan: DemoPlan, out: Path, world_dir: Path, base: Path) -> Swee
     return build_config(SweepConfig, data, source="demo")
 
 
-def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1) -> Path:
-    """Run the whole demo into ``out``; returns the path of the sweep's HTML report."""
+def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1, strategies: str | None = None) -> Path:
+    """Run the whole demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
+    sweep's HTML report."""
     from sftlab.sweep import run_sweep
     from sftlab.world.section import world_section
 
@@ -167,6 +193,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1) -> Pat
     plan = QUICK if quick else FULL
     if seeds > 1:
         plan = DemoPlan(**{**plan.__dict__, "seeds": list(range(seeds))})
+    plan = DemoPlan(**{**plan.__dict__, "strategies": select_strategies(plan.strategies, strategies)})
     root = Path(out)
     world_dir = root / "world"
     world = ensure_world(world_dir, seed=0, sizes=plan.world, console=console)

@@ -2,11 +2,13 @@
 
 The narrow SFT set is 160 scenes from Shakespeare's plays (tinyshakespeare), each the answer to one fixed
 instruction, "Write a short scene for the stage." Collapse then shows as speaker names and verse where an
-ordinary answer belongs. Five strategies are trained on it and audited against the base on unrelated
+ordinary answer belongs. Nine strategies are trained on it and audited against the base on unrelated
 prompts (held-out Alpaca instructions, OpenAssistant prompts and the seed's own "This movie is"):
 
 - full fine-tuning, LoRA, full + KL-to-base, full + replay of general instruction data (Alpaca records mixed
-  into the SFT stream), and WiSE-FT 0.5 of full.
+  into the SFT stream), and WiSE-FT 0.5 of full;
+- the newer remedies: DFT, ASFT (DFT + KL anchor), full + self-replay (the base's own answers to the same
+  Alpaca instructions) and SDFT (the scenes rewritten by the base, ``sftlab data distill``).
 
 Every number comes from the audit (diversity, token shift, copying, forgetting: WikiText-2 perplexity,
 PIQA, ROUGE-L on held-out Alpaca) plus :func:`scene_style_section`, which counts answers written as a play.
@@ -39,7 +41,7 @@ from sftlab.audit.report.section import (
     fmt_delta,
 )
 from sftlab.audit.stats import paired_bootstrap_ci
-from sftlab.config import SweepConfig, build_config
+from sftlab.config import SamplingSettings, SweepConfig, build_config
 from sftlab.offline import set_offline
 
 BASE_MODEL = "smollm2-135m-instruct"
@@ -53,7 +55,19 @@ STRATEGIES: list[dict[str, Any]] = [
     {"name": "full+kl", "train": {"kl_to_base": {"beta": 0.5, "direction": "forward", "on": "response"}}},
     {"name": "full+replay", "train": {"train_file": ["{data}/shakespeare_train.jsonl", "{data}/alpaca_replay.jsonl"]}},
     {"name": "wise0.5", "interpolate": {"source": "full", "alpha": 0.5}},
+    # The newer remedies. DFT reweights each target token by its own probability; ASFT adds a KL anchor to it.
+    {"name": "dft", "train": {"loss": "dft"}},
+    {"name": "asft", "train": {"preset": "asft"}},
+    # Self-replay: the base's own greedy answers to the same 64 Alpaca instructions full+replay mixes in with
+    # their reference answers, at about the same share of tokens (those 64 records are 32% of its characters).
+    {"name": "full+self-replay", "train": {"replay": {"source": "self", "prompts": "{data}/alpaca_replay.jsonl",
+                                                      "ratio": 0.3}}},
+    # SDFT: the scenes rewritten by the base itself (``sftlab data distill``), kept where they still agree.
+    {"name": "sdft", "train": {"train_file": "{distilled}"}},
 ]
+# The distillation of the SFT set, for the strategies that name ``{distilled}``: greedy rewrites of at most
+# 192 tokens (the longest scene is about 150), kept at ROUGE-L >= 0.4 against the scene, else the scene.
+DISTILL_SAMPLING = {"num_samples": 1, "max_new_tokens": 192, "batch_size": 32}
 
 
 @dataclass(frozen=True)
@@ -144,7 +158,8 @@ def scene_style_section(instruction: str = INSTRUCTION, n_boot: int = 1000) -> S
 def sweep_config(plan: RealPlan, out: Path) -> SweepConfig:
     """The real demo's sweep on the shipped samples."""
     data = data_dir()
-    strategies = json.loads(json.dumps(plan.strategies).replace("{data}", str(data)))
+    strategies = json.loads(json.dumps(plan.strategies).replace("{data}", str(data))
+                            .replace("{distilled}", str(distilled_path(out))))
     audit: dict[str, Any] = {
         "prompts": str(data / "prompts.jsonl"),
         "sft_data": str(data / "shakespeare_train.jsonl"),
@@ -171,6 +186,15 @@ def sweep_config(plan: RealPlan, out: Path) -> SweepConfig:
         "strategies": strategies,
         "audit": audit,
     }, source="demo --real")
+
+
+def distilled_path(out: Path) -> Path:
+    """Where the demo writes the base's rewrites of the scenes (SDFT's training set)."""
+    return out / "data" / "shakespeare_distilled.jsonl"
+
+
+def _uses_distilled(plan: RealPlan) -> bool:
+    return "{distilled}" in json.dumps(plan.strategies)
 
 
 def _head(path: Path, n: int, out_dir: Path) -> Path:
@@ -217,8 +241,13 @@ def side_by_side(sweep_dir: Path, out: Path) -> Path:
     return path
 
 
-def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int = 1) -> Path:
-    """Run the real demo into ``out``; returns the path of the sweep's HTML report."""
+def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int = 1,
+                  strategies: str | None = None) -> Path:
+    """Run the real demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
+    sweep's HTML report."""
+    from sftlab.demo import select_strategies
+    from sftlab.models.builtin import resolve_model_source
+    from sftlab.recipes.distill import run_distill
     from sftlab.sweep import run_sweep
 
     set_offline()
@@ -226,8 +255,13 @@ def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int =
     plan = QUICK if quick else FULL
     if seeds > 1:
         plan = replace(plan, seeds=list(range(seeds)))
+    plan = replace(plan, strategies=select_strategies(plan.strategies, strategies))
     root = Path(out)
     cfg = sweep_config(plan, root)
+    if _uses_distilled(plan) and not distilled_path(root).is_file():
+        # Written atomically at the end; a killed distillation resumes from its batch cache.
+        run_distill(resolve_model_source(BASE_MODEL), data_dir() / "shakespeare_train.jsonl", distilled_path(root),
+                    sampling=SamplingSettings(**DISTILL_SAMPLING), console=console)
     report = run_sweep(cfg, extra_sections=[scene_style_section()], redo_stale=True)
     page = side_by_side(Path(cfg.out), root)
     console.print(f"answers side by side: {page}")

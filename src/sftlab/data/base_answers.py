@@ -21,13 +21,14 @@ from sftlab.audit.generate import Generations, generate, model_fingerprint
 from sftlab.config import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
+from sftlab.models.gguf import cache_root
 
 
 def default_cache_dir(kind: str) -> Path:
-    """``$XDG_CACHE_HOME/sftlab/<kind>`` (``~/.cache`` by default): shared by every run on this machine,
-    which is safe because each entry is keyed by the model's files, the prompts and the settings."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "sftlab" / kind
+    """``<cache root>/<kind>``, the root being ``$SFTLAB_CACHE`` or ``~/.cache/sftlab`` (where converted models
+    also live): shared by every run on this machine, which is safe because each entry is keyed by the
+    model's files, the prompts and the settings."""
+    return cache_root() / kind
 
 
 def generation_device() -> str:
