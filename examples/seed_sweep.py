@@ -39,6 +39,8 @@ MEASURES: tuple[tuple[str, str, int], ...] = (
     ("answer_words", "answer length (words)", 1),
     ("diversity_kept_per_input", "EAD kept, per input", 3),
     ("diversity_kept_across_input", "EAD kept, across inputs", 3),
+    ("style_share", "SFT-style share", 3),
+    ("delta_adherence", "Δ adherence (cosine)", 3),
     ("delta_perplexity", "Δ perplexity (reference)", 2),
     ("benchmark_accuracy", "benchmark accuracy", 3),
     ("delta_benchmark", "Δ benchmark accuracy", 3),
@@ -79,6 +81,10 @@ def run_measures(run_dir: Path) -> dict[str, Any] | None:
     lengths = sections.get("answer_length", {}).get("models", {})
     out["answer_words"] = lengths.get(tuned, {}).get("sampled_words")
     out["base_answer_words"] = lengths.get(base, {}).get("sampled_words")
+    style = sections.get("style", {})
+    out["style_share"] = style.get("capture", {}).get("models", {}).get(tuned, {}).get("value")
+    out["base_style_share"] = style.get("capture", {}).get("models", {}).get(base, {}).get("value")
+    out["delta_adherence"] = style.get("adherence", {}).get("deltas", {}).get(tuned, {}).get("delta")
     mc = sections.get("forgetting", {}).get("multiple_choice", {})
     out["benchmark_accuracy"] = statistics.fmean(per[tuned]["accuracy"] for per in mc.values()) if mc else None
     out["base_benchmark_accuracy"] = statistics.fmean(per[base]["accuracy"] for per in mc.values()) if mc else None
@@ -130,7 +136,9 @@ def seed_table(out: Path, strategies: list[str], seeds: list[int]) -> tuple[str,
         note += (f" The base, on the same eval set and prompts: ROUGE-L {first['base_rouge_l']:.3f}, "
                  f"BLEU {first['base_bleu']:.2f}, answer length {first['base_answer_words']:.1f} words"
                  + (f", benchmark accuracy {first['base_benchmark_accuracy']:.3f}"
-                    if first.get("base_benchmark_accuracy") is not None else "") + ".")
+                    if first.get("base_benchmark_accuracy") is not None else "")
+                 + (f", SFT-style share {first['base_style_share']:.3f} (the classifier's floor)"
+                    if first.get("base_style_share") is not None else "") + ".")
     return "\n".join(lines) + note + "\n", table
 
 
