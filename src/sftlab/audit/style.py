@@ -403,10 +403,12 @@ def style_table(
 
     # Prompt adherence, and the base's log-probability of the tuned answers.
     if adherence is not None:
-        adh: dict[str, object] = {"models": {}, "deltas": {}, "per_prompt": {}}
+        adh: dict[str, object] = {"models": {}, "deltas": {}, "per_prompt": {}, "per_sample": {}}
         for m in models:
             adh["models"][m] = _interval(cluster_bootstrap(adherence[m], "mean", n_boot, seed))
             adh["per_prompt"][m] = [_stat(np.asarray(v, dtype=float), "mean") for v in adherence[m]]
+            # Each answer's own cosine: what a hand label of that answer is checked against.
+            adh["per_sample"][m] = [[float(x) for x in v] for v in adherence[m]]
         for m in tuned:
             adh["deltas"][m] = _interval(paired_cluster_bootstrap(adherence[base], adherence[m], "mean", n_boot, seed),
                                          "delta")
@@ -428,6 +430,7 @@ def style_table(
             "deltas": {m: _interval(paired_cluster_bootstrap(shares[base], shares[m], "mean", n_boot, seed), "delta")
                        for m in tuned},
             "per_prompt": {m: [_stat(np.asarray(v, dtype=float), "mean") for v in shares[m]] for m in models},
+            "per_sample": {m: [[float(x) for x in v] for v in shares[m]] for m in models},
             "features": top_features(fit.final, n_features),
         }
         if corpora:
