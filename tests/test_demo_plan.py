@@ -1,0 +1,39 @@
+"""The demos' plans: ``--strategies`` picks a subset, and every strategy of both full plans is a valid run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sftlab.demo import FULL_STRATEGIES, select_strategies
+from sftlab.demo_real import FULL, distilled_path, sweep_config
+from sftlab.errors import UserError
+from sftlab.sweep import RunSpec, train_config
+
+
+def test_strategies_named_are_kept_in_the_plans_order() -> None:
+    chosen = select_strategies(FULL_STRATEGIES, "wise0.5, full ,gem")
+    assert [s["name"] for s in chosen] == ["full", "gem", "wise0.5"]
+    assert select_strategies(FULL_STRATEGIES, None) is FULL_STRATEGIES
+
+
+def test_an_unknown_strategy_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(UserError, match=r"no strategy nope in this demo; it has full, lora"):
+        select_strategies(FULL_STRATEGIES, "full,nope")
+
+
+def test_an_interpolation_needs_its_source() -> None:
+    with pytest.raises(UserError, match="wise0.5 interpolates full; name full too"):
+        select_strategies(FULL_STRATEGIES, "wise0.5")
+
+
+def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> None:
+    cfg = sweep_config(FULL, tmp_path)
+    trained = {s.name: train_config(cfg, RunSpec(s, 0, tmp_path / s.name)) for s in cfg.strategies
+               if s.interpolate is None}
+    assert trained["dft"].loss == "dft" and trained["dft"].kl_to_base is None
+    # ASFT is DFT plus a KL anchor, nothing else.
+    assert trained["asft"].loss == "dft" and trained["asft"].kl_to_base is not None
+    assert trained["full+self-replay"].replay is not None and trained["full+self-replay"].replay.source == "self"
+    assert trained["sdft"].train_file == [str(distilled_path(tmp_path))]
