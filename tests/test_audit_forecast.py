@@ -97,6 +97,15 @@ def test_summary_pools_tokens_and_bootstraps_prompts() -> None:
     assert 0.5 <= s["forward"]["ci_low"] <= s["forward"]["mean"] <= s["forward"]["ci_high"] <= 2.0
 
 
+def test_one_distinct_prompt_bootstraps_its_answers() -> None:
+    # An SFT set with one instruction: resampling its single prompt would give a zero-width interval.
+    per_prompt = [[AnswerKL(np.array([1.0, 3.0]), np.array([1.0, 1.0])), AnswerKL(np.array([0.5]), np.array([0.0]))]]
+    s = summarize_forecast(per_prompt, n_boot=200)
+    assert s["resampled"] == "answers" and s["forward"]["mean"] == pytest.approx(4.5 / 3)
+    # A replicate is answer 0 alone (4/2 = 2), answer 1 alone (0.5) or a mix: the interval has width.
+    assert 0.5 <= s["forward"]["ci_low"] < s["forward"]["ci_high"] <= 2.0
+
+
 def test_bootstrap_ratio_ci_by_hand() -> None:
     assert bootstrap_ratio_ci([6.0, 1.0], [3.0, 2.0], n_boot=100)[0] == pytest.approx(7.0 / 5.0)
     assert bootstrap_ratio_ci([4.0, 9.0], [2.0, 0.0]) == (2.0, 2.0, 2.0)  # the empty item is dropped

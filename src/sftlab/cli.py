@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample (at --temperature) instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None, help="rewrite cache (default ~/.cache/sftlab/distill)")
+    p.add_argument("--cache-dir", default=None, help="rewrite cache (default $SFTLAB_CACHE/distill, else ~/.cache/sftlab/distill)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--trust-remote-code", action="store_true")

@@ -123,13 +123,17 @@ def summarize_forecast(per_prompt: Sequence[Sequence[AnswerKL]], n_boot: int = 1
 
     ``per_prompt[p]`` holds the scored answers to prompt p. Each direction's ``mean`` pools positions
     (sum of KL / number of positions); its 95% interval is a percentile bootstrap that resamples prompts
-    (answers to one prompt are not independent, so prompts, not tokens, are the units).
+    (answers to one prompt are not independent, so prompts, not tokens, are the units). An SFT set with a
+    single distinct prompt has nothing to resample at that level; its answers, independent samples given
+    that prompt, are the units then (``resampled`` says which).
     """
-    positions = np.array([sum(len(a.forward) for a in answers) for answers in per_prompt], dtype=float)
+    units = per_prompt if len(per_prompt) != 1 else [[a] for a in per_prompt[0]]
+    positions = np.array([sum(len(a.forward) for a in answers) for answers in units], dtype=float)
     out: dict[str, Any] = {"n_prompts": len(per_prompt), "n_answers": sum(len(a) for a in per_prompt),
-                           "n_positions": int(positions.sum())}
+                           "n_positions": int(positions.sum()),
+                           "resampled": "prompts" if len(per_prompt) != 1 else "answers"}
     for key in ("forward", "reverse"):
-        sums = np.array([sum(float(getattr(a, key).sum()) for a in answers) for answers in per_prompt])
+        sums = np.array([sum(float(getattr(a, key).sum()) for a in answers) for answers in units])
         mean, low, high = bootstrap_ratio_ci(sums, positions, n_boot=n_boot, seed=seed)
         out[key] = {"mean": mean, "ci_low": low, "ci_high": high}
     return out

@@ -8,10 +8,10 @@ originals otherwise, and writes:
     OUT.stats.json       counts (kept, fell back by reason, passed through), the rule, and the cost
                          (answer tokens, seconds, tokens/s)
 
-Each finished batch of rewrites is cached (``--cache-dir``, by default ~/.cache/sftlab/distill, keyed by
-the model's files, the prompts and the decoding settings), so a run that was killed resumes where it
-stopped, and a rerun with another agreement threshold generates nothing. A sweep trains on the result
-by naming it: ``train: {train_file: OUT}`` in a strategy's overlay.
+Each finished batch of rewrites is cached (``--cache-dir``, by default $SFTLAB_CACHE/distill or
+~/.cache/sftlab/distill, keyed by the model's files, the prompts and the decoding settings), so a run that
+was killed resumes where it stopped, and a rerun with another agreement threshold generates nothing. A
+sweep trains on the result by naming it: ``train: {train_file: OUT}`` in a strategy's overlay.
 """
 
 from __future__ import annotations

@@ -299,12 +299,14 @@ def forecast_section(data: dict[str, Any]) -> Section:
     context = ("both reading the same prompt ids" if data["template"] == "same"
                else "the tuned model reading its own template and the base a plain prompt")
     k = data["samples_per_prompt"]
+    # One distinct SFT prompt: the bootstrap resamples its answers (see summarize_forecast).
+    units = ("answers (the SFT set has one distinct prompt)" if data["prompts"] == 1 else "prompts")
     intro = (f"On {data['prompts']} distinct prompts of the SFT set, each tuned model samples {k} answer{'s' if k != 1 else ''} "
              f"per prompt. Along them, {context}, the base's and the tuned model's next-token distributions are compared "
              "at every position (the stopping position included). KL(base ‖ tuned) = "
              "Σ_v p_base(v) log(p_base(v) / p_tuned(v)) is the forward KL that forgetting tracks in "
              f"{data['source']}; the reverse direction is beside it. Both are nats per token, with percentile bootstrap "
-             "95% intervals over prompts. It needs no benchmark: a larger value forecasts more forgetting, and the "
+             f"95% intervals over {units}. It needs no benchmark: a larger value forecasts more forgetting, and the "
              "sweep checks that forecast against the forgetting it measures.")
     return Section("forecast", "Forgetting forecast (KL to the base on the SFT prompts)", data,
                    _p(intro) + table.to_html(), intro + "\n\n" + table.to_markdown(), findings)
