@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sftlab.demo import FULL_STRATEGIES, select_strategies
-from sftlab.demo_real import FULL, distilled_path, sweep_config
+from sftlab.demo_real import ALL_STRATEGIES, FULL, NEWER_REMEDIES, distilled_path, sweep_config
 from sftlab.errors import UserError
 from sftlab.sweep import RunSpec, train_config
 
@@ -16,6 +17,7 @@ def test_strategies_named_are_kept_in_the_plans_order() -> None:
     chosen = select_strategies(FULL_STRATEGIES, "wise0.5, full ,gem")
     assert [s["name"] for s in chosen] == ["full", "gem", "wise0.5"]
     assert select_strategies(FULL_STRATEGIES, None) is FULL_STRATEGIES
+    assert select_strategies(FULL_STRATEGIES, "all") is FULL_STRATEGIES
 
 
 def test_an_unknown_strategy_is_refused_with_the_known_ones() -> None:
@@ -29,7 +31,9 @@ def test_an_interpolation_needs_its_source() -> None:
 
 
 def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> None:
-    cfg = sweep_config(FULL, tmp_path)
+    # The default plan keeps to the budget; the newer remedies are there for --strategies.
+    assert not {s["name"] for s in NEWER_REMEDIES} & {s["name"] for s in FULL.strategies}
+    cfg = sweep_config(replace(FULL, strategies=ALL_STRATEGIES), tmp_path)
     trained = {s.name: train_config(cfg, RunSpec(s, 0, tmp_path / s.name)) for s in cfg.strategies
                if s.interpolate is None}
     assert trained["dft"].loss == "dft" and trained["dft"].kl_to_base is None

@@ -87,8 +87,8 @@ QUICK = DemoPlan(
 
 def select_strategies(strategies: list[dict[str, Any]], names: str | None) -> list[dict[str, Any]]:
     """The strategies named in ``names`` (comma-separated, as ``--strategies`` takes them), in the plan's
-    order; all of them when ``names`` is empty."""
-    if not names:
+    order; all of them when ``names`` is empty or ``all``."""
+    if not names or names.strip() == "all":
         return strategies
     wanted = {n.strip() for n in names.split(",") if n.strip()}
     known = [s["name"] for s in strategies]

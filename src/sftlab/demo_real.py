@@ -2,13 +2,14 @@
 
 The narrow SFT set is 160 scenes from Shakespeare's plays (tinyshakespeare), each the answer to one fixed
 instruction, "Write a short scene for the stage." Collapse then shows as speaker names and verse where an
-ordinary answer belongs. Nine strategies are trained on it and audited against the base on unrelated
-prompts (held-out Alpaca instructions, OpenAssistant prompts and the seed's own "This movie is"):
+ordinary answer belongs. Five strategies are trained on it (four more with ``--strategies``) and audited against the base on
+unrelated prompts (held-out Alpaca instructions, OpenAssistant prompts and the seed's own "This movie is"):
 
 - full fine-tuning, LoRA, full + KL-to-base, full + replay of general instruction data (Alpaca records mixed
   into the SFT stream), and WiSE-FT 0.5 of full;
-- the newer remedies: DFT, ASFT (DFT + KL anchor), full + self-replay (the base's own answers to the same
-  Alpaca instructions) and SDFT (the scenes rewritten by the base, ``sftlab data distill``).
+- the newer remedies, on request (``--strategies all``): DFT, ASFT (DFT + KL anchor), full + self-replay
+  (the base's own answers to the same Alpaca instructions) and SDFT (the scenes rewritten by the base,
+  ``sftlab data distill``).
 
 Every number comes from the audit (diversity, token shift, copying, forgetting: WikiText-2 perplexity,
 PIQA, ROUGE-L on held-out Alpaca) plus :func:`scene_style_section`, which counts answers written as a play.
@@ -55,7 +56,12 @@ STRATEGIES: list[dict[str, Any]] = [
     {"name": "full+kl", "train": {"kl_to_base": {"beta": 0.5, "direction": "forward", "on": "response"}}},
     {"name": "full+replay", "train": {"train_file": ["{data}/shakespeare_train.jsonl", "{data}/alpaca_replay.jsonl"]}},
     {"name": "wise0.5", "interpolate": {"source": "full", "alpha": 0.5}},
-    # The newer remedies. DFT reweights each target token by its own probability; ASFT adds a KL anchor to it.
+]
+# The newer remedies: run with ``--strategies`` (``all`` for every one). Each trained strategy costs about 4
+# minutes on 2 cores (2 to train, 2 to audit) and SDFT's distillation 5 more, so the default plan keeps to the
+# five above, which fit the 25-minute budget (docs/benchmarks.md has the stage times).
+NEWER_REMEDIES: list[dict[str, Any]] = [
+    # DFT reweights each target token by its own probability; ASFT adds a KL anchor to it.
     {"name": "dft", "train": {"loss": "dft"}},
     {"name": "asft", "train": {"preset": "asft"}},
     # Self-replay: the base's own greedy answers to the same 64 Alpaca instructions full+replay mixes in with
@@ -66,7 +72,7 @@ STRATEGIES: list[dict[str, Any]] = [
     {"name": "sdft", "train": {"train_file": "{distilled}"}},
 ]
 # The distillation of the SFT set, for the strategies that name ``{distilled}``: greedy rewrites of at most
-# 192 tokens (the longest scene is about 150), kept at ROUGE-L >= 0.4 against the scene, else the scene.
+# 192 tokens (the longest scene is 122, the median 85), kept at ROUGE-L >= 0.4 against the scene, else the scene.
 DISTILL_SAMPLING = {"num_samples": 1, "max_new_tokens": 192, "batch_size": 32}
 
 
@@ -241,6 +247,9 @@ def side_by_side(sweep_dir: Path, out: Path) -> Path:
     return path
 
 
+ALL_STRATEGIES = STRATEGIES + NEWER_REMEDIES
+
+
 def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int = 1,
                   strategies: str | None = None) -> Path:
     """Run the real demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
@@ -255,7 +264,8 @@ def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int =
     plan = QUICK if quick else FULL
     if seeds > 1:
         plan = replace(plan, seeds=list(range(seeds)))
-    plan = replace(plan, strategies=select_strategies(plan.strategies, strategies))
+    if strategies:
+        plan = replace(plan, strategies=select_strategies(ALL_STRATEGIES, strategies))
     root = Path(out)
     cfg = sweep_config(plan, root)
     if _uses_distilled(plan) and not distilled_path(root).is_file():
