@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # NEFTune strength on SmolLM2-135M-Instruct, end to end, on CPU:
-#   1. prepare  split the Alpaca sample: 240 training records, 120 held out (eval loss), of which 48 are the
+#   1. prepare  split the Alpaca sample: 160 training records, 100 held out (eval loss), of which 32 are the
 #               eval set (ROUGE-L, BLEU) and 24 others the audit prompts (diversity, answer length, style)
 #   2. sweep    alpha 0 / 5 / 10 / 15 x seeds 0, 1, 2: full fine-tuning, each run audited against the base
 #   3. table    runs/neftune_strength/seed_table.md: mean and 95% t-interval over seeds per alpha
@@ -41,6 +41,6 @@ stage() {  # stage NAME COMMAND...: run it and append its wall and CPU time to t
 
 printf 'run started %s: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$OUT/times.tsv"
 stage prepare $PY examples/real_data/prepare.py --alpaca "$DATA/alpaca/alpaca_5000.json" \
-    --wikitext-test "$DATA/wikitext-2/test.txt" --train 240 --heldout 120 --eval-set 48 --prompts 24 \
+    --wikitext-test "$DATA/wikitext-2/test.txt" --train 160 --heldout 100 --eval-set 32 --prompts 24 \
     --out "$OUT/data"
 stage sweep $PY examples/seed_sweep.py "$HERE/sweep.yaml" "$@"
