@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationMixin
 
+from sftlab.audit import forgetting
 from sftlab.audit.report.section import Finding, Section
 from sftlab.cli import main
 from sftlab.config import AuditConfig, build_config
@@ -183,13 +184,16 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
     cfg = build_config(AuditConfig, {
         "base": str(s["base"]), "tuned": [str(s["tuned"])], "prompts": str(s["prompts"]),
         "out": str(s["root"] / "out2"), "sampling": {"num_samples": 2, "max_new_tokens": 8},
+        "reference": [str(s["ref"])], "benchmark": [str(s["bench"])],
         "bootstrap_samples": 100, "shift_template": "plain", "shift_answers": "sampled"})
-    run_audit(cfg)
+    first = json.loads((run_audit(cfg).parent / "report.json").read_text())["sections"]["forgetting"]
 
     def boom(*args, **kwargs):
-        raise AssertionError("generate() ran again although its samples were cached")
+        raise AssertionError("generate(), perplexity or choice scoring ran again although its results were cached")
 
     monkeypatch.setattr(GenerationMixin, "generate", boom)
+    monkeypatch.setattr(forgetting, "perplexity", boom)
+    monkeypatch.setattr(forgetting, "choice_scores", boom)
 
     def world(ctx):
         return Section("world", "World", {"n_samples": sum(len(x) for x in ctx.samples[ctx.tuned[0]])},
@@ -197,6 +201,7 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
 
     report = run_audit(cfg, extra_sections=[world, lambda ctx: None])
     doc = json.loads((report.parent / "report.json").read_text())
+    assert doc["sections"]["forgetting"] == first  # the same figures, read back from the score cache
     assert doc["sections"]["world"] == {"n_samples": 12}
     assert doc["sections"]["shift"]["template"] == "plain" and doc["sections"]["shift"]["answers"] == "sampled"
     assert {"model": "tuned/model", "kind": "lost", "text": "two genres", "key": ""} in doc["summary"]

@@ -94,7 +94,9 @@ def _chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
-def _write_atomic(path: Path, payload: object) -> None:
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``: a kill leaves the old
+    file or none, never half of one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -195,7 +197,7 @@ def generate(
                           for i in range(len(batch))],
             }
             if cached is not None:
-                _write_atomic(cached, payload)
+                write_json_atomic(cached, payload)
         texts.extend(payload["texts"])
         token_ids.extend(payload["token_ids"])
         if on_prompts_done is not None:

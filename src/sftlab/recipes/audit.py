@@ -15,7 +15,7 @@ import gc
 import html
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,6 +37,7 @@ from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import build_report, write_json
 from sftlab.audit.report.markdown import render_markdown
 from sftlab.audit.report.section import AuditContext, Section, SectionProvider
+from sftlab.audit.score_cache import cached_scores
 from sftlab.audit.report.sections import (
     adherence_fell,
     copying_section,
@@ -264,13 +265,24 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
         out = generate(model, tok, eval_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
                        fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: eval set", len(eval_ids)))
         run.eval_greedy = [g[0] for g in out.texts]
+    # A sweep's audits all score the same base on the same corpora and benchmarks: those scores are cached.
     for corpus, texts in inputs.references.items():
-        run.perplexity[corpus] = forgetting.perplexity(
-            model, tok, texts, max_length, s.batch_size, bars.step(f"{name}: perplexity {corpus}", _n_windows(
-                tok, texts, max_length)))
+        n = _n_windows(tok, texts, max_length)
+        done = bars.step(f"{name}: perplexity {corpus}", n)
+        run.perplexity[corpus] = cached_scores(
+            cache_dir, {"kind": "perplexity", "model": fingerprint, "texts": list(texts), "max_length": max_length,
+                        "batch_size": s.batch_size},
+            lambda: forgetting.perplexity(model, tok, texts, max_length, s.batch_size, done),
+            asdict, lambda d: forgetting.Perplexity(**d), lambda: done(n))
     for bench, items in inputs.benchmarks.items():
-        scores = forgetting.choice_scores(model, tok, items, s.batch_size,
-                                          bars.step(f"{name}: {bench}", sum(len(i.choices) for i in items)))
+        n = sum(len(i.choices) for i in items)
+        done = bars.step(f"{name}: {bench}", n)
+        scores = cached_scores(
+            cache_dir, {"kind": "choices", "model": fingerprint, "items": [asdict(i) for i in items],
+                        "batch_size": s.batch_size},
+            lambda: forgetting.choice_scores(model, tok, items, s.batch_size, done),
+            lambda sc: [[asdict(c) for c in per] for per in sc],
+            lambda d: [[forgetting.ChoiceScore(**c) for c in per] for per in d], lambda: done(n))
         run.mc_correct[bench] = forgetting.mc_correct(items, scores, cfg.mc_score)
     return run
 
