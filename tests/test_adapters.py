@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from sftlab.config import TrainConfig
 from sftlab.errors import UserError
-from sftlab.models.load import load_model
+from sftlab.models.load import adapter_is_mergeable, load_model
 from sftlab.train.adapters import (
     apply_method,
     detect_target_modules,
@@ -154,6 +154,13 @@ def test_merge_adapter_equals_peft_model(tiny_model_dir, tmp_path):
     assert torch.allclose(want, got, atol=1e-5)
     assert not torch.allclose(base, got, atol=1e-3)  # the adapter really changed the model
     assert (merged_dir / "tokenizer_config.json").is_file()
+
+
+def test_only_weight_changing_adapters_count_as_mergeable(tiny_model_dir, tmp_path):
+    # The audit folds mergeable adapters in before generating, and loads the others as PEFT models.
+    for method, mergeable in (("lora", True), ("prompt", False)):
+        apply_method(_cfg(tiny_model_dir, method=method), _fresh(tiny_model_dir)).save_pretrained(str(tmp_path / method))
+        assert adapter_is_mergeable(tmp_path / method) is mergeable
 
 
 def test_merge_refuses_what_cannot_merge(tiny_model_dir, tmp_path):

@@ -59,6 +59,21 @@ def adapter_base_path(adapter_dir: str | Path) -> str:
     return base
 
 
+# PEFT method names that ``merge_and_unload`` can fold into the base weights (DoRA is a LoRA option). The
+# others sftlab trains (prompt and prefix tuning) add virtual tokens instead.
+MERGEABLE = {"LORA", "IA3"}
+
+
+def adapter_peft_type(adapter_dir: str | Path) -> str:
+    """The ``peft_type`` an adapter dir's ``adapter_config.json`` records ("?" when it names none)."""
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type", "?")
+
+
+def adapter_is_mergeable(adapter_dir: str | Path) -> bool:
+    """True when the adapter changes weights and so folds into them (:data:`MERGEABLE`)."""
+    return adapter_peft_type(adapter_dir) in MERGEABLE
+
+
 def _check_source(name_or_path: str, tokenizer_only: bool = False) -> None:
     """Fail fast, with advice, when ``name_or_path`` is neither a model dir nor a reachable hub id.
 

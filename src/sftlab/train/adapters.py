@@ -20,7 +20,6 @@ modules.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,10 +34,6 @@ if TYPE_CHECKING:
     from peft import PeftConfig
 
     from sftlab.config import TrainConfig
-
-# PEFT method names that ``merge_and_unload`` can fold into the base weights.
-MERGEABLE = {"LORA", "IA3"}
-
 
 def _lora_targets_table() -> dict[str, list[str]]:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -225,15 +220,21 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
 
     The merge runs in float32 and the result is cast back to the base checkpoint's dtype.
     """
-    from sftlab.models.load import adapter_base_path, is_adapter_dir, load_model, load_tokenizer
+    from sftlab.models.load import (
+        adapter_base_path,
+        adapter_is_mergeable,
+        adapter_peft_type,
+        is_adapter_dir,
+        load_model,
+        load_tokenizer,
+    )
 
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     if not is_adapter_dir(adapter_dir):
         raise UserError(f"{adapter_dir} is not a PEFT adapter dir (no adapter_config.json inside)")
-    peft_type = json.loads((adapter_dir / "adapter_config.json").read_text()).get("peft_type", "?")
-    if peft_type not in MERGEABLE:
+    if not adapter_is_mergeable(adapter_dir):
         raise UserError(
-            f"{adapter_dir}: a {peft_type} adapter adds virtual tokens and cannot be merged into the weights; "
+            f"{adapter_dir}: a {adapter_peft_type(adapter_dir)} adapter adds virtual tokens and cannot be merged into the weights; "
             "load it with peft.PeftModel.from_pretrained instead"
         )
     if out.exists() and any(out.iterdir()):
