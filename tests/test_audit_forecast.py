@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from sftlab.audit.forecast import AnswerKL, score_forecast, scored_continuation, summarize_forecast, token_kl
 from sftlab.audit.stats import bootstrap_ratio_ci
 from sftlab.config import AuditConfig, build_config
-from sftlab.recipes.audit import read_sft_prompts, run_audit
+from sftlab.recipes.audit import forecast_samples_per_prompt, read_sft_prompts, run_audit
 from sftlab.sweep import aggregate, row_from_report
 from sftlab.sweep_forecast import forecast_correlations, forecast_section, spearman, verdict
 
@@ -145,7 +145,8 @@ def test_audit_forecast_is_zero_for_the_base_itself_and_positive_for_a_changed_m
     cfg = build_config(AuditConfig, {
         "base": str(tiny_model_dir), "tuned": [str(same), str(other_model_dir)], "prompts": str(tmp_path / "prompts.jsonl"),
         "sft_data": str(tmp_path / "sft.jsonl"), "out": str(tmp_path / "out"), "forecast_prompts": 6,
-        "forecast_samples": 2, "sampling": {"num_samples": 2, "max_new_tokens": 6}, "bootstrap_samples": 100})
+        "forecast_samples": 2, "forecast_min_answers": 12, "sampling": {"num_samples": 2, "max_new_tokens": 6},
+        "bootstrap_samples": 100})
     run_audit(cfg)
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     fc = doc["sections"]["forecast"]
@@ -163,6 +164,13 @@ def test_audit_forecast_is_zero_for_the_base_itself_and_positive_for_a_changed_m
     off = cfg.model_copy(update={"forecast_prompts": 0, "out": str(tmp_path / "off")})
     run_audit(off)
     assert "forecast" not in json.loads((tmp_path / "off" / "report.json").read_text())["sections"]
+
+
+def test_few_distinct_sft_prompts_get_more_samples_each(tmp_path) -> None:
+    cfg = build_config(AuditConfig, {"base": "b", "tuned": ["t"], "prompts": "p.jsonl", "out": str(tmp_path),
+                                     "forecast_samples": 2, "forecast_min_answers": 16})
+    # One instruction (the real demo's SFT set): 16 samples of it; 6 prompts: 3 each; 64 prompts: forecast_samples.
+    assert [forecast_samples_per_prompt(cfg, n) for n in (1, 6, 8, 64)] == [16, 3, 2, 2]
 
 
 def _name(path: Path) -> str:

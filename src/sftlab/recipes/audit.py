@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import html
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -320,9 +321,9 @@ def forecast_run(cfg: AuditConfig, prompts: list[list[Message]], model: PreTrain
     along them (see :mod:`sftlab.audit.forecast`).
 
     The base reads each prompt as it does for the shift (``shift_template``). Returns, per prompt, the
-    per-position KL of each of its ``forecast_samples`` answers.
+    per-position KL of each of its :func:`forecast_samples_per_prompt` answers.
     """
-    s = cfg.sampling.model_copy(update={"num_samples": cfg.forecast_samples})
+    s = cfg.sampling.model_copy(update={"num_samples": forecast_samples_per_prompt(cfg, len(prompts))})
     prompt_ids = [encode_prompt(tok, m) for m in prompts]
     sampled = generate(model, tok, prompt_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
                        fingerprint=model_fingerprint(path) + precision_tag,
@@ -338,6 +339,12 @@ def forecast_run(cfg: AuditConfig, prompts: list[list[Message]], model: PreTrain
     for p, score in zip(owner, scores):
         per_prompt[p].append(score)
     return per_prompt
+
+
+def forecast_samples_per_prompt(cfg: AuditConfig, n_prompts: int) -> int:
+    """``forecast_samples``, raised so that the forecast has at least ``forecast_min_answers`` answers in all
+    (an SFT set with one instruction would otherwise rest on a single sampled answer)."""
+    return max(cfg.forecast_samples, math.ceil(cfg.forecast_min_answers / max(n_prompts, 1)))
 
 
 def context_limit(model: PreTrainedModel, max_length: int) -> int:
@@ -535,7 +542,8 @@ def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: di
 
     forecasts = {m: r.forecast_kl for m, r in runs.items() if r.forecast_kl}
     if forecasts:
-        data = forecast_table(forecasts, len(inputs.sft_prompts), cfg.forecast_samples, cfg.shift_template,
+        data = forecast_table(forecasts, len(inputs.sft_prompts),
+                              forecast_samples_per_prompt(cfg, len(inputs.sft_prompts)), cfg.shift_template,
                               cfg.bootstrap_samples, cfg.sampling.seed)
         ctx.results["forecast"] = data
         sections.append(forecast_section(data))
