@@ -72,7 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; the median is reported")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--no-packing", action="store_true", help="pad rows instead of packing them")
-    p.add_argument("--only", nargs="*", help="run only these contenders (full is always run)")
+    p.add_argument("--only", nargs="*", help="run only these contenders, in this order (full is always run, first)")
     p.add_argument("--json", type=Path, help="also write the results here")
     return p.parse_args()
 
@@ -119,7 +119,11 @@ def run(args: argparse.Namespace, setup: dict[str, Any]) -> None:
     from sftlab.recipes.train import peak_memory_mb, reset_peak_memory
 
     specs = contenders(setup)
-    names = [n for n in specs if n == "full" or not args.only or n in args.only]
+    unknown = sorted(set(args.only or []) - set(specs))
+    if unknown:
+        raise SystemExit(f"--only: no contender {', '.join(unknown)}; there are {', '.join(specs)}")
+    # --only runs its contenders in the order given (after full), so an order effect can be told from a cost.
+    names = ["full", *[n for n in args.only if n != "full"]] if args.only else list(specs)
     step_s: dict[str, list[float]] = {n: [] for n in names}
     memory: dict[str, dict[str, float | None]] = {}
     for rnd in range(args.rounds):
