@@ -147,5 +147,10 @@ def test_embedder_on_a_local_encoder(tmp_path, tiny_tokenizer) -> None:
     assert dv.embedding_diversity(emb) > 0
     # Mean pooling skips padding: a text embedded alone equals the same text padded in a batch.
     np.testing.assert_allclose(embedder.embed(["the same words"])[0], emb[0], atol=1e-5)
+    # The next audit of a sweep loads the encoder again: texts embedded before come from the process memo.
+    again = Embedder(str(tmp_path / "enc"))
+    again._embed = lambda *a, **k: pytest.fail("embedded twice")  # type: ignore[method-assign]
+    np.testing.assert_array_equal(again.embed(["the same words", "the same words",
+                                               "something else entirely, and longer"]), emb)
     with pytest.raises(UserError, match="local model dir"):
         Embedder(str(tmp_path / "missing"))

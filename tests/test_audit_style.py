@@ -188,6 +188,18 @@ def minilm() -> Embedder:
     return Embedder(str(path))
 
 
+def test_a_sweeps_audits_fit_the_style_classifier_once(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(style, "fit_style", lambda *a: calls.append(a) or object())
+    style.fitted_style.cache_clear()
+    sft, base = ("a scene", "another scene"), (("an answer",), ("a reply",))
+    first = style.fitted_style(sft, base, 0)
+    assert style.fitted_style(sft, base, 0) is first and len(calls) == 1
+    style.fitted_style(sft, base, 1)  # another seed is another fit
+    assert len(calls) == 2
+    style.fitted_style.cache_clear()
+
+
 def test_embedding_model_setting_resolves(minilm) -> None:
     from sftlab.audit.embed import resolve_embedding_model
 

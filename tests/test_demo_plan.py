@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sftlab.demo import ALL_STRATEGIES as WORLD_ALL
 from sftlab.demo import FULL_STRATEGIES, select_strategies
+from sftlab.demo import NEWER_REMEDIES as WORLD_NEWER
 from sftlab.demo_real import ALL_STRATEGIES, FULL, NEWER_REMEDIES, distilled_path, sweep_config
 from sftlab.errors import UserError
 from sftlab.sweep import RunSpec, train_config
@@ -16,6 +18,9 @@ from sftlab.sweep import RunSpec, train_config
 def test_strategies_named_are_kept_in_the_plans_order() -> None:
     chosen = select_strategies(FULL_STRATEGIES, "wise0.5, full ,gem")
     assert [s["name"] for s in chosen] == ["full", "gem", "wise0.5"]
+    # The world demo's default keeps to its budget; the newer remedies are there for --strategies.
+    assert not {s["name"] for s in WORLD_NEWER} & {s["name"] for s in FULL_STRATEGIES}
+    assert [s["name"] for s in select_strategies(WORLD_ALL, "dft,asft")] == ["dft", "asft"]
     assert select_strategies(FULL_STRATEGIES, None) is FULL_STRATEGIES
     assert select_strategies(FULL_STRATEGIES, "all") is FULL_STRATEGIES
 

@@ -21,6 +21,7 @@ is installed, and to no embeddings otherwise; the package is located through its
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,6 +121,12 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, spec: PoolingSpec) -> torch.T
     return torch.nn.functional.normalize(out, dim=-1) if spec.normalize else out
 
 
+# Embeddings already computed in this process, least recently used first, keyed by encoder, length limit
+# and texts. One entry is one prompt's samples (a few KB), so a sweep's base and several models fit.
+MEMO_SIZE = 4096
+_MEMO: dict[tuple[str, int, str], np.ndarray] = {}
+
+
 class Embedder:
     """Embeds texts with the encoder at ``path`` (a local dir), pooled as its own config says."""
 
@@ -143,9 +150,24 @@ class Embedder:
         name = DEFAULT_EMBEDDER_NAME if default is not None and Path(self.path).resolve() == default.resolve() else self.path
         return f"{name} ({'+'.join(self.spec.modes)} pooling{', L2-normalised' if self.spec.normalize else ''})"
 
-    @torch.no_grad()
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """(len(texts), dim) float32 sentence embeddings."""
+        """(len(texts), dim) float32 sentence embeddings.
+
+        Remembered for the life of the process (the :data:`MEMO_SIZE` lists used last): a sweep audits
+        every tuned model against the same base, whose answers and prompts would otherwise be embedded
+        again in each audit."""
+        key = (str(Path(self.path).resolve()), self.max_length,
+               hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest())
+        vectors = _MEMO.pop(key, None)
+        if vectors is None:
+            vectors = self._embed(texts, batch_size)
+        _MEMO[key] = vectors  # (re)inserted last: the least recently used list is evicted first
+        while len(_MEMO) > MEMO_SIZE:
+            _MEMO.pop(next(iter(_MEMO)))
+        return vectors.copy()
+
+    @torch.no_grad()
+    def _embed(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,

@@ -29,6 +29,7 @@ and, for differences, the same prompts are drawn for both models (paired).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -305,6 +306,14 @@ def fit_style(sft_responses: Sequence[str], base_answers: Sequence[Sequence[str]
     return StyleFit(models, fold_of_prompt, final, sft_recall, base_recall, len(sft), len(all_base))
 
 
+@functools.lru_cache(maxsize=4)
+def fitted_style(sft_responses: tuple[str, ...], base_answers: tuple[tuple[str, ...], ...], seed: int) -> StyleFit:
+    """:func:`fit_style`, remembered for the life of the process: every audit of a sweep fits the same
+    classifier (the same SFT responses against the same base's answers), so all but the first reuse it.
+    The fit is only read afterwards."""
+    return fit_style(sft_responses, base_answers, seed)
+
+
 def style_shares(fit: StyleFit, answers: Sequence[Sequence[str]]) -> list[list[float]]:
     """Per answer, 1.0 when the classifier calls it SFT-style: ``out[p][k]``, scored by the fold model of prompt p.
 
@@ -421,7 +430,7 @@ def style_table(
     if sft_responses and (len(samples[base]) < 2 or sum(bool(t.strip()) for t in sft_responses) < 2):
         out["capture_skipped"] = "style capture needs at least 2 prompts and 2 non-empty SFT responses"
     elif sft_responses:
-        fit = fit_style(sft_responses, samples[base], seed)
+        fit = fitted_style(tuple(sft_responses), tuple(tuple(a) for a in samples[base]), seed)
         shares = {m: style_shares(fit, samples[m]) for m in models}
         cap: dict[str, object] = {
             "balanced_accuracy": fit.balanced_accuracy, "sft_recall": fit.sft_recall, "base_recall": fit.base_recall,
