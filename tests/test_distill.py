@@ -188,6 +188,14 @@ def test_bad_flags_are_user_errors(tiny_model_dir, sft_file, tmp_path, capsys) -
     assert "rouge-threshold" in capsys.readouterr().err
 
 
+def test_rewrites_longer_than_the_models_positions_are_a_user_error(tiny_model_dir, sft_file, tmp_path, capsys):
+    # The tiny model knows 256 positions: prompts are cut to fit beside the rewrite, and a rewrite that
+    # alone fills them is refused with the reason (it used to end in an embedding IndexError).
+    assert main(["data", "distill", "--model", str(tiny_model_dir), str(sft_file), str(tmp_path / "o.jsonl"),
+                 "--max-new-tokens", "256", "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "knows 256 positions" in capsys.readouterr().err
+
+
 def test_a_sweep_strategy_trains_on_a_distilled_set(tmp_path) -> None:
     """A strategy names the distilled file in its train overlay; the others keep the sweep's own set."""
     import yaml

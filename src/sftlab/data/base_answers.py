@@ -21,7 +21,9 @@ from sftlab.audit.generate import Generations, generate, model_fingerprint
 from sftlab.config import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
+from sftlab.errors import UserError
 from sftlab.models.gguf import cache_root
+from sftlab.models.load import context_limit
 
 
 def default_cache_dir(kind: str) -> Path:
@@ -50,7 +52,13 @@ def answer_prompts(
     description: str,
 ) -> Generations:
     """``model``'s answers to ``prompts`` (chat turns ending in a user turn), encoded as training encodes
-    them, with a progress bar; finished batches are cached under ``cache_dir`` and reused."""
+    them, with a progress bar; finished batches are cached under ``cache_dir`` and reused.
+
+    ``max_length`` (prompt + answer) is capped at the model's positions; a longer prompt keeps its end."""
+    max_length = context_limit(model, max_length)
+    if max_length <= sampling.max_new_tokens:
+        raise UserError(f"{model_path} knows {max_length} positions, and answers of up to {sampling.max_new_tokens} "
+                        "new tokens leave no room for a prompt: lower max_new_tokens")
     prompt_ids = [encode_prompt(tokenizer, list(p)) for p in prompts]
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=True) as progress:

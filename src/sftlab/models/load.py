@@ -74,6 +74,12 @@ def adapter_is_mergeable(adapter_dir: str | Path) -> bool:
     return adapter_peft_type(adapter_dir) in MERGEABLE
 
 
+def context_limit(model: PreTrainedModel, max_length: int) -> int:
+    """``max_length``, capped at the model's position limit (a tiny model may know only 128 positions)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
+
+
 def _check_source(name_or_path: str, tokenizer_only: bool = False) -> None:
     """Fail fast, with advice, when ``name_or_path`` is neither a model dir nor a reachable hub id.
 

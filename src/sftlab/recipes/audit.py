@@ -60,6 +60,7 @@ from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import (
     adapter_is_mergeable,
     autocast,
+    context_limit,
     is_adapter_dir,
     load_config,
     load_model,
@@ -345,12 +346,6 @@ def forecast_samples_per_prompt(cfg: AuditConfig, n_prompts: int) -> int:
     """``forecast_samples``, raised so that the forecast has at least ``forecast_min_answers`` answers in all
     (an SFT set with one instruction would otherwise rest on a single sampled answer)."""
     return max(cfg.forecast_samples, math.ceil(cfg.forecast_min_answers / max(n_prompts, 1)))
-
-
-def context_limit(model: PreTrainedModel, max_length: int) -> int:
-    """``max_length``, capped at the model's position limit (a tiny model may know only 256 positions)."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
 
 
 def _release_gpu_memory(device: str) -> None:
