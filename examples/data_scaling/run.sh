@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Data scaling, LoRA against full fine-tuning, on SmolLM2-135M-Instruct, end to end, on CPU:
 #   1. prepare  split the Alpaca sample (120 held out: eval loss, eval set, prompts; the rest for training),
-#               cut nested 1x / 4x / 16x training sets (30 / 120 / 480 records), 6 WikiText-2 test
+#               cut nested 1x / 4x / 16x training sets (30 / 120 / 480 records), 4 WikiText-2 test
 #               articles and 200 PIQA items for forgetting
 #   2. sweep    {lora, full} x {1x, 4x, 16x}, one epoch each, each run audited against the base
 #   3. table    runs/data_scaling/seed_table.md: task scores and forgetting per run (intervals with > 1 seed)
@@ -41,7 +41,7 @@ stage() {  # stage NAME COMMAND...: run it and append its wall and CPU time to t
 
 printf 'run started %s: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$OUT/times.tsv"
 stage prepare $PY examples/real_data/prepare.py --alpaca "$DATA/alpaca/alpaca_5000.json" \
-    --wikitext-test "$DATA/wikitext-2/test.txt" --train 0 --heldout 120 --eval-set 48 --prompts 24 \
-    --wikitext-articles 6 --out "$OUT/data"
+    --wikitext-test "$DATA/wikitext-2/test.txt" --train 0 --heldout 120 --eval-set 32 --prompts 16 \
+    --wikitext-articles 4 --out "$OUT/data"
 stage scale $PY "$HERE/prepare.py" --data "$OUT/data" --piqa-file "$DATA/piqa/dev.jsonl" --base 30 --piqa 200
 stage sweep $PY examples/seed_sweep.py "$HERE/sweep.yaml" "$@"
