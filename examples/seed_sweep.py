@@ -168,7 +168,12 @@ def main() -> None:
                              f"{', '.join(s.name for s in cfg.strategies)}")
         cfg = cfg.model_copy(update={"strategies": [s for s in cfg.strategies if s.name in keep]})
     if not args.table_only:
-        run_sweep(cfg, extra_sections=[answer_length_section])
+        from sftlab.errors import UserError
+
+        try:
+            run_sweep(cfg, extra_sections=[answer_length_section])
+        except UserError as exc:  # as the sftlab CLI does: the message, not a traceback
+            raise SystemExit(f"seed_sweep: {exc}") from None
     out = Path(cfg.out)
     markdown, table = seed_table(out, [s.name for s in cfg.strategies], cfg.seeds)
     (out / "seed_table.md").write_text(markdown)
