@@ -8,6 +8,7 @@ regularizers' per-parameter state must be split between the ranks. The engine co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,6 +97,10 @@ def _kill_after_checkpoint(config: Path, run: Path, step: int) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
+        for mark in config.parent.glob("paused.*"):  # the workers, in sessions of their own (torchrun_pause.py)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(mark.suffix[1:]), signal.SIGKILL)
+            mark.unlink()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"checkpoint-{step}"]
     assert not (run / "summary.json").exists()
 

@@ -7,8 +7,10 @@ have finished); here each rank sleeps in ``on_save`` at step N, after the checkp
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
@@ -23,6 +25,9 @@ class PauseAfterSave(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 - the TrainerCallback signature
         if state.global_step == self.step:
+            # torchrun starts its workers in their own sessions, out of reach of a kill of torchrun's group:
+            # each rank leaves its pid beside the config so the test can kill it too.
+            Path(sys.argv[2]).with_name(f"paused.{os.getpid()}").touch()
             time.sleep(3600)
 
 
