@@ -18,26 +18,10 @@ PY=${PY:-.venv/bin/python}  # PY=/path/to/python to use another environment
 HERE=examples/data_scaling
 OUT=runs/data_scaling
 
-for f in alpaca/alpaca_5000.json wikitext-2/test.txt piqa/dev.jsonl; do
-    if [[ ! -f "$DATA/$f" ]]; then
-        echo "missing $DATA/$f: this recipe needs the shared data dir beside the repo (../shared/data)" >&2
-        exit 2
-    fi
-done
-if [[ ! -x $PY ]]; then
-    echo "no $PY: run 'make venv' first" >&2
-    exit 2
-fi
+source examples/recipe_lib.sh
+require_data alpaca/alpaca_5000.json wikitext-2/test.txt piqa/dev.jsonl
+require_executable $PY
 mkdir -p "$OUT"
-
-stage() {  # stage NAME COMMAND...: run it and append its wall and CPU time to times.tsv
-    local name=$1
-    shift
-    echo "== $name: $*"
-    local TIMEFORMAT="$name	wall %0Rs	cpu %0Us user + %0Ss sys"
-    { time "$@" 2>&3; } 3>&2 2>>"$OUT/times.tsv"
-    tail -n 1 "$OUT/times.tsv"
-}
 
 printf 'run started %s: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$OUT/times.tsv"
 stage prepare $PY examples/real_data/prepare.py --alpaca "$DATA/alpaca/alpaca_5000.json" \

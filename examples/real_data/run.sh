@@ -18,27 +18,10 @@ SFTLAB=".venv/bin/sftlab --offline"
 HERE=examples/real_data
 OUT=runs/real_data
 
-for f in alpaca/alpaca_5000.json wikitext-2/valid.txt wikitext-2/test.txt tinyshakespeare/input.txt; do
-    if [[ ! -f "$DATA/$f" ]]; then
-        echo "missing $DATA/$f: this recipe needs the shared data dir beside the repo (../shared/data)" >&2
-        exit 2
-    fi
-done
-if [[ ! -x .venv/bin/sftlab ]]; then
-    echo "no .venv/bin/sftlab: run 'make venv' first" >&2
-    exit 2
-fi
+source examples/recipe_lib.sh
+require_data alpaca/alpaca_5000.json wikitext-2/valid.txt wikitext-2/test.txt tinyshakespeare/input.txt
+require_executable .venv/bin/sftlab
 mkdir -p "$OUT"
-
-stage() {  # stage NAME COMMAND...: run it and append its wall and CPU time to times.tsv
-    local name=$1
-    shift
-    echo "== $name: $*"
-    # bash's `time` reports on the group's stderr (the file); the command's own stderr goes to fd 3, the console.
-    local TIMEFORMAT="$name	wall %0Rs	cpu %0Us user + %0Ss sys"
-    { time "$@" 2>&3; } 3>&2 2>>"$OUT/times.tsv"
-    tail -n 1 "$OUT/times.tsv"
-}
 
 printf 'run started %s\n' "$(date -u +%FT%TZ)" >>"$OUT/times.tsv"
 stage prepare .venv/bin/python "$HERE/prepare.py" --alpaca "$DATA/alpaca/alpaca_5000.json" \
