@@ -46,3 +46,36 @@ def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> Non
     assert trained["asft"].loss == "dft" and trained["asft"].kl_to_base is not None
     assert trained["full+self-replay"].replay is not None and trained["full+self-replay"].replay.source == "self"
     assert trained["sdft"].train_file == [str(distilled_path(tmp_path))]
+
+
+def test_world_sdft_trains_on_the_bases_own_rewrites(demo: Path, tmp_path: Path) -> None:
+    from sftlab.demo import FULL as WORLD_FULL
+    from sftlab.demo import distilled_path as world_distilled_path
+    from sftlab.demo import sweep_config as world_sweep_config
+
+    cfg = world_sweep_config(replace(WORLD_FULL, strategies=WORLD_ALL), tmp_path, demo / "world",
+                             demo / "base" / "model")
+    sdft = next(s for s in cfg.strategies if s.name == "sdft")
+    # The rewrites live with the base that made them, so a rebuilt base drops them.
+    assert train_config(cfg, RunSpec(sdft, 0, tmp_path / "sdft")).train_file == [
+        str(world_distilled_path(tmp_path / "base"))]
+
+
+def test_the_distillation_runs_once_and_only_for_a_plan_that_needs_it(demo: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from sftlab.demo import ensure_distilled
+
+    records = (demo / "world" / "sft" / "narrow" / "train.jsonl").read_text().splitlines()[:4]
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(records) + "\n")
+    out = tmp_path / "distilled.jsonl"
+    sampling = {"num_samples": 1, "max_new_tokens": 8, "batch_size": 4}
+    base = str(demo / "base" / "model")
+    ensure_distilled(FULL_STRATEGIES, base, train, out, sampling, Console(quiet=True))
+    assert not out.exists()
+    ensure_distilled(WORLD_ALL, base, train, out, sampling, Console(quiet=True))
+    assert len(out.read_text().splitlines()) == 4
+    written = out.stat().st_mtime_ns
+    ensure_distilled(WORLD_ALL, base, train, out, sampling, Console(quiet=True))
+    assert out.stat().st_mtime_ns == written

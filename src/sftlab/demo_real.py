@@ -42,7 +42,7 @@ from sftlab.audit.report.section import (
     fmt_delta,
 )
 from sftlab.audit.stats import paired_bootstrap_ci
-from sftlab.config import SamplingSettings, SweepConfig, build_config
+from sftlab.config import SweepConfig, build_config
 from sftlab.offline import set_offline
 
 BASE_MODEL = "smollm2-135m-instruct"
@@ -88,9 +88,10 @@ class RealPlan:
     bench_items: int | None = None
 
 
+# Every step's loss is logged: bench/bf16_demo.py compares the whole curve with an fp32 run's.
 FULL = RealPlan(
     train={"max_length": 256, "packing": True, "learning_rate": 5.0e-5, "num_train_epochs": 2,
-           "per_device_train_batch_size": 8, "warmup_steps": 0.1, "logging_steps": 5, "save_steps": 50},
+           "per_device_train_batch_size": 8, "warmup_steps": 0.1, "logging_steps": 1, "save_steps": 50},
     strategies=STRATEGIES,
     # K = 3 samples and 8 forecast answers keep the five strategies within the 25-minute budget on 2 cores
     # (docs/benchmarks.md); the nine-strategy run in docs/results.md used K = 4.
@@ -202,10 +203,6 @@ def distilled_path(out: Path) -> Path:
     return out / "data" / "shakespeare_distilled.jsonl"
 
 
-def _uses_distilled(plan: RealPlan) -> bool:
-    return "{distilled}" in json.dumps(plan.strategies)
-
-
 def _head(path: Path, n: int, out_dir: Path) -> Path:
     """The first ``n`` lines of a data file, for the quick plan."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,9 +254,8 @@ def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int =
                   strategies: str | None = None) -> Path:
     """Run the real demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
     sweep's HTML report."""
-    from sftlab.demo import select_strategies
+    from sftlab.demo import ensure_distilled, select_strategies
     from sftlab.models.builtin import resolve_model_source
-    from sftlab.recipes.distill import run_distill
     from sftlab.sweep import run_sweep
 
     set_offline()
@@ -271,10 +267,8 @@ def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int =
         plan = replace(plan, strategies=select_strategies(ALL_STRATEGIES, strategies))
     root = Path(out)
     cfg = sweep_config(plan, root)
-    if _uses_distilled(plan) and not distilled_path(root).is_file():
-        # Written atomically at the end; a killed distillation resumes from its batch cache.
-        run_distill(resolve_model_source(BASE_MODEL), data_dir() / "shakespeare_train.jsonl", distilled_path(root),
-                    sampling=SamplingSettings(**DISTILL_SAMPLING), console=console)
+    ensure_distilled(plan.strategies, resolve_model_source(BASE_MODEL), data_dir() / "shakespeare_train.jsonl",
+                     distilled_path(root), DISTILL_SAMPLING, console)
     report = run_sweep(cfg, extra_sections=[scene_style_section()], redo_stale=True)
     page = side_by_side(Path(cfg.out), root)
     console.print(f"answers side by side: {page}")
