@@ -92,6 +92,7 @@ def main() -> None:
         ax.set_xlabel(args.xlabel)
         if args.logx:
             ax.set_xscale("log")
+            ax.minorticks_off()  # the log axis's minor labels would crowd the strategies' own ticks
             ticks = sorted({x for x, _ in placed.values()})
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.grid(alpha=0.3)
