@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,8 @@ def main() -> None:
     demo_out = Path(args.demo_out)
     bf16_run = demo_out / "sweep" / "runs" / args.strategy / "seed0"
     if not (bf16_run / "row.json").is_file():
-        raise SystemExit(f"bf16_demo.py: {bf16_run} is not a finished run; run `sftlab demo --real` first")
+        print(f"bf16_demo.py: {bf16_run} is not a finished run; run `sftlab demo --real` first", file=sys.stderr)
+        raise SystemExit(2)
     out = Path(args.out) if args.out else demo_out / "fp32"
     cfg = sweep_config(replace(FULL, strategies=select_strategies(ALL_STRATEGIES, args.strategy)), out)
     data = cfg.model_dump(mode="json", by_alias=True, exclude_unset=True)

@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import matplotlib
 
@@ -34,6 +35,12 @@ from seed_sweep import MEASURES  # noqa: E402
 LABELS = {key: label for key, label, _ in MEASURES}
 
 
+def fail(message: str) -> NoReturn:
+    """Stop on a user error: the message on stderr, exit status 2 (the CLI's for bad input)."""
+    print(f"plot_seed_table.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def parse_placement(items: list[str]) -> dict[str, tuple[float, str]]:
     """``NAME=VALUE[:SERIES]`` items -> {name: (x, series)}."""
     placed: dict[str, tuple[float, str]] = {}
@@ -43,7 +50,7 @@ def parse_placement(items: list[str]) -> dict[str, tuple[float, str]]:
         try:
             placed[name] = (float(value), series or "")
         except ValueError:
-            raise SystemExit(f"--x {item!r}: expected NAME=VALUE[:SERIES] with a numeric VALUE") from None
+            fail(f"--x {item!r}: expected NAME=VALUE[:SERIES] with a numeric VALUE")
     return placed
 
 
@@ -58,11 +65,13 @@ def main() -> None:
     p.add_argument("--out", required=True, help="image to write (.png or .svg)")
     args = p.parse_args()
 
+    if not Path(args.table).is_file():
+        fail(f"no seed table at {args.table}; examples/seed_sweep.py writes OUT/seed_table.json")
     table = json.loads(Path(args.table).read_text(encoding="utf-8"))
     placed = parse_placement(args.x)
     missing = sorted(set(placed) - set(table))
     if missing:
-        raise SystemExit(f"{args.table} has no strategy {', '.join(missing)}; it has {', '.join(table)}")
+        fail(f"{args.table} has no strategy {', '.join(missing)}; it has {', '.join(table)}")
     series = sorted({s for _, s in placed.values()})
     cols = min(len(args.measures), 2)
     rows = (len(args.measures) + cols - 1) // cols
