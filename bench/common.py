@@ -38,8 +38,15 @@ class StepTimer(TrainerCallback):
         self.warmup, self.steps = warmup, steps
         self.start: tuple[float, int] | None = None
         self.result: tuple[float, int] | None = None  # (seconds, tokens)
+        self.warmup_seconds: list[float] = []  # each warm-up step's wall time (a compile shows up here)
+        self._step_start = 0.0
+
+    def on_step_begin(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._step_start = time.perf_counter()
 
     def on_step_end(self, a: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step <= self.warmup:
+            self.warmup_seconds.append(time.perf_counter() - self._step_start)
         if state.global_step == self.warmup:
             self.start = (time.perf_counter(), state.num_input_tokens_seen)
         elif state.global_step == self.warmup + self.steps and self.start is not None:

@@ -15,6 +15,8 @@ The default model is a random-init tiny GPT-2 (the ``tiny`` preset, about 1M par
 ``--model`` names a real base instead (``smollm2-135m-instruct``, a model dir, a .gguf file), trained in
 full from its own weights with its own chat template, in fp32 and under bf16 autocast:
   sftlab fp32 / bf16   `sftlab train` (padded rows, fused AdamW, scored-positions head), dtype float32 / auto
+  sftlab bf16 compiled the same with `torch_compile: true` (each block compiled; the warm-up steps take
+                       the compilation, so give it --warmup 2 or more: padded rows recompile once)
   TRL defaults         SFTConfig defaults (bf16 autocast, gradient checkpointing, fused AdamW)
   TRL best CPU fp32    SFTConfig without gradient checkpointing, bf16 off
   TRL best CPU bf16    SFTConfig without gradient checkpointing, bf16 on
@@ -78,6 +80,8 @@ def main() -> None:
         contenders = {
             "sftlab fp32": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="float32"),
             "sftlab bf16": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto"),
+            "sftlab bf16 compiled": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto",
+                                                                 torch_compile=True),
             "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
             "TRL best CPU fp32": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
             "TRL best CPU bf16": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
@@ -113,7 +117,8 @@ def main() -> None:
             speeds[name].append(tokens / seconds)
             print(f"round {rnd + 1} {name:20s} {tokens / seconds:9.1f} tok/s ({tokens} tokens in {seconds:.2f} s), "
                   f"peak RSS {peaks[name][-1]:.0f} MB" + (f", bf16 matmul {matmul[name][-1]:.0f} GFLOP/s"
-                                                          if matmul[name] else ""), flush=True)
+                                                          if matmul[name] else "")
+                  + f"; warm-up steps {', '.join(f'{s:.1f}' for s in timer.warmup_seconds)} s", flush=True)
             del trainer
     print(f"load average after: {load_average()}", flush=True)
 
@@ -200,7 +205,7 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def sftlab_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, packing: bool,
-                   dtype: str = "auto") -> Any:
+                   dtype: str = "auto", torch_compile: bool = False) -> Any:
     """The trainer `sftlab train` builds (its callbacks, collator, loss and NaN guard included)."""
     from sftlab.config import TrainConfig
     from sftlab.recipes.train import prepare_train
@@ -208,7 +213,7 @@ def sftlab_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, 
     out = Path(tempfile.mkdtemp(dir=setup["work"]))
     cfg = TrainConfig(model_name_or_path=str(setup["model_dir"]), train_file=[str(setup["data_file"])],
                       output_dir=str(out), max_length=args.seq, packing=packing, logging_steps=10,
-                      resume="never", dtype=dtype, **_common(args))
+                      resume="never", dtype=dtype, torch_compile=torch_compile, **_common(args))
     with Quiet():
         session = prepare_train(cfg)
     session.trainer.args.include_num_input_tokens_seen = "non_padding"
@@ -295,7 +300,8 @@ def report(speeds: dict[str, list[float]], peaks: dict[str, list[float]], matmul
         rates = [m for v in matmul.values() for m in v]
         print(f"2048^2 bf16 matmul: median {statistics.median(rates):.0f} GFLOP/s (min {min(rates):.0f}, "
               f"max {max(rates):.0f}); fp32 now {matmul_gflops('float32'):.0f}")
-    pairs = [("sftlab bf16", "TRL defaults"), ("sftlab bf16", "TRL best CPU bf16"),
+    pairs = [("sftlab bf16 compiled", "sftlab bf16"), ("sftlab bf16 compiled", "TRL best CPU bf16"),
+             ("sftlab bf16", "TRL defaults"), ("sftlab bf16", "TRL best CPU bf16"),
              ("sftlab bf16", "TRL best CPU bf16 eager"),
              ("sftlab fp32", "TRL best CPU fp32"), ("sftlab bf16", "sftlab fp32"),
              ("TRL best CPU bf16", "TRL best CPU fp32")]

@@ -17,7 +17,8 @@ Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss),
 pipeline); a ``preset`` (ASFT) is expanded into those keys when the config is read. The order matters:
 method (PEFT) -> Trainer (places the model on its device) -> regularizers (anchors, Fisher and KL base
 from the starting weights, before a checkpoint loads in ``train``) -> NEFTune and adversarial (after, so a
-frozen KL base copy carries no hook) -> train.
+frozen KL base copy carries no hook) -> ``torch_compile`` (last: the compiled blocks hold those hooks, the KL
+base copy stays eager) -> train.
 
 Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
 UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer``).
@@ -64,6 +65,7 @@ from sftlab.train.callbacks import (
     quiet_packed_padding_warning,
     summarize_logs,
 )
+from sftlab.train.compile import compile_blocks
 from sftlab.train.distributed import engine_arguments
 from sftlab.train.losses import LossFn, build_loss
 from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
@@ -82,9 +84,11 @@ from sftlab.train.trainer import (
 RESUME_SAFE = {
     "output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "max_steps", "num_train_epochs",
     "eval_steps", "eval_strategy", "per_device_eval_batch_size", "early_stopping_patience", "strict_data",
+    "torch_compile",
 }
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
-FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data"}
+FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",
+                 "torch_compile"}
 
 
 @dataclass
@@ -238,6 +242,11 @@ def prepare_train(
         else:
             trainer.regularizers.append(adversary)  # SMART's smoothness term is one more penalty
         trainer.log_sources.append(adversary.log_values)
+    if cfg.torch_compile:
+        # Last, so that the blocks' graphs include the hooks attached above and the KL base copy (taken
+        # by build_regularizers) stays an eager module.
+        if compile_blocks(trainer.model) == 0:
+            raise UserError("torch_compile: this model has no list of repeated blocks to compile")
     attach_callbacks(trainer, run_dir, "train")
     trainer.add_callback(DatasetEpoch(data.train, log=trainer.log))
     if cfg.early_stopping_patience:
@@ -252,7 +261,15 @@ def finish_train(session: TrainSession) -> Path:
     """Train (or resume), evaluate at the end when there is eval data, save the model or adapter dir."""
     trainer, data = session.trainer, session.data
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=session.checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=session.checkpoint)
+    except Exception as exc:
+        if not (session.cfg.torch_compile and _is_compile_failure(exc)):
+            raise
+        # The checkpoints written so far stay; an eager rerun (same run dir) resumes from the newest.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"torch_compile: compiling the blocks failed ({type(exc).__name__}: {first[:300]}); "
+                        "set torch_compile: false, which resumes from the last checkpoint") from None
     train_seconds = time.perf_counter() - started
     if data.eval is not None and not _evaluated_at(trainer, trainer.state.global_step):
         trainer.evaluate()
@@ -262,6 +279,13 @@ def finish_train(session: TrainSession) -> Path:
         write_summary(session.run_dir / "summary.json", session, train_seconds)
         _print_result(Console(), trainer, out, session.cfg.loss)
     return out
+
+
+def _is_compile_failure(exc: Exception) -> bool:
+    """Whether ``exc`` comes from torch.compile (dynamo tracing or inductor code generation)."""
+    import torch._dynamo.exc  # loaded already when anything was compiled
+
+    return isinstance(exc, torch._dynamo.exc.TorchDynamoException)
 
 
 def write_summary(path: Path, session: TrainSession, train_seconds: float) -> dict[str, Any]:
@@ -469,7 +493,7 @@ def _print_setup(console: Console, session: TrainSession) -> None:
     table.add_row("method", f"{cfg.method}: {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
     attention = getattr(session.trainer.model.config, "_attn_implementation", None)
     table.add_row("precision", f"{_precision_name(session.trainer.args)} (dtype: {cfg.dtype}); weights fp32; "
-                  f"attention {attention}")
+                  f"attention {attention}" + ("; blocks compiled (torch_compile)" if cfg.torch_compile else ""))
     rejected = len(data.read.rejected) + (len(data.eval_read.rejected) if data.eval_read else 0)
     reasons = data.read.counts + (data.eval_read.counts if data.eval_read else type(data.read.counts)())
     detail = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
