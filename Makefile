@@ -30,7 +30,7 @@ demo-real: $(STAMP)
 	$(VENV)/bin/sftlab demo --real
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py
