@@ -120,7 +120,8 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
         main(["--debug", "train", str(tmp_path / "nope.yaml")])
 
 
-def test_colliding_audit_labels_are_refused(tmp_path, capsys):
+def test_colliding_audit_labels_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default out, runs/audit, is relative
     # Two sweeps' runs are both ".../seed0/model": one label for two models would merge them in every table.
     for sweep in ("a", "b"):
         (tmp_path / sweep / "seed0" / "model").mkdir(parents=True)
@@ -133,3 +134,4 @@ def test_colliding_audit_labels_are_refused(tmp_path, capsys):
     assert "both labelled 'x'" in err
     # A tuned model may not take the base's label either.
     assert "both labelled 'base'" in _run(capsys, *args, "--tuned", f"base={tmp_path / 'a/seed0/model'}")
+    assert not (tmp_path / "runs").exists()  # a refused audit leaves no empty report dir behind

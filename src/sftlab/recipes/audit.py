@@ -414,7 +414,6 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     if cfg.gguf_file is not None:
         cfg = cfg.model_copy(update={"base": resolve_model_source(cfg.base, cfg.gguf_file), "gguf_file": None})
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     models = model_names(cfg.base, cfg.tuned)  # colliding labels fail before any data is read
     inputs = read_inputs(cfg)
@@ -428,6 +427,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     embedding_path = resolve_embedding_model(cfg.embedding_model)
     embedder = Embedder(embedding_path, device) if embedding_path else None
     embedder_load_s = time.perf_counter() - loading
+    out.mkdir(parents=True, exist_ok=True)  # only now: an audit refused on its inputs leaves no empty dir behind
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
     with progress:
