@@ -17,6 +17,7 @@ full from its own weights with its own chat template, in fp32 and under bf16 aut
   sftlab fp32 / bf16   `sftlab train` (padded rows, fused AdamW, scored-positions head), dtype float32 / auto
   sftlab bf16 compiled the same with `torch_compile: true` (each block compiled; the warm-up steps take
                        the compilation, so give it --warmup 2 or more: padded rows recompile once)
+  sftlab bf16 compiled packed   the same with packing (sftlab's recommended setting; no padding computed)
   TRL defaults         SFTConfig defaults (bf16 autocast, gradient checkpointing, fused AdamW)
   TRL best CPU fp32    SFTConfig without gradient checkpointing, bf16 off
   TRL best CPU bf16    SFTConfig without gradient checkpointing, bf16 on
@@ -82,6 +83,8 @@ def main() -> None:
             "sftlab bf16": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto"),
             "sftlab bf16 compiled": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto",
                                                                  torch_compile=True),
+            "sftlab bf16 compiled packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True,
+                                                                        dtype="auto", torch_compile=True),
             "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
             "TRL best CPU fp32": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
             "TRL best CPU bf16": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
@@ -300,7 +303,7 @@ def report(speeds: dict[str, list[float]], peaks: dict[str, list[float]], matmul
         rates = [m for v in matmul.values() for m in v]
         print(f"2048^2 bf16 matmul: median {statistics.median(rates):.0f} GFLOP/s (min {min(rates):.0f}, "
               f"max {max(rates):.0f}); fp32 now {matmul_gflops('float32'):.0f}")
-    pairs = [("sftlab bf16 compiled", "sftlab bf16"), ("sftlab bf16 compiled", "TRL best CPU bf16"),
+    pairs = [("sftlab bf16 compiled", "sftlab bf16"), ("sftlab bf16 compiled packed", "sftlab bf16 compiled"), ("sftlab bf16 compiled", "TRL best CPU bf16"),
              ("sftlab bf16", "TRL defaults"), ("sftlab bf16", "TRL best CPU bf16"),
              ("sftlab bf16", "TRL best CPU bf16 eager"),
              ("sftlab fp32", "TRL best CPU fp32"), ("sftlab bf16", "sftlab fp32"),
