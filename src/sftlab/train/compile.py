@@ -12,7 +12,9 @@ outside the blocks stays eager: the embedding (NEFTune's hook), the final norm a
 whose scored-positions hook gathers a number of rows that changes with every batch.
 
 Padded batches change length from batch to batch. Dynamo compiles the first shape statically and, at
-the first other length, once more with a symbolic length, which then serves every later batch.
+the first other length, once more with a symbolic length, which then serves every later batch. SDPA
+attention takes no mask for a batch that needs none (no padding, one document a row), which is one more
+graph; eager attention always takes one.
 """
 
 from __future__ import annotations
