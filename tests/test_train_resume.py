@@ -19,7 +19,7 @@ from sftlab.cli import main
 from sftlab.config import TrainConfig
 from sftlab.errors import UserError
 from sftlab.recipes.train import run_train
-from sftlab.train.trainer import resolve_resume
+from sftlab.train.trainer import recorded_train_seconds, resolve_resume
 
 MAX_STEPS = 80
 
@@ -84,9 +84,19 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, data_fil
     assert not (run / "model").exists(), "the run finished before the kill; the test proves nothing"
     assert json.loads((run / "checkpoints" / "checkpoint-10" / "trainer_state.json").read_text())["epoch"] < 1
 
+    resumed_from = max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    recorded = recorded_train_seconds(resumed_from)
+    assert recorded > 0  # the killed process's training time, written with its checkpoint
+
     # Resume through the same CLI entry point, in this process (a second interpreter start costs ~10 s).
+    started = time.perf_counter()
     assert main(["--offline", "train", str(config)]) == 0
+    resume_wall = time.perf_counter() - started
     assert "resume" in capsys.readouterr().out  # it did resume, from a checkpoint of the killed run
+    # The run's cost is the killed part its checkpoint recorded plus the resumed part, which cannot
+    # exceed the resumed call's own wall time.
+    train_seconds = json.loads((run / "summary.json").read_text())["train_seconds"]
+    assert recorded < train_seconds <= recorded + resume_wall
     assert _final_loss(run) == pytest.approx(_final_loss(reference), abs=1e-4)
     assert (run / "model" / "model.safetensors").is_file()
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +259,7 @@ def prepare_train(
 def finish_train(session: TrainSession) -> Path:
     """Train (or resume), evaluate at the end when there is eval data, save the model or adapter dir."""
     trainer, data = session.trainer, session.data
-    started = time.perf_counter()
+    trainer.start_clock(session.checkpoint)
     try:
         trainer.train(resume_from_checkpoint=session.checkpoint)
     except Exception as exc:
@@ -270,7 +269,7 @@ def finish_train(session: TrainSession) -> Path:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"torch_compile: compiling the blocks failed ({type(exc).__name__}: {first[:300]}); "
                         "set torch_compile: false, which resumes from the last checkpoint") from None
-    train_seconds = time.perf_counter() - started
+    train_seconds = trainer.train_seconds()
     if data.eval is not None and not _evaluated_at(trainer, trainer.state.global_step):
         trainer.evaluate()
     out = save_final(trainer, session.run_dir / ("adapter" if is_peft_model(trainer.model) else "model"))
@@ -291,8 +290,9 @@ def _is_compile_failure(exc: Exception) -> bool:
 def write_summary(path: Path, session: TrainSession, train_seconds: float) -> dict[str, Any]:
     """Write ``summary.json``: what this run cost and reached, for sweeps and reports.
 
-    ``train_seconds`` is this invocation's wall time in ``trainer.train`` (a resumed run counts only
-    its own part); ``peak_memory_mb`` is :func:`peak_memory_mb` since ``prepare_train`` began; losses
+    ``train_seconds`` is the wall time in ``trainer.train``, over the whole run: a resumed run adds its own
+    part to what its checkpoint recorded (steps done after that checkpoint by a killed process are not
+    counted; the resumed process redoes them); ``peak_memory_mb`` is :func:`peak_memory_mb` since ``prepare_train`` began; losses
     come from the Trainer's log history, which a resumed run inherits from its checkpoint. ``eval_loss_*``
     is token cross-entropy on the eval set whatever the loss; ``eval_objective_*`` is the configured loss
     there (equal to it under cross-entropy).

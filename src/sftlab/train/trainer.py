@@ -24,15 +24,18 @@ What this subclass adds:
   run, the same FSDP2 plugin is switched on by hand, so the sharded path is the one tested here.
 - **Atomic checkpoints.** Each checkpoint is written into ``checkpoints/.staging/`` and renamed into
   place only when complete, so a run killed mid-save never leaves a ``checkpoint-N`` that resume would
-  pick up half-written.
+  pick up half-written. Each also records the training wall time spent so far (``TRAIN_TIME_FILE``), so
+  that a resumed run's cost is the whole run's, not only its own part.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,7 @@ from sftlab.train.losses import IGNORE_INDEX, LossFn, cross_entropy
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
 
 STAGING_DIR = ".staging"
+TRAIN_TIME_FILE = "sftlab_train_seconds.json"  # in each checkpoint: training wall time up to that step
 TRASH_DIR = ".trash"
 
 # Optimizers torch has that TrainingArguments.optim does not name: passed as a class to the Trainer.
@@ -93,6 +97,9 @@ class SFTLabTrainer(Trainer):
         self._components: dict[str, torch.Tensor] = {}
         self._components_since = 0
         self._staging = False
+        # Training wall time: what the checkpoint resumed from had recorded, and when this process began.
+        self.train_seconds_before = 0.0
+        self._train_started: float | None = None
         # Evaluation sums, over every eval target token: cross-entropy, the task objective, the token count.
         self._eval_sums: list[torch.Tensor] | None = None
         # Bytes of per-parameter regularizer state (anchors, Fisher, a frozen base) on each rank, once bound.
@@ -326,6 +333,17 @@ class SFTLabTrainer(Trainer):
         truly_missing = [k for k in load_result.missing_keys if id(params.get(k)) not in loaded]
         super()._issue_warnings_after_load(load_result._replace(missing_keys=truly_missing))
 
+    def start_clock(self, checkpoint: str | None) -> None:
+        """Start counting training time, from what ``checkpoint`` (the one resumed from, if any) recorded."""
+        self.train_seconds_before = recorded_train_seconds(checkpoint) if checkpoint else 0.0
+        self._train_started = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Training wall time of the whole run so far: the resumed checkpoint's, plus this process's."""
+        if self._train_started is None:
+            return self.train_seconds_before
+        return self.train_seconds_before + time.perf_counter() - self._train_started
+
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
         return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
@@ -348,6 +366,7 @@ class SFTLabTrainer(Trainer):
         if self.args.should_save:
             self._point_best_at_final(run_dir)
             self.state.save_to_json(str(staged / "trainer_state.json"))
+            (staged / TRAIN_TIME_FILE).write_text(json.dumps({"train_seconds": self.train_seconds()}))
             _fsync_tree(staged)
             if final.exists():  # the same step saved twice: replace it, never leave a step without one
                 os.rename(final, run_dir / TRASH_DIR)
@@ -523,6 +542,12 @@ def check_resume_config(
             f"so resuming from {checkpoint} would mix two runs. Use a new output_dir, set resume: never to "
             "start over in this one, or restore the old values."
         )
+
+
+def recorded_train_seconds(checkpoint: str | Path) -> float:
+    """The training time a checkpoint recorded; 0 for one written before checkpoints recorded it."""
+    path = Path(checkpoint) / TRAIN_TIME_FILE
+    return float(json.loads(path.read_text())["train_seconds"]) if path.is_file() else 0.0
 
 
 def save_final(trainer: Trainer, out_dir: Path) -> Path:
