@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from sftlab.cli import main
 from sftlab.config import TrainConfig
 from sftlab.data.records import Message
 from sftlab.data.tokenize import render_prompt
-from sftlab.recipes.train import run_train
+from sftlab.recipes.train import finish_train, prepare_train, run_train
 from sftlab.train.losses import cross_entropy
 from sftlab.train.trainer import NonFiniteLossError
 
@@ -280,3 +280,32 @@ def test_optim_reaches_the_trainer(optim, cls, tiny_model_dir, alpaca_file, tmp_
     assert isinstance(getattr(optimizer, "optimizer", optimizer), cls)
     decays = sorted({group["weight_decay"] for group in optimizer.param_groups})
     assert decays == [0.0, 0.1]  # biases and norms are not decayed
+
+
+def test_keep_checkpoints_false_drops_them_only_once_the_run_has_finished(tiny_model_dir, alpaca_file, tmp_path,
+                                                                         capsys):
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, alpaca_file, run, max_steps=4, save_strategy="steps", save_steps=2,
+               keep_checkpoints=False)
+    seen: list[str] = []
+    session = prepare_train(cfg)
+    # The checkpoints exist while the run trains (an interrupted run resumes from them)...
+    session.trainer.add_callback(_ListCheckpoints(run / "checkpoints", seen))
+    finish_train(session)
+    assert seen == ["checkpoint-2"]
+    # ... and are gone once the model and summary.json are written.
+    assert not (run / "checkpoints").exists()
+    assert (run / "model" / "model.safetensors").is_file() and (run / "summary.json").is_file()
+    assert run_train(cfg) == run / "model"  # still a finished run: a rerun does nothing
+    assert "finished earlier with this config" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+
+
+class _ListCheckpoints(TrainerCallback):
+    """Records the checkpoint dirs present at each step's end."""
+
+    def __init__(self, checkpoints: Path, seen: list[str]) -> None:
+        self.checkpoints, self.seen = checkpoints, seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            self.seen.extend(sorted(p.name for p in self.checkpoints.glob("checkpoint-*")))

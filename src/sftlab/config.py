@@ -330,6 +330,10 @@ class TrainConfig(StrictModel):
     save_strategy: Literal["no", "steps", "epoch"] = "steps"
     save_steps: int = Field(100, ge=1)
     save_total_limit: int | None = 2
+    keep_checkpoints: bool = Field(
+        True, description="keep checkpoints/ once the run has finished; false deletes it after the final model "
+        "and summary.json are written (a SmolLM2-135M checkpoint, with optimizer state, is about 1.6 GB)"
+    )
     early_stopping_patience: int | None = Field(None, ge=1)
     metric_for_best_model: Literal["eval_loss", "eval_objective"] = Field(
         "eval_loss", description="what early stopping and the best checkpoint go by: eval_loss (token "

@@ -5,6 +5,7 @@ Run dir (``output_dir``)::
     config.yaml          the resolved config of the latest invocation
     data/                quarantine.jsonl (rejected records: file, line, field, reason) and stats.json
     checkpoints/         checkpoint-N dirs, each written atomically; ``resume: auto`` picks the newest
+                         (deleted once the run has finished, with ``keep_checkpoints: false``)
     metrics.jsonl        one JSON object per log event (train loss and its components; eval_loss, the token
                          cross-entropy on the eval set under every loss, and eval_objective, the loss trained)
     ewc_fisher.safetensors   EWC's diagonal Fisher (with ``ewc``), computed once and reused on resume
@@ -83,11 +84,11 @@ from sftlab.train.trainer import (
 RESUME_SAFE = {
     "output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "max_steps", "num_train_epochs",
     "eval_steps", "eval_strategy", "per_device_eval_batch_size", "early_stopping_patience", "strict_data",
-    "torch_compile",
+    "torch_compile", "keep_checkpoints",
 }
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
 FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",
-                 "torch_compile"}
+                 "torch_compile", "keep_checkpoints"}
 
 
 @dataclass
@@ -276,6 +277,9 @@ def finish_train(session: TrainSession) -> Path:
     if session.main:
         _write_stats(session.run_dir / "data" / "stats.json", data)
         write_summary(session.run_dir / "summary.json", session, train_seconds)
+        if not session.cfg.keep_checkpoints:
+            # Only now: until summary.json exists the run is unfinished, and a rerun resumes from these.
+            shutil.rmtree(session.run_dir / "checkpoints", ignore_errors=True)
         _print_result(Console(), trainer, out, session.cfg.loss)
     return out
 
