@@ -303,7 +303,8 @@ def report(speeds: dict[str, list[float]], peaks: dict[str, list[float]], matmul
         rates = [m for v in matmul.values() for m in v]
         print(f"2048^2 bf16 matmul: median {statistics.median(rates):.0f} GFLOP/s (min {min(rates):.0f}, "
               f"max {max(rates):.0f}); fp32 now {matmul_gflops('float32'):.0f}")
-    pairs = [("sftlab bf16 compiled", "sftlab bf16"), ("sftlab bf16 compiled packed", "sftlab bf16 compiled"), ("sftlab bf16 compiled", "TRL best CPU bf16"),
+    pairs = [("sftlab bf16 compiled", "sftlab bf16"), ("sftlab bf16 compiled packed", "sftlab bf16 compiled"),
+             ("sftlab bf16 compiled", "TRL best CPU bf16"),
              ("sftlab bf16", "TRL defaults"), ("sftlab bf16", "TRL best CPU bf16"),
              ("sftlab bf16", "TRL best CPU bf16 eager"),
              ("sftlab fp32", "TRL best CPU fp32"), ("sftlab bf16", "sftlab fp32"),

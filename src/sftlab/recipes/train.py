@@ -80,15 +80,14 @@ from sftlab.train.trainer import (
     save_final,
 )
 
-# Keys a resumed run may change: they alter logging, saving, evaluation or how long it runs, not what it learns.
-RESUME_SAFE = {
-    "output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "max_steps", "num_train_epochs",
-    "eval_steps", "eval_strategy", "per_device_eval_batch_size", "early_stopping_patience", "strict_data",
-    "torch_compile", "keep_checkpoints",
-}
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
 FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",
                  "torch_compile", "keep_checkpoints"}
+# Keys a resumed run may change: they alter logging, saving, evaluation or how long it runs, not what it learns.
+RESUME_SAFE = FINISHED_SAFE | {
+    "max_steps", "num_train_epochs", "eval_steps", "eval_strategy", "per_device_eval_batch_size",
+    "early_stopping_patience",
+}
 
 
 @dataclass
@@ -267,8 +266,8 @@ def finish_train(session: TrainSession) -> Path:
         if not (session.cfg.torch_compile and _is_compile_failure(exc)):
             raise
         # The checkpoints written so far stay; an eager rerun (same run dir) resumes from the newest.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"torch_compile: compiling the blocks failed ({type(exc).__name__}: {first[:300]}); "
+        first = next(iter(str(exc).strip().splitlines()), "")[:300]
+        raise UserError(f"torch_compile: compiling the blocks failed ({type(exc).__name__}: {first}); "
                         "set torch_compile: false, which resumes from the last checkpoint") from None
     train_seconds = trainer.train_seconds()
     if data.eval is not None and not _evaluated_at(trainer, trainer.state.global_step):
@@ -296,7 +295,8 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
 
     ``train_seconds`` is the wall time in ``trainer.train``, over the whole run: a resumed run adds its own
     part to what its checkpoint recorded (steps done after that checkpoint by a killed process are not
-    counted; the resumed process redoes them); ``peak_memory_mb`` is :func:`peak_memory_mb` since ``prepare_train`` began; losses
+    counted; the resumed process redoes them). ``peak_memory_mb`` is :func:`peak_memory_mb` since
+    ``prepare_train`` began; losses
     come from the Trainer's log history, which a resumed run inherits from its checkpoint. ``eval_loss_*``
     is token cross-entropy on the eval set whatever the loss; ``eval_objective_*`` is the configured loss
     there (equal to it under cross-entropy).

@@ -98,7 +98,7 @@ class SFTLabTrainer(Trainer):
         self._components_since = 0
         self._staging = False
         # Training wall time: what the checkpoint resumed from had recorded, and when this process began.
-        self.train_seconds_before = 0.0
+        self._seconds_before = 0.0
         self._train_started: float | None = None
         # Evaluation sums, over every eval target token: cross-entropy, the task objective, the token count.
         self._eval_sums: list[torch.Tensor] | None = None
@@ -335,14 +335,14 @@ class SFTLabTrainer(Trainer):
 
     def start_clock(self, checkpoint: str | None) -> None:
         """Start counting training time, from what ``checkpoint`` (the one resumed from, if any) recorded."""
-        self.train_seconds_before = recorded_train_seconds(checkpoint) if checkpoint else 0.0
+        self._seconds_before = recorded_train_seconds(checkpoint) if checkpoint else 0.0
         self._train_started = time.perf_counter()
 
     def train_seconds(self) -> float:
         """Training wall time of the whole run so far: the resumed checkpoint's, plus this process's."""
         if self._train_started is None:
-            return self.train_seconds_before
-        return self.train_seconds_before + time.perf_counter() - self._train_started
+            return self._seconds_before
+        return self._seconds_before + time.perf_counter() - self._train_started
 
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
