@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel, L
 from sftlab.cli import main
 from sftlab.config import PretrainConfig
 from sftlab.errors import UserError
+from sftlab.models.tiny import build_config
 from sftlab.recipes.pretrain import run_pretrain
 from sftlab.train.pretrain import collate_blocks, make_blocks, split_documents, token_stream
 
@@ -100,6 +101,16 @@ def test_pretrain_llama_and_refuses_changed_config(corpus, tmp_path):
     assert isinstance(AutoModelForCausalLM.from_pretrained(str(model_dir)), LlamaForCausalLM)
     with pytest.raises(UserError, match=r"changed: learning_rate"):
         run_pretrain(PretrainConfig(**{**cfg, "learning_rate": 1e-4}))
+
+
+def test_dropout_sets_every_rate_of_the_architecture_and_unset_keeps_its_default():
+    gpt2 = build_config(100, "gpt2", dropout=0.0)
+    assert (gpt2.resid_pdrop, gpt2.embd_pdrop, gpt2.attn_pdrop) == (0.0, 0.0, 0.0)
+    assert build_config(100, "gpt2").resid_pdrop == 0.1  # GPT-2's own default
+    assert build_config(100, "llama", dropout=0.2).attention_dropout == 0.2
+    assert build_config(100, "llama").attention_dropout == 0.0
+    with pytest.raises(ValueError, match="dropout"):
+        PretrainConfig(corpus=["x"], model={"dropout": 1.0})
 
 
 def test_pretrain_needs_two_documents(tmp_path):

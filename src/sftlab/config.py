@@ -413,6 +413,9 @@ class ArchitectureSettings(StrictModel):
     n_embd: int | None = Field(None, ge=8)
     n_head: int | None = Field(None, ge=1)
     max_position_embeddings: int | None = Field(None, ge=16)
+    dropout: float | None = Field(
+        None, ge=0, lt=1, description="dropout on embeddings, residuals and attention; unset keeps the "
+        "architecture's default (GPT-2 0.1, Llama 0)")
 
 
 class PretrainConfig(StrictModel):

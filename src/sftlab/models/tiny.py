@@ -56,20 +56,26 @@ def build_config(
     max_position_embeddings: int = 512,
     eos_token_id: int = 0,
     pad_token_id: int = 1,
+    dropout: float | None = None,
     **overrides: int | None,
 ) -> PretrainedConfig:
-    """A small decoder config from a size preset; ``n_layer``/``n_embd``/``n_head`` may override it."""
+    """A small decoder config from a size preset; ``n_layer``/``n_embd``/``n_head`` may override it.
+
+    ``dropout`` sets every dropout the architecture has; None keeps its default.
+    """
     dims = {**SIZE_PRESETS[size], **{k: v for k, v in overrides.items() if v is not None}}
     if dims["n_embd"] % dims["n_head"]:
         raise ValueError(f"n_embd {dims['n_embd']} is not divisible by n_head {dims['n_head']}")
     common = {"vocab_size": vocab_size, "bos_token_id": eos_token_id, "eos_token_id": eos_token_id,
               "pad_token_id": pad_token_id, "tie_word_embeddings": True}
     if architecture == "gpt2":
+        rates = {} if dropout is None else {"resid_pdrop": dropout, "embd_pdrop": dropout, "attn_pdrop": dropout}
         return GPT2Config(
             n_positions=max_position_embeddings,
             n_layer=dims["n_layer"],
             n_embd=dims["n_embd"],
             n_head=dims["n_head"],
+            **rates,
             **common,
         )
     if architecture == "llama":
@@ -82,6 +88,7 @@ def build_config(
             num_attention_heads=dims["n_head"],
             num_key_value_heads=dims["n_head"],
             max_position_embeddings=max_position_embeddings,
+            **({} if dropout is None else {"attention_dropout": dropout}),
             **common,
         )
     raise ValueError(f"unknown architecture {architecture!r}; choose gpt2 or llama")

@@ -77,6 +77,7 @@ def pretrain_on_texts(cfg: PretrainConfig, texts: list[str]) -> Path:
         n_layer=dims.n_layer,
         n_embd=dims.n_embd,
         n_head=dims.n_head,
+        dropout=dims.dropout,
     )
     model = AutoModelForCausalLM.from_config(model_config)
 
