@@ -84,6 +84,10 @@ def test_a_finished_run_is_skipped_only_when_its_settings_are_this_configs(tmp_p
     (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full))
     (full.run_dir / ROW_FILE).write_text(json.dumps({"strategy": "full", "seed": 0}))
     assert finished_row(cfg, full)["strategy"] == "full"
+    # Keys that cannot change a finished run's result (compiling, keeping checkpoints, logging) keep it done.
+    same = load_sweep(str(_sweep(tmp_path, train={"train_file": "train.jsonl", "torch_compile": True,
+                                                  "keep_checkpoints": False, "logging_steps": 3})))
+    assert finished_row(same, plan(same)[0])["strategy"] == "full"
     # The same run dir under a changed learning rate: its row no longer belongs to this sweep.
     changed = load_sweep(str(_sweep(tmp_path, train={"train_file": "train.jsonl", "learning_rate": 0.5})))
     with pytest.raises(UserError, match="other settings"):

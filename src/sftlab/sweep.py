@@ -200,10 +200,17 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
 
 def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
     """A hash of what decides one run's result: the base model's files (a base retrained in place makes every
-    run stale), the train or interpolation settings and the audit settings."""
+    run stale), the train or interpolation settings and the audit settings.
+
+    Train keys that cannot change a finished run's result (logging, saving, ``torch_compile``: the
+    trainer's own FINISHED_SAFE) are left out, so turning them on, or a new version adding one, does not
+    make the runs already done stale.
+    """
+    from sftlab.recipes.train import FINISHED_SAFE
+
     mix = spec.strategy.interpolate
     if mix is None:
-        made: dict[str, Any] = train_config(cfg, spec).model_dump(mode="json", by_alias=True)
+        made: dict[str, Any] = train_config(cfg, spec).model_dump(mode="json", by_alias=True, exclude=FINISHED_SAFE)
     else:
         # A mix is as new as the model it mixes: a redone source makes it stale too.
         source = next(s for s in cfg.strategies if s.name == mix.source)
