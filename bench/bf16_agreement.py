@@ -1,12 +1,15 @@
 """bf16 autocast against fp32 on a real base: the training loss curve, step by step, through `sftlab train`.
 
-Two runs of the real recipe (``prepare_train`` / ``finish_train``) from the same weights, on the same Alpaca
-records in the same order (same seed), differing only in ``dtype`` (float32, then auto, which is bf16 on
-an AMX CPU); every step's train loss is logged. Prints both curves, the largest relative gap and each
-run's seconds per step. ``--profile`` then profiles one more bf16 step (torch.profiler, top ops by
-self CPU time).
+Runs of the real recipe (``prepare_train`` / ``finish_train``) from the same weights, on the same records
+in the same order (same seed), differing only in precision: float32; auto (bf16 autocast on an AMX CPU,
+master weights cast to nearest); and auto with ``bf16_weight_rounding: dithered``. Every step's train loss
+is logged. Prints the curves, each bf16 curve's largest and mean relative gap to fp32, and each run's
+seconds per step. ``--demo`` trains the real demo's own settings on its shipped scenes (``full``: 20
+steps of 8 packed rows of 256 tokens, lr 5e-5 with 10% warm-up) instead of Alpaca rows. ``--profile``
+then profiles one more bf16 step (torch.profiler, top ops by self CPU time).
 
 Run:  .venv/bin/python bench/bf16_agreement.py [--model smollm2-135m-instruct] [--steps 8] [--batch 4] [--seq 96]
+      .venv/bin/python bench/bf16_agreement.py --demo --threads 2
 """
 
 from __future__ import annotations
@@ -28,26 +31,37 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq", type=int, default=96)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--demo", action="store_true", help="the real demo's full strategy settings and scenes")
+    p.add_argument("--variants", nargs="*", default=["fp32", "bf16 nearest", "bf16 dithered"],
+                   choices=["fp32", "bf16 nearest", "bf16 dithered"])
     p.add_argument("--profile", action="store_true")
     return p.parse_args()
 
 
-def run(args: argparse.Namespace, work: Path, data_file: Path, dtype: str) -> tuple[list[float], float, str]:
-    """Train ``args.steps`` steps in ``dtype``; the per-step losses, seconds per step, and the precision used."""
+VARIANTS = {"fp32": {"dtype": "float32"}, "bf16 nearest": {"dtype": "auto"},
+            "bf16 dithered": {"dtype": "auto", "bf16_weight_rounding": "dithered"}}
+
+
+def run(args: argparse.Namespace, work: Path, data_file: Path, variant: str) -> tuple[list[float], float, str]:
+    """Train in ``variant``; the per-step losses, seconds per step, and the precision used."""
     from sftlab.config import TrainConfig
+    from sftlab.demo_real import FULL
     from sftlab.recipes.train import finish_train, prepare_train
 
-    out = work / dtype
+    out = work / variant.replace(" ", "_")
+    if args.demo:
+        settings = {**FULL.train, "save_strategy": "no"}
+    else:
+        settings = {"max_length": args.seq, "per_device_train_batch_size": args.batch, "max_steps": args.steps,
+                    "learning_rate": args.lr, "logging_steps": 1, "save_strategy": "no"}
     cfg = TrainConfig(model_name_or_path=args.model, train_file=[str(data_file)], output_dir=str(out),
-                      max_length=args.seq, per_device_train_batch_size=args.batch, max_steps=args.steps,
-                      learning_rate=args.lr, logging_steps=1, save_strategy="no", resume="never", seed=0,
-                      dtype=dtype)
+                      resume="never", seed=0, **settings, **VARIANTS[variant])
     with Quiet():
         session = prepare_train(cfg)
         started = time.perf_counter()
         finish_train(session)
-    seconds = (time.perf_counter() - started) / args.steps
     losses = [m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in m]
+    seconds = (time.perf_counter() - started) / len(losses)
     summary = json.loads((out / "summary.json").read_text())
     return losses, seconds, summary["precision"]
 
@@ -58,18 +72,28 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="sftlab-bf16-"))
-    records = json.loads((shared_data() / "alpaca" / "alpaca_5000.json").read_text())[: args.steps * args.batch * 2]
-    data_file = work / "alpaca.json"
-    data_file.write_text(json.dumps(records))
+    if args.demo:
+        from sftlab.demo_real import data_dir
+
+        data_file = data_dir() / "shakespeare_train.jsonl"
+    else:
+        records = json.loads((shared_data() / "alpaca" / "alpaca_5000.json").read_text())[: args.steps * args.batch * 2]
+        data_file = work / "alpaca.json"
+        data_file.write_text(json.dumps(records))
     print(f"load average before: {load_average()}", flush=True)
     curves = {}
-    for dtype in ("float32", "auto"):
-        losses, seconds, precision = run(args, work, data_file, dtype)
-        curves[precision] = losses
-        print(f"{precision:14s} {seconds:6.1f} s/step  loss " + " ".join(f"{x:.4f}" for x in losses), flush=True)
-    (a, fp32), (b, other) = curves.items()
-    gaps = [abs(y - x) / x for x, y in zip(fp32, other)]
-    print(f"largest relative gap {b} vs {a}: {max(gaps):.3%} (mean {sum(gaps) / len(gaps):.3%}) over {len(gaps)} steps")
+    for variant in args.variants:
+        losses, seconds, precision = run(args, work, data_file, variant)
+        curves[variant] = losses
+        print(f"{variant:14s} ({precision}) {seconds:6.1f} s/step  loss " + " ".join(f"{x:.4f}" for x in losses),
+              flush=True)
+    fp32 = curves.get("fp32")
+    for variant, losses in curves.items():
+        if fp32 is not None and variant != "fp32":
+            gaps = [(y - x) / x for x, y in zip(fp32, losses)]
+            print(f"{variant} against fp32: largest gap {max(map(abs, gaps)):.2%}, mean {sum(map(abs, gaps)) / len(gaps):.2%}"
+                  f", signed mean {sum(gaps) / len(gaps):+.2%}, within 1% at {sum(abs(g) <= 0.01 for g in gaps)} of "
+                  f"{len(gaps)} steps; per step " + " ".join(f"{g:+.2%}" for g in gaps))
     print(f"load average after: {load_average()}", flush=True)
     if args.profile:
         profile_step(args)

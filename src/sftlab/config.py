@@ -313,6 +313,11 @@ class TrainConfig(StrictModel):
     )
     bf16: bool = False
     fp16: bool = False
+    bf16_weight_rounding: Literal["nearest", "dithered"] = Field(
+        "nearest", description="how a bf16 step's forward rounds the fp32 master weights of trained linear "
+        "layers: nearest (autocast's cast, which drops moves under half a bf16 step) or dithered (a fixed "
+        "random threshold per weight: unbiased, so small updates show; sftlab.train.weight_rounding)"
+    )
     gradient_checkpointing: bool = False
     torch_compile: bool = Field(
         False, description="compile each transformer block with torch.compile, in place (regional "
@@ -384,6 +389,11 @@ class TrainConfig(StrictModel):
         if self.torch_compile and self.neftune_noise_alpha is not None and self.neftune_layers != [0]:
             # Its hook on a block's output lands inside the block's graph, where inductor fails to build it.
             raise ValueError("torch_compile takes NEFTune on the input embeddings only (neftune_layers: [0])")
+        if self.bf16_weight_rounding == "dithered" and (self.fsdp is not None or self.deepspeed is not None):
+            raise ValueError("bf16_weight_rounding: dithered is not tested with fsdp or deepspeed yet: drop one of them")
+        if self.bf16_weight_rounding == "dithered" and (self.fp16 or self.dtype in ("float32", "float16")):
+            raise ValueError(f"bf16_weight_rounding: dithered applies to bf16 steps; this run is "
+                             f"{'fp16' if self.fp16 else self.dtype}")
         forced = "bfloat16" if self.bf16 else "float16" if self.fp16 else None
         if forced and self.dtype not in ("auto", forced):
             raise ValueError(f"dtype: {self.dtype} contradicts {'bf16' if self.bf16 else 'fp16'}: true; set one of them")

@@ -70,6 +70,7 @@ from sftlab.train.distributed import engine_arguments
 from sftlab.train.losses import LossFn, build_loss
 from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
 from sftlab.train.regularizers import Regularizer, build_regularizers
+from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
 from sftlab.train.trainer import (
     SFTLabTrainer,
     check_resume_config,
@@ -173,6 +174,9 @@ def prepare_train(
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
     precision = training_precision(cfg, load_config(base, cfg.trust_remote_code))
+    if cfg.bf16_weight_rounding == "dithered" and precision != "bf16":
+        raise UserError(f"bf16_weight_rounding: dithered applies to bf16 steps, and dtype: {cfg.dtype} trains "
+                        f"this model in {precision} here; set dtype: bfloat16, or drop the key")
     args = training_arguments(cfg, run_dir, optim, resuming=checkpoint is not None, precision=precision)
     main = args.process_index == 0
     if main:
@@ -241,6 +245,10 @@ def prepare_train(
         else:
             trainer.regularizers.append(adversary)  # SMART's smoothness term is one more penalty
         trainer.log_sources.append(adversary.log_values)
+    if cfg.bf16_weight_rounding == "dithered":
+        # After the method (its trainable weights are the ones that move) and before compiling: the blocks'
+        # graphs read whatever tensor each parameter points at.
+        trainer.weight_dither = DitheredBf16(dithered_weights(trainer.model), cfg.seed)
     if cfg.torch_compile:
         # Last, so that the blocks' graphs include the hooks attached above and the KL base copy (taken
         # by build_regularizers) stays an eager module.
@@ -496,7 +504,9 @@ def _print_setup(console: Console, session: TrainSession) -> None:
     table.add_row("model", f"{cfg.model_name_or_path} ({total / 1e6:.2f}M parameters)")
     table.add_row("method", f"{cfg.method}: {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
     attention = getattr(session.trainer.model.config, "_attn_implementation", None)
-    table.add_row("precision", f"{_precision_name(session.trainer.args)} (dtype: {cfg.dtype}); weights fp32; "
+    dither = session.trainer.weight_dither
+    weights = f"weights fp32, {len(dither.params)} seen dithered in bf16" if dither else "weights fp32"
+    table.add_row("precision", f"{_precision_name(session.trainer.args)} (dtype: {cfg.dtype}); {weights}; "
                   f"attention {attention}" + ("; blocks compiled (torch_compile)" if cfg.torch_compile else ""))
     rejected = len(data.read.rejected) + (len(data.eval_read.rejected) if data.eval_read else 0)
     reasons = data.read.counts + (data.eval_read.counts if data.eval_read else type(data.read.counts)())

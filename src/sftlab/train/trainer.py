@@ -26,6 +26,8 @@ What this subclass adds:
   place only when complete, so a run killed mid-save never leaves a ``checkpoint-N`` that resume would
   pick up half-written. Each also records the training wall time spent so far (``TRAIN_TIME_FILE``), so
   that a resumed run's cost is the whole run's, not only its own part.
+- **Dithered bf16 weights**, when ``weight_dither`` is set: each training forward and backward runs on
+  the master weights rounded with fixed random thresholds (``sftlab.train.weight_rounding``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from sftlab.errors import UserError
 from sftlab.train.distributed import enable_fsdp_on_cpu, full_state_dict, is_fsdp2, local_bytes, per_rank, reshard
 from sftlab.train.losses import IGNORE_INDEX, LossFn, cross_entropy
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
+from sftlab.train.weight_rounding import DitheredBf16
 
 STAGING_DIR = ".staging"
 TRAIN_TIME_FILE = "sftlab_train_seconds.json"  # in each checkpoint: training wall time up to that step
@@ -107,6 +110,8 @@ class SFTLabTrainer(Trainer):
         self._regularizers_bound = False
         # FreeLB (sftlab.train.adversarial): runs each micro-batch once per perturbation; None for plain steps.
         self.adversary: Any = None
+        # Dithered bf16 weights for the training forward and backward (sftlab.train.weight_rounding), or None.
+        self.weight_dither: DitheredBf16 | None = None
 
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator; FSDP2 switched on for a multi-process CPU run, where accelerate
@@ -277,10 +282,13 @@ class SFTLabTrainer(Trainer):
     ) -> torch.Tensor:
         """One forward/backward (one per perturbation under FreeLB); a non-finite loss raises before the
         optimizer can apply it."""
-        if self.adversary is not None:
-            loss = self.adversary.training_step(functools.partial(super().training_step, model, inputs, num_items_in_batch))
-        else:
-            loss = super().training_step(model, inputs, num_items_in_batch)
+        rounding = self.weight_dither.applied() if self.weight_dither is not None else contextlib.nullcontext()
+        with rounding:  # the master weights are back in place before the optimizer step
+            if self.adversary is not None:
+                loss = self.adversary.training_step(
+                    functools.partial(super().training_step, model, inputs, num_items_in_batch))
+            else:
+                loss = super().training_step(model, inputs, num_items_in_batch)
         bad = (~torch.isfinite(loss)).any().float()
         if self.args.world_size > 1:
             # Every rank must agree to stop, or the healthy ones would wait forever in the next all-reduce.

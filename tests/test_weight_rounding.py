@@ -1,0 +1,112 @@
+"""``bf16_weight_rounding: dithered``: the rounding by hand, its lack of bias, and what the trainer runs on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+from sftlab.config import TrainConfig
+from sftlab.errors import UserError
+from sftlab.recipes.train import finish_train, prepare_train
+from sftlab.train.weight_rounding import DitheredBf16, dithered_weights, round_dithered
+
+
+def _from_bits(bits: list[int]) -> torch.Tensor:
+    return torch.tensor(bits, dtype=torch.int32).view(torch.float32)
+
+
+def test_each_weight_rounds_up_where_its_dropped_bits_reach_its_threshold():
+    # 1.0 is 0x3F800000 and the next bf16 value up is 0x3F810000; -1.0 is 0xBF800000 (sign bit set).
+    # The dropped 16 bits are 0x4000 (a quarter of the step) or 0xC000 (three quarters). A weight rounds up
+    # where dropped + offset + 0x8000 reaches 0x10000.
+    signed = lambda u: u - (1 << 32) if u >= 1 << 31 else u  # noqa: E731 (an int32's bits as a Python int)
+    x = _from_bits([signed(u) for u in (0x3F804000, 0x3F804000, 0x3F804000, 0xBF804000, 0x3F80C000, 0x3F80C000)])
+    offset = torch.tensor([0, 0x3FFF, 0x4000, 0x4000, -0x4000, -0x4001], dtype=torch.int16)
+    got = round_dithered(x, offset, torch.empty_like(x))
+    expected = [0x3F800000, 0x3F800000, 0x3F810000, 0xBF810000, 0x3F810000, 0x3F800000]
+    assert got.view(torch.int32).tolist() == [signed(u) for u in expected]
+    assert torch.equal(got.to(torch.bfloat16).float(), got)  # bf16 holds every result exactly
+
+
+def test_zero_offsets_round_to_nearest_as_autocast_does():
+    x = torch.randn(10_000) * 0.05
+    assert torch.equal(round_dithered(x, torch.zeros(10_000, dtype=torch.int16), torch.empty_like(x)),
+                       x.to(torch.bfloat16).float())  # no exact ties among random floats
+
+
+def test_dithering_is_unbiased_where_nearest_drops_a_small_update():
+    # 100,000 weights on the bf16 grid, all moved by a fifth of their bf16 step: a fine-tuning step too small
+    # for round-to-nearest, which keeps every one of them where it was.
+    n = 100_000
+    start = (torch.rand(n, generator=torch.Generator().manual_seed(0)) * 0.04 + 0.03).to(torch.bfloat16).float()
+    step = torch.nextafter(start.to(torch.bfloat16), torch.tensor(1.0, dtype=torch.bfloat16)).float() - start
+    moved = start + step / 5
+    assert torch.equal(moved.to(torch.bfloat16).float(), start)
+    [param] = [torch.nn.Parameter(moved.clone())]
+    dither = DitheredBf16([param], seed=0)
+    with dither.applied():
+        seen = param.data.clone()
+    assert torch.equal(param.data, moved)  # the master is back
+    up = (seen > start).float()
+    assert torch.all((seen == start) | (seen == start + step))  # one step up or none
+    # Each rounds up with probability 1/5: the share is 0.2 within 5 standard deviations (0.0063).
+    assert up.mean().item() == pytest.approx(0.2, abs=5 * (0.2 * 0.8 / n) ** 0.5)
+    assert (seen - moved).mean().abs().item() < 5 * (0.2 * 0.8 / n) ** 0.5 * step.mean().item()
+
+
+def test_only_trainable_linear_weights_are_dithered_once_each():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.LayerNorm(4),
+                                torch.nn.Linear(4, 10, bias=False))
+    model[3].weight = model[0].weight  # tied head, as in SmolLM2
+    model[1].bias.requires_grad_(False)
+    chosen = dithered_weights(model)
+    assert [id(p) for p in chosen] == [id(model[1].weight), id(model[0].weight)]
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"fsdp": {}}, "not tested with fsdp"),
+    ({"dtype": "float32"}, "applies to bf16 steps; this run is float32"),
+    ({"fp16": True}, "applies to bf16 steps; this run is fp16"),
+])
+def test_dithering_is_refused_where_it_cannot_apply_or_is_untested(kw, message):
+    with pytest.raises(ValidationError, match=message):
+        TrainConfig(model_name_or_path="m", train_file=["x.json"], bf16_weight_rounding="dithered", **kw)
+
+
+def _config(model_dir: Path, data: Path, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(model_name_or_path=str(model_dir), train_file=[str(data)], output_dir=str(out),
+                       max_length=128, per_device_train_batch_size=2, max_steps=3, logging_steps=1,
+                       save_strategy="no", learning_rate=1e-3, seed=0, bf16_weight_rounding="dithered", **kw)
+
+
+def test_auto_that_resolves_to_fp32_is_a_user_error(tiny_model_dir, shared_data, tmp_path):
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:8]))
+    with pytest.raises(UserError, match="trains this model in fp32 here"):
+        prepare_train(_config(tiny_model_dir, data, tmp_path / "run"))  # dtype auto: fp32 for this tiny model
+
+
+def test_the_training_forward_sees_dithered_weights_and_the_optimizer_and_saved_model_the_masters(
+        tiny_llama_dir, shared_data, tmp_path):
+    data = tmp_path / "alpaca.json"
+    data.write_text(json.dumps(json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:8]))
+    session = prepare_train(_config(tiny_llama_dir, data, tmp_path / "run", dtype="bfloat16"))
+    trainer = session.trainer
+    proj = trainer.model.model.layers[0].self_attn.q_proj
+    seen: list[torch.Tensor] = []
+    proj.register_forward_pre_hook(lambda module, args: seen.append(module.weight.detach().clone()))
+    finish_train(session)
+    # Every training forward ran on bf16 values (the hook fires in training steps only: no eval data).
+    assert len(seen) == 3 and all(torch.equal(w, w.to(torch.bfloat16).float()) for w in seen)
+    master = proj.weight.detach()
+    assert not torch.equal(master, master.to(torch.bfloat16).float())  # the master keeps its fp32 bits
+    saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    assert torch.equal(saved["model.layers.0.self_attn.q_proj.weight"], master)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
