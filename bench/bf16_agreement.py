@@ -95,6 +95,7 @@ def main() -> None:
                   f", signed mean {sum(gaps) / len(gaps):+.2%}, within 1% at {sum(abs(g) <= 0.01 for g in gaps)} of "
                   f"{len(gaps)} steps; per step " + " ".join(f"{g:+.2%}" for g in gaps))
     print(f"load average after: {load_average()}", flush=True)
+    print(f"saved models: {work}/<variant>/model (bench/bf16_eval_views.py evaluates them)", flush=True)
     if args.profile:
         profile_step(args)
 

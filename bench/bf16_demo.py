@@ -15,7 +15,12 @@ in fp32 too), into ``OUT`` (default ``DEMO_OUT/fp32``), then compares:
 
 The result is printed and written to ``OUT/agreement.json``. A rerun reuses the finished fp32 run.
 
+With ``--bf16-weight-rounding dithered`` the bf16 side is not the demo's own run: this script trains and
+audits the strategy once more in bf16 autocast with dithered weights (``OUT/bf16_dithered``), and needs no
+finished demo.
+
 Run:  .venv/bin/python bench/bf16_demo.py --demo-out runs/demo_real [--strategy full] [--out DIR]
+      .venv/bin/python bench/bf16_demo.py --bf16-weight-rounding dithered --out runs/bf16_dithered
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from sftlab.offline import set_offline
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--demo-out", required=True, help="the out dir of a finished `sftlab demo --real`")
+    p.add_argument("--demo-out", help="the out dir of a finished `sftlab demo --real` (the bf16 side, nearest)")
+    p.add_argument("--bf16-weight-rounding", choices=["nearest", "dithered"], default="nearest",
+                   help="dithered: train and audit the bf16 side here, with dithered weights")
     p.add_argument("--strategy", default="full", help="a trained strategy of that demo (default: full)")
     p.add_argument("--out", default=None, help="where the fp32 sweep goes (default: DEMO_OUT/fp32)")
     return p.parse_args()
@@ -98,19 +105,33 @@ def main() -> None:
     from sftlab.demo_real import ALL_STRATEGIES, FULL, scene_style_section, sweep_config
     from sftlab.sweep import run_sweep
 
-    demo_out = Path(args.demo_out)
-    bf16_run = demo_out / "sweep" / "runs" / args.strategy / "seed0"
-    if not (bf16_run / "row.json").is_file():
-        print(f"bf16_demo.py: {bf16_run} is not a finished run; run `sftlab demo --real` first", file=sys.stderr)
-        raise SystemExit(2)
-    out = Path(args.out) if args.out else demo_out / "fp32"
-    cfg = sweep_config(replace(FULL, strategies=select_strategies(ALL_STRATEGIES, args.strategy)), out)
-    data = cfg.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    data["train"] = {**cfg.train, "dtype": "float32"}
-    data["audit"] = {**cfg.audit, "dtype": "float32"}
-    run_sweep(build_config(SweepConfig, data, source="bf16_demo"), extra_sections=[scene_style_section()],
-              redo_stale=True)
-    result = compare(bf16_run, out / "sweep" / "runs" / args.strategy / "seed0")
+    def sweep(out: Path, train: dict[str, Any], audit: dict[str, Any]) -> Path:
+        """The strategy through the real demo's sweep into ``out``, with these train and audit keys; its run dir."""
+        cfg = sweep_config(replace(FULL, strategies=select_strategies(ALL_STRATEGIES, args.strategy)), out)
+        data = cfg.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        data["train"] = {**cfg.train, **train}
+        data["audit"] = {**cfg.audit, **audit}
+        run_sweep(build_config(SweepConfig, data, source="bf16_demo"), extra_sections=[scene_style_section()],
+                  redo_stale=True)
+        return out / "sweep" / "runs" / args.strategy / "seed0"
+
+    if args.bf16_weight_rounding == "dithered":
+        if not args.out:
+            print("bf16_demo.py: --bf16-weight-rounding dithered needs --out", file=sys.stderr)
+            raise SystemExit(2)
+        out = Path(args.out)
+        bf16_run = sweep(out / "bf16_dithered", {"bf16_weight_rounding": "dithered"}, {})
+    else:
+        if not args.demo_out:
+            print("bf16_demo.py: give --demo-out (or --bf16-weight-rounding dithered)", file=sys.stderr)
+            raise SystemExit(2)
+        bf16_run = Path(args.demo_out) / "sweep" / "runs" / args.strategy / "seed0"
+        if not (bf16_run / "row.json").is_file():
+            print(f"bf16_demo.py: {bf16_run} is not a finished run; run `sftlab demo --real` first", file=sys.stderr)
+            raise SystemExit(2)
+        out = Path(args.out) if args.out else Path(args.demo_out) / "fp32"
+    result = compare(bf16_run, sweep(out if args.bf16_weight_rounding == "nearest" else out / "fp32",
+                                     {"dtype": "float32"}, {"dtype": "float32"}))
     (out / "agreement.json").write_text(json.dumps(result, indent=1))
 
     print(f"{'step':>4} {'bf16':>8} {'fp32':>8}  gap")
