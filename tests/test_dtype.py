@@ -199,3 +199,63 @@ def test_audit_in_bf16_runs_matmuls_in_bf16_on_fp32_weights_and_caches_apart(
     assert (fp32["meta"]["dtype"], bf16["meta"]["dtype"]) == ("float32", "bfloat16")
     ppl = [r["sections"]["forgetting"]["perplexity"]["ref"][tiny_llama_dir.name]["perplexity"] for r in (fp32, bf16)]
     assert ppl[0] != ppl[1] and abs(ppl[1] / ppl[0] - 1) < 0.01, ppl  # teacher-forced scoring agrees within 1%
+
+
+def test_a_dithered_bf16_audit_rounds_every_models_linear_weights_alike_and_caches_apart(
+        tiny_llama_dir, shared_data, tmp_path, monkeypatch):
+    import shutil
+
+    from sftlab.config import AuditConfig
+    from sftlab.recipes import audit
+
+    alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": r["instruction"]}) + "\n" for r in alpaca[:3]))
+    reference = tmp_path / "ref.txt"
+    reference.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[100_000:102_000])
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_llama_dir, tuned)
+    cache = tmp_path / "cache"
+    loaded: list[torch.nn.Module] = []
+    real_load = audit.load_model
+
+    def load_and_keep(*args, **kwargs):
+        loaded.append(real_load(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(audit, "load_model", load_and_keep)
+
+    def run(rounding: str) -> dict:
+        cfg = AuditConfig(base=str(tiny_llama_dir), tuned=[str(tuned)], prompts=str(prompts),
+                          reference=[str(reference)], out=str(tmp_path / rounding), cache_dir=str(cache), device="cpu",
+                          dtype="bfloat16", bf16_weight_rounding=rounding, max_length=128, bootstrap_samples=100,
+                          sampling={"num_samples": 2, "max_new_tokens": 8, "batch_size": 8})
+        audit.run_audit(cfg)
+        return json.loads((tmp_path / rounding / "report.json").read_text())
+
+    nearest = run("nearest")
+    cached = set(cache.rglob("*"))
+    dithered = run("dithered")
+    assert set(cache.rglob("*")) > cached  # dithered models sampled anew, not served the nearest-cast samples
+    weights = [[p.detach() for m in models if isinstance(m, torch.nn.Linear) for p in m.parameters()]
+               for models in (list(loaded[2].modules()), list(loaded[3].modules()))]
+    # Every linear weight of both dithered models holds bf16 values, and the base and its identical copy were
+    # rounded with the same thresholds (the same values), so their views differ only where their weights do.
+    assert all(torch.equal(w, w.to(torch.bfloat16).float()) for w in weights[0])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+    ppl = [r["sections"]["forgetting"]["perplexity"]["ref"][tiny_llama_dir.name]["perplexity"] for r in (nearest, dithered)]
+    assert ppl[0] != ppl[1] and abs(ppl[1] / ppl[0] - 1) < 0.01, ppl  # another rounding, the same model within 1%
+
+
+def test_a_dithered_audit_of_a_fp32_audit_is_a_user_error(tiny_llama_dir, tmp_path):
+    from sftlab.config import AuditConfig
+    from sftlab.errors import UserError
+    from sftlab.recipes import audit
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Hello"}) + "\n")
+    cfg = AuditConfig(base=str(tiny_llama_dir), tuned=[str(tiny_llama_dir) + "=same"], prompts=str(prompts),
+                      out=str(tmp_path / "audit"), device="cpu", dtype="float32", bf16_weight_rounding="dithered")
+    with pytest.raises(UserError, match="dithered applies to a bf16 audit"):
+        audit.run_audit(cfg)
+    assert not (tmp_path / "audit").exists()

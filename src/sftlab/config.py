@@ -511,6 +511,10 @@ class AuditConfig(StrictModel):
     dtype: str = Field("auto", description="compute dtype: auto (bf16 where it pays: a GPU that has it, or a CPU "
                        "with AMX for a model at least 256 wide; else fp32), float32, bfloat16, float16. On a CPU "
                        "the weights stay fp32 and bf16/fp16 run under autocast")
+    bf16_weight_rounding: Literal["nearest", "dithered"] = Field(
+        "nearest", description="how a bf16 audit rounds every model's linear weights: nearest (the plain cast) "
+        "or dithered (a fixed random threshold per weight, the same for every model: unbiased, so a fine-tune's "
+        "small moves stay visible; sftlab.train.weight_rounding)")
 
     @model_validator(mode="before")
     @classmethod

@@ -68,6 +68,7 @@ from sftlab.models.load import (
     resolve_dtype,
     weights_and_autocast,
 )
+from sftlab.train.weight_rounding import dither_in_place
 
 # Answers shown inline in report.html per tuned model (all of them are in token_view.html).
 INLINE_ANSWERS = 3
@@ -369,12 +370,24 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
     in the precision chosen for the base (:func:`audit_precision`), so their figures compare like with like.
     """
     weights, amp = weights_and_autocast(audit_precision(cfg, device), device)
+    dithered = cfg.bf16_weight_rounding == "dithered"
     # The sample cache must not hand fp32 samples to a bf16 audit (or back): the key names the precision.
     tag = "" if amp is None and weights == torch.float32 else f"-{str(amp or weights).removeprefix('torch.')}"
+    tag += "-dithered" if dithered else ""
+
+    def load(path: str, merge_adapter: bool = False) -> torch.nn.Module:
+        """A model in the audit's precision; dithered in fp32 first, then cast (exactly) when so asked."""
+        model = load_model(path, torch.float32 if dithered else weights, device, cfg.trust_remote_code,
+                           merge_adapter=merge_adapter)
+        if dithered:
+            dither_in_place(model)
+            model.to(weights)
+        return model
+
     base, *tuned = models
     runs: dict[str, ModelRun] = {}
     shifts: dict[str, list[shift.AnswerShift]] = {}
-    base_model = load_model(cfg.base, weights, device, cfg.trust_remote_code)
+    base_model = load(cfg.base)
     base_limit = context_limit(base_model, cfg.max_length)
     with autocast(amp, device):
         runs[base] = run_model(base_model, base_tok, base, cfg.base, inputs, cfg, bars, cache_dir, base_limit, tag)
@@ -385,7 +398,7 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
         # A LoRA-style adapter is folded into its weights: the same function, and generation no longer pays
         # for the adapter's extra matmuls at every step (the real demo's LoRA audit sampled 1.4x slower).
         merge = is_adapter_dir(path) and adapter_is_mergeable(path)
-        model = load_model(path, weights, device, cfg.trust_remote_code, merge_adapter=merge)
+        model = load(path, merge_adapter=merge)
         limit = context_limit(model, base_limit)
         with autocast(amp, device):
             runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit, tag)
@@ -427,6 +440,10 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     embedding_path = resolve_embedding_model(cfg.embedding_model)
     embedder = Embedder(embedding_path, device) if embedding_path else None
     embedder_load_s = time.perf_counter() - loading
+    if cfg.bf16_weight_rounding == "dithered" and audit_precision(cfg, device) != torch.bfloat16:
+        raise UserError(f"bf16_weight_rounding: dithered applies to a bf16 audit, and dtype: {cfg.dtype} audits "
+                        f"in {str(audit_precision(cfg, device)).removeprefix('torch.')} here; set dtype: bfloat16, "
+                        "or drop the key")
     out.mkdir(parents=True, exist_ok=True)  # only now: an audit refused on its inputs leaves no empty dir behind
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
