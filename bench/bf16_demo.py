@@ -17,7 +17,7 @@ The result is printed and written to ``OUT/agreement.json``. A rerun reuses the 
 
 With ``--bf16-weight-rounding dithered`` the bf16 side is not the demo's own run: this script trains and
 audits the strategy once more in bf16 autocast with dithered weights (``OUT/bf16_dithered``), and needs no
-finished demo.
+finished demo. ``--dithered-audit`` dithers that side's audit as well (``OUT/bf16_dithered_audit``).
 
 Run:  .venv/bin/python bench/bf16_demo.py --demo-out runs/demo_real [--strategy full] [--out DIR]
       .venv/bin/python bench/bf16_demo.py --bf16-weight-rounding dithered --out runs/bf16_dithered
@@ -40,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--demo-out", help="the out dir of a finished `sftlab demo --real` (the bf16 side, nearest)")
     p.add_argument("--bf16-weight-rounding", choices=["nearest", "dithered"], default="nearest",
                    help="dithered: train and audit the bf16 side here, with dithered weights")
+    p.add_argument("--dithered-audit", action="store_true",
+                   help="with dithered: audit the bf16 side with dithered weights too (OUT/bf16_dithered_audit)")
     p.add_argument("--strategy", default="full", help="a trained strategy of that demo (default: full)")
     p.add_argument("--out", default=None, help="where the fp32 sweep goes (default: DEMO_OUT/fp32)")
     return p.parse_args()
@@ -120,7 +122,9 @@ def main() -> None:
             print("bf16_demo.py: --bf16-weight-rounding dithered needs --out", file=sys.stderr)
             raise SystemExit(2)
         out = Path(args.out)
-        bf16_run = sweep(out / "bf16_dithered", {"bf16_weight_rounding": "dithered"}, {})
+        dithered = {"bf16_weight_rounding": "dithered"}
+        bf16_run = (sweep(out / "bf16_dithered_audit", dithered, dithered) if args.dithered_audit
+                    else sweep(out / "bf16_dithered", dithered, {}))
     else:
         if not args.demo_out:
             print("bf16_demo.py: give --demo-out (or --bf16-weight-rounding dithered)", file=sys.stderr)
