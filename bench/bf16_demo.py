@@ -122,6 +122,7 @@ def main() -> None:
             print("bf16_demo.py: --bf16-weight-rounding dithered needs --out", file=sys.stderr)
             raise SystemExit(2)
         out = Path(args.out)
+        fp32_out = out / "fp32"
         dithered = {"bf16_weight_rounding": "dithered"}
         bf16_run = (sweep(out / "bf16_dithered_audit", dithered, dithered) if args.dithered_audit
                     else sweep(out / "bf16_dithered", dithered, {}))
@@ -133,9 +134,8 @@ def main() -> None:
         if not (bf16_run / "row.json").is_file():
             print(f"bf16_demo.py: {bf16_run} is not a finished run; run `sftlab demo --real` first", file=sys.stderr)
             raise SystemExit(2)
-        out = Path(args.out) if args.out else Path(args.demo_out) / "fp32"
-    result = compare(bf16_run, sweep(out if args.bf16_weight_rounding == "nearest" else out / "fp32",
-                                     {"dtype": "float32"}, {"dtype": "float32"}))
+        out = fp32_out = Path(args.out) if args.out else Path(args.demo_out) / "fp32"
+    result = compare(bf16_run, sweep(fp32_out, {"dtype": "float32"}, {"dtype": "float32"}))
     (out / "agreement.json").write_text(json.dumps(result, indent=1))
 
     print(f"{'step':>4} {'bf16':>8} {'fp32':>8}  gap")

@@ -152,6 +152,20 @@ def test_inference_precision_plan(compute, device, expected):
     assert load.weights_and_autocast(compute, device) == expected
 
 
+def _audit_inputs(model_dir: Path, shared_data: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Three Alpaca prompts, a tinyshakespeare excerpt as reference text, and a copy of ``model_dir`` to audit."""
+    import shutil
+
+    alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": r["instruction"]}) + "\n" for r in alpaca[:3]))
+    reference = tmp_path / "ref.txt"
+    reference.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[100_000:102_000])
+    tuned = tmp_path / "tuned"
+    shutil.copytree(model_dir, tuned)
+    return prompts, reference, tuned
+
+
 def _audit(base: Path, tuned: Path, prompts: Path, reference: Path, out: Path, cache: Path, dtype: str,
            monkeypatch) -> tuple[dict, set[tuple[torch.dtype, torch.dtype]]]:
     """A small audit on CPU; returns report.json and the (weight, output) dtypes every Linear computed in."""
@@ -178,15 +192,7 @@ def _audit(base: Path, tuned: Path, prompts: Path, reference: Path, out: Path, c
 
 def test_audit_in_bf16_runs_matmuls_in_bf16_on_fp32_weights_and_caches_apart(
         tiny_llama_dir, tiny_tokenizer, shared_data, tmp_path, monkeypatch):
-    import shutil
-
-    alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"instruction": r["instruction"]}) + "\n" for r in alpaca[:3]))
-    reference = tmp_path / "ref.txt"
-    reference.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[100_000:102_000])
-    tuned = tmp_path / "tuned"
-    shutil.copytree(tiny_llama_dir, tuned)
+    prompts, reference, tuned = _audit_inputs(tiny_llama_dir, shared_data, tmp_path)
     cache = tmp_path / "cache"
     fp32, fp32_seen = _audit(tiny_llama_dir, tuned, prompts, reference, tmp_path / "a32", cache, "float32",
                              monkeypatch)
@@ -203,18 +209,11 @@ def test_audit_in_bf16_runs_matmuls_in_bf16_on_fp32_weights_and_caches_apart(
 
 def test_a_dithered_bf16_audit_rounds_every_models_linear_weights_alike_and_caches_apart(
         tiny_llama_dir, shared_data, tmp_path, monkeypatch):
-    import shutil
-
     from sftlab.config import AuditConfig
     from sftlab.recipes import audit
+    from sftlab.train.weight_rounding import linear_weights
 
-    alpaca = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"instruction": r["instruction"]}) + "\n" for r in alpaca[:3]))
-    reference = tmp_path / "ref.txt"
-    reference.write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[100_000:102_000])
-    tuned = tmp_path / "tuned"
-    shutil.copytree(tiny_llama_dir, tuned)
+    prompts, reference, tuned = _audit_inputs(tiny_llama_dir, shared_data, tmp_path)
     cache = tmp_path / "cache"
     loaded: list[torch.nn.Module] = []
     real_load = audit.load_model
@@ -237,8 +236,7 @@ def test_a_dithered_bf16_audit_rounds_every_models_linear_weights_alike_and_cach
     cached = set(cache.rglob("*"))
     dithered = run("dithered")
     assert set(cache.rglob("*")) > cached  # dithered models sampled anew, not served the nearest-cast samples
-    weights = [[p.detach() for m in models if isinstance(m, torch.nn.Linear) for p in m.parameters()]
-               for models in (list(loaded[2].modules()), list(loaded[3].modules()))]
+    weights = [[p.detach() for p in linear_weights(model, trainable_only=False)] for model in loaded[2:]]
     # Every linear weight of both dithered models holds bf16 values, and the base and its identical copy were
     # rounded with the same thresholds (the same values), so their views differ only where their weights do.
     assert all(torch.equal(w, w.to(torch.bfloat16).float()) for w in weights[0])

@@ -47,7 +47,7 @@ def test_dithering_is_unbiased_where_nearest_drops_a_small_update():
     step = torch.nextafter(start.to(torch.bfloat16), torch.tensor(1.0, dtype=torch.bfloat16)).float() - start
     moved = start + step / 5
     assert torch.equal(moved.to(torch.bfloat16).float(), start)
-    [param] = [torch.nn.Parameter(moved.clone())]
+    param = torch.nn.Parameter(moved.clone())
     dither = DitheredBf16([param], seed=0)
     with dither.applied():
         seen = param.data.clone()

@@ -429,6 +429,10 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     out = Path(cfg.out)
     device = _device(cfg.device)
     models = model_names(cfg.base, cfg.tuned)  # colliding labels fail before any data is read
+    precision = audit_precision(cfg, device)
+    if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:
+        raise UserError(f"bf16_weight_rounding: dithered applies to a bf16 audit, and dtype: {cfg.dtype} audits "
+                        f"in {str(precision).removeprefix('torch.')} here; set dtype: bfloat16, or drop the key")
     inputs = read_inputs(cfg)
     console = Console(stderr=True)
     if inputs.sft_rejected:
@@ -440,10 +444,6 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     embedding_path = resolve_embedding_model(cfg.embedding_model)
     embedder = Embedder(embedding_path, device) if embedding_path else None
     embedder_load_s = time.perf_counter() - loading
-    if cfg.bf16_weight_rounding == "dithered" and audit_precision(cfg, device) != torch.bfloat16:
-        raise UserError(f"bf16_weight_rounding: dithered applies to a bf16 audit, and dtype: {cfg.dtype} audits "
-                        f"in {str(audit_precision(cfg, device)).removeprefix('torch.')} here; set dtype: bfloat16, "
-                        "or drop the key")
     out.mkdir(parents=True, exist_ok=True)  # only now: an audit refused on its inputs leaves no empty dir behind
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console)
@@ -483,7 +483,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
             sections.append(section)
     tokens = sum(len(ids) for r in runs.values() for ids in r.greedy_ids)
     meta = {"sftlab_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device, "dtype": str(audit_precision(cfg, device)).removeprefix("torch."),
+            "device": device, "dtype": str(precision).removeprefix("torch."),
             "seconds": round(time.perf_counter() - started, 2),
             "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
             "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),

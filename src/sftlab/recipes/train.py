@@ -70,7 +70,6 @@ from sftlab.train.distributed import engine_arguments
 from sftlab.train.losses import LossFn, build_loss
 from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
 from sftlab.train.regularizers import Regularizer, build_regularizers
-from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
 from sftlab.train.trainer import (
     SFTLabTrainer,
     check_resume_config,
@@ -80,6 +79,7 @@ from sftlab.train.trainer import (
     resolve_resume,
     save_final,
 )
+from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
 
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
 FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",

@@ -66,13 +66,19 @@ def dither_in_place(model: torch.nn.Module, seed: int = 0) -> int:
     Models of one architecture draw the same thresholds for the same weights, so a tuned model and its base
     are seen through one rounding, and the difference between their views is unbiased.
     """
-    generator = torch.Generator().manual_seed(seed)
     params = linear_weights(model, trainable_only=False)
     with torch.no_grad():
-        for param in params:
-            offset = torch.randint(-HALF, HALF, param.shape, dtype=torch.int16, generator=generator)
-            round_dithered(param.data, offset.to(param.device), param.data)
+        for param, offset in zip(params, thresholds(params, seed)):
+            round_dithered(param.data, offset, param.data)
     return len(params)
+
+
+def thresholds(params: list[torch.nn.Parameter], seed: int) -> Iterator[torch.Tensor]:
+    """One int16 rounding offset per element of each of ``params``, uniform over [-32768, 32767], drawn in
+    order from ``seed`` on the CPU (so every device draws the same) and placed beside its parameter."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in params:
+        yield torch.randint(-HALF, HALF, param.shape, dtype=torch.int16, generator=generator).to(param.device)
 
 
 def round_dithered(master: torch.Tensor, offset: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -99,10 +105,7 @@ class DitheredBf16:
 
     def __init__(self, params: list[torch.nn.Parameter], seed: int) -> None:
         self.params = params
-        generator = torch.Generator().manual_seed(seed)
-        self.offsets = [
-            torch.randint(-HALF, HALF, p.shape, dtype=torch.int16, generator=generator).to(p.device) for p in params
-        ]
+        self.offsets = list(thresholds(params, seed))
         self.buffers = [torch.empty_like(p.data) for p in params]
 
     @contextlib.contextmanager
