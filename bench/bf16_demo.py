@@ -2,7 +2,8 @@
 that has an interval.
 
 The bf16 side is a finished ``sftlab demo --real`` run (its ``full`` strategy, seed 0, trained and audited
-with ``dtype: auto``, which is bf16 autocast on an AMX CPU). This script runs the same strategy through the
+with ``dtype: auto``, which is bf16 autocast on a CPU with bf16 units, and the default ``bf16_weight_rounding: auto``,
+which is dithered there). This script runs the same strategy through the
 same sweep once more with ``dtype: float32`` for training and for the audit (the base is sampled and scored
 in fp32 too), into ``OUT`` (default ``DEMO_OUT/fp32``), then compares:
 
@@ -15,12 +16,12 @@ in fp32 too), into ``OUT`` (default ``DEMO_OUT/fp32``), then compares:
 
 The result is printed and written to ``OUT/agreement.json``. A rerun reuses the finished fp32 run.
 
-With ``--bf16-weight-rounding dithered`` the bf16 side is not the demo's own run: this script trains and
-audits the strategy once more in bf16 autocast with dithered weights (``OUT/bf16_dithered``), and needs no
-finished demo. ``--dithered-audit`` dithers that side's audit as well (``OUT/bf16_dithered_audit``).
+With ``--bf16-weight-rounding nearest`` (or ``dithered``) the bf16 side is not the demo's own run: this
+script trains and audits the strategy once more in bf16 autocast with that rounding in training and in the
+audit (``OUT/bf16_<rounding>``), and needs no finished demo.
 
 Run:  .venv/bin/python bench/bf16_demo.py --demo-out runs/demo_real [--strategy full] [--out DIR]
-      .venv/bin/python bench/bf16_demo.py --bf16-weight-rounding dithered --out runs/bf16_dithered
+      .venv/bin/python bench/bf16_demo.py --bf16-weight-rounding nearest --out runs/bf16_nearest
 """
 
 from __future__ import annotations
@@ -37,11 +38,9 @@ from sftlab.offline import set_offline
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--demo-out", help="the out dir of a finished `sftlab demo --real` (the bf16 side, nearest)")
-    p.add_argument("--bf16-weight-rounding", choices=["nearest", "dithered"], default="nearest",
-                   help="dithered: train and audit the bf16 side here, with dithered weights")
-    p.add_argument("--dithered-audit", action="store_true",
-                   help="with dithered: audit the bf16 side with dithered weights too (OUT/bf16_dithered_audit)")
+    p.add_argument("--demo-out", help="the out dir of a finished `sftlab demo --real` (the bf16 side)")
+    p.add_argument("--bf16-weight-rounding", choices=["nearest", "dithered"], default=None,
+                   help="train and audit the bf16 side here, with this rounding of the weights, instead")
     p.add_argument("--strategy", default="full", help="a trained strategy of that demo (default: full)")
     p.add_argument("--out", default=None, help="where the fp32 sweep goes (default: DEMO_OUT/fp32)")
     return p.parse_args()
@@ -117,18 +116,17 @@ def main() -> None:
                   redo_stale=True)
         return out / "sweep" / "runs" / args.strategy / "seed0"
 
-    if args.bf16_weight_rounding == "dithered":
+    if args.bf16_weight_rounding is not None:
         if not args.out:
-            print("bf16_demo.py: --bf16-weight-rounding dithered needs --out", file=sys.stderr)
+            print("bf16_demo.py: --bf16-weight-rounding needs --out", file=sys.stderr)
             raise SystemExit(2)
         out = Path(args.out)
         fp32_out = out / "fp32"
-        dithered = {"bf16_weight_rounding": "dithered"}
-        bf16_run = (sweep(out / "bf16_dithered_audit", dithered, dithered) if args.dithered_audit
-                    else sweep(out / "bf16_dithered", dithered, {}))
+        rounding = {"bf16_weight_rounding": args.bf16_weight_rounding}
+        bf16_run = sweep(out / f"bf16_{args.bf16_weight_rounding}", rounding, rounding)
     else:
         if not args.demo_out:
-            print("bf16_demo.py: give --demo-out (or --bf16-weight-rounding dithered)", file=sys.stderr)
+            print("bf16_demo.py: give --demo-out (or --bf16-weight-rounding)", file=sys.stderr)
             raise SystemExit(2)
         bf16_run = Path(args.demo_out) / "sweep" / "runs" / args.strategy / "seed0"
         if not (bf16_run / "row.json").is_file():

@@ -84,8 +84,9 @@ def main() -> None:
     from sftlab.models.tiny import build_config
 
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, AMX bf16: "
-          f"{torch.cpu.get_capabilities().get('amx_bf16', False)}", flush=True)
+    capabilities = torch.cpu.get_capabilities()
+    print(f"torch {torch.__version__}, {args.threads} threads, AMX bf16: {capabilities.get('amx_bf16', False)}, "
+          f"AVX512-BF16: {capabilities.get('avx512_bf16', False)}", flush=True)
     for width in args.widths:
         def make(width: int = width) -> Any:
             torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Precision: what ``dtype: auto`` picks (AMX CPU by model width, bf16 GPU), how a forced dtype meets the
+"""Precision: what ``dtype: auto`` picks (a CPU with bf16 units by model width, bf16 GPU), how a forced dtype meets the
 bf16/fp16 switches, and bf16-autocast training on a tiny model: matmuls run in bf16, master weights stay fp32,
 and the loss curve stays within 1% of fp32."""
 
@@ -15,7 +15,7 @@ from transformers import GPT2Config
 from sftlab.config import TrainConfig
 from sftlab.errors import UserError
 from sftlab.models import load
-from sftlab.models.load import CPU_BF16_MIN_WIDTH, cpu_has_amx_bf16, resolve_dtype
+from sftlab.models.load import CPU_BF16_MIN_WIDTH, cpu_has_native_bf16, resolve_dtype
 from sftlab.recipes.train import finish_train, prepare_train, training_precision
 
 
@@ -41,16 +41,16 @@ def test_unknown_dtype_is_a_user_error():
     (True, 576, torch.bfloat16),  # SmolLM2-135M
     (True, CPU_BF16_MIN_WIDTH - 1, torch.float32),
     (True, 64, torch.float32),  # the test models: bf16 measured slower there
-    (False, 576, torch.float32),  # no AMX: bf16 matmuls are emulated
+    (False, 576, torch.float32),  # no bf16 units: bf16 matmuls are emulated
 ])
-def test_auto_on_cpu_takes_bf16_only_with_amx_and_a_wide_model(monkeypatch, amx, width, expected):
-    monkeypatch.setattr(load, "cpu_has_amx_bf16", lambda: amx)
+def test_auto_on_cpu_takes_bf16_only_with_bf16_units_and_a_wide_model(monkeypatch, amx, width, expected):
+    monkeypatch.setattr(load, "cpu_has_native_bf16", lambda: amx)
     assert resolve_dtype("auto", "cpu", _config(width)) is expected
     assert resolve_dtype(None, "cpu", _config(width)) is expected
 
 
 def test_auto_on_cpu_without_a_config_stays_fp32(monkeypatch):
-    monkeypatch.setattr(load, "cpu_has_amx_bf16", lambda: True)
+    monkeypatch.setattr(load, "cpu_has_native_bf16", lambda: True)
     assert resolve_dtype("auto", "cpu") is torch.float32
 
 
@@ -61,12 +61,12 @@ def test_auto_on_cuda_follows_bf16_support_whatever_the_width(monkeypatch, suppo
     assert resolve_dtype("auto", "cuda", _config(64)) is expected
 
 
-def test_amx_detection_agrees_with_the_kernel_cpu_flags():
+def test_bf16_unit_detection_agrees_with_the_kernel_cpu_flags():
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
         pytest.skip("no /proc/cpuinfo to cross-check against")
     flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
-    assert cpu_has_amx_bf16() == ("amx_bf16" in flags)
+    assert cpu_has_native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)
 
 
 def _cfg(model_dir: Path, train_file: Path, out: Path, **kw) -> TrainConfig:
@@ -93,7 +93,7 @@ def test_a_dtype_that_contradicts_a_switch_is_refused(kw, message, tmp_path):
     ({"fp16": True}, 576, True, "fp16"),
 ])
 def test_training_precision(monkeypatch, tmp_path, kw, width, amx, expected):
-    monkeypatch.setattr(load, "cpu_has_amx_bf16", lambda: amx)
+    monkeypatch.setattr(load, "cpu_has_native_bf16", lambda: amx)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training_precision(_cfg(tmp_path, tmp_path / "x.json", tmp_path, **kw), _config(width)) == expected
 
@@ -207,7 +207,7 @@ def test_audit_in_bf16_runs_matmuls_in_bf16_on_fp32_weights_and_caches_apart(
     assert ppl[0] != ppl[1] and abs(ppl[1] / ppl[0] - 1) < 0.01, ppl  # teacher-forced scoring agrees within 1%
 
 
-def test_a_dithered_bf16_audit_rounds_every_models_linear_weights_alike_and_caches_apart(
+def test_a_bf16_audit_dithers_by_default_every_models_linear_weights_alike_and_caches_apart(
         tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     from sftlab.config import AuditConfig
     from sftlab.recipes import audit
@@ -234,7 +234,8 @@ def test_a_dithered_bf16_audit_rounds_every_models_linear_weights_alike_and_cach
 
     nearest = run("nearest")
     cached = set(cache.rglob("*"))
-    dithered = run("dithered")
+    dithered = run("auto")  # a bf16 audit: auto is dithered
+    assert (nearest["meta"]["weight_rounding"], dithered["meta"]["weight_rounding"]) == ("nearest", "dithered")
     assert set(cache.rglob("*")) > cached  # dithered models sampled anew, not served the nearest-cast samples
     weights = [[p.detach() for p in linear_weights(model, trainable_only=False)] for model in loaded[2:]]
     # Every linear weight of both dithered models holds bf16 values, and the base and its identical copy were

@@ -1,4 +1,5 @@
-"""``bf16_weight_rounding: dithered``: the rounding by hand, its lack of bias, and what the trainer runs on."""
+"""``bf16_weight_rounding``: the dithered rounding by hand, its exact undoing, its lack of bias, when ``auto``
+picks it, and what the trainer runs on."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from safetensors.torch import load_file
 from sftlab.config import TrainConfig
 from sftlab.errors import UserError
 from sftlab.recipes.train import finish_train, prepare_train
-from sftlab.train.weight_rounding import DitheredBf16, dithered_weights, round_dithered
+from sftlab.train.weight_rounding import (
+    HALF,
+    DitheredBf16,
+    dithered_weights,
+    resolve_rounding,
+    restore_master,
+    round_dithered,
+    round_in_place,
+)
 
 
 def _from_bits(bits: list[int]) -> torch.Tensor:
@@ -31,6 +40,40 @@ def test_each_weight_rounds_up_where_its_dropped_bits_reach_its_threshold():
     expected = [0x3F800000, 0x3F800000, 0x3F810000, 0xBF810000, 0x3F810000, 0x3F800000]
     assert got.view(torch.int32).tolist() == [signed(u) for u in expected]
     assert torch.equal(got.to(torch.bfloat16).float(), got)  # bf16 holds every result exactly
+
+
+def test_the_master_is_rebuilt_bit_for_bit_from_its_rounded_value_its_remainder_and_its_offset():
+    generator = torch.Generator().manual_seed(0)
+    # Random weights of both signs over many exponents, plus the edge cases: dropped bits all ones (the
+    # carry crosses into the exponent: 0x3F7FFFFF rounds up to 1.0), zero, -0 and a bf16-exact value.
+    x = torch.cat([torch.randn(50_000, generator=generator) * 10.0 ** torch.randint(-6, 3, (50_000,), generator=generator),
+                   torch.tensor([0, 0x3F7FFFFF, -0x40800001, -(1 << 31), 0x3F810000], dtype=torch.int32).view(torch.float32)])
+    offset = torch.randint(-HALF, HALF, x.shape, dtype=torch.int16, generator=generator)
+    offset[-4] = HALF - 1  # the largest offset: 0x3F7FFFFF must carry
+    expected = round_dithered(x, offset, torch.empty_like(x))
+    master = x.clone()
+    remainder = torch.empty(x.shape, dtype=torch.int16)
+    rounded = round_in_place(master, offset, remainder)  # as training does
+    assert torch.equal(rounded.view(torch.int32), expected.view(torch.int32))
+    assert torch.equal(rounded, rounded.to(torch.bfloat16).float())
+    assert rounded[-4].item() == 1.0 and rounded[-1].item() == x[-1].item()  # carried; on the grid, kept
+    assert torch.equal(restore_master(rounded, offset, remainder).view(torch.int32), x.view(torch.int32))
+
+
+def test_a_bf16_weight_is_left_where_it_is_by_every_threshold():
+    # A base shipped in bf16 has every weight on the grid: dithering must not move any of them.
+    x = torch.randn(20_000).to(torch.bfloat16).float()
+    offset = torch.randint(-HALF, HALF, x.shape, dtype=torch.int16)
+    assert torch.equal(round_dithered(x, offset, torch.empty_like(x)), x)
+
+
+def test_auto_dithers_bf16_steps_that_are_not_sharded_and_an_explicit_setting_stands():
+    assert resolve_rounding("auto", bf16=True) == "dithered"
+    assert resolve_rounding("auto", bf16=False) == "nearest"
+    assert resolve_rounding("auto", bf16=True, sharded=True) == "nearest"  # untested under FSDP / DeepSpeed
+    assert resolve_rounding("nearest", bf16=True) == "nearest"
+    assert resolve_rounding("dithered", bf16=True) == "dithered"
+    TrainConfig(model_name_or_path="m", train_file=["x.json"], fsdp={}, dtype="float32")  # auto refuses nothing
 
 
 def test_zero_offsets_round_to_nearest_as_autocast_does():
@@ -81,28 +124,35 @@ def test_dithering_is_refused_where_it_cannot_apply_or_is_untested(kw, message):
 def _config(model_dir: Path, data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(model_name_or_path=str(model_dir), train_file=[str(data)], output_dir=str(out),
                        max_length=128, per_device_train_batch_size=2, max_steps=3, logging_steps=1,
-                       save_strategy="no", learning_rate=1e-3, seed=0, bf16_weight_rounding="dithered", **kw)
+                       save_strategy="no", learning_rate=1e-3, seed=0, **kw)
 
 
 def test_auto_that_resolves_to_fp32_is_a_user_error(tiny_model_dir, shared_data, tmp_path):
     data = tmp_path / "alpaca.json"
     data.write_text(json.dumps(json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:8]))
     with pytest.raises(UserError, match="trains this model in fp32 here"):
-        prepare_train(_config(tiny_model_dir, data, tmp_path / "run"))  # dtype auto: fp32 for this tiny model
+        prepare_train(_config(tiny_model_dir, data, tmp_path / "run", bf16_weight_rounding="dithered"))  # fp32 here
 
 
-def test_the_training_forward_sees_dithered_weights_and_the_optimizer_and_saved_model_the_masters(
+def test_a_bf16_run_dithers_by_default_its_forwards_and_evals_and_the_optimizer_and_saved_model_see_the_masters(
         tiny_llama_dir, shared_data, tmp_path):
-    data = tmp_path / "alpaca.json"
-    data.write_text(json.dumps(json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:8]))
-    session = prepare_train(_config(tiny_llama_dir, data, tmp_path / "run", dtype="bfloat16"))
+    records = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())
+    data, eval_data = tmp_path / "alpaca.json", tmp_path / "eval.json"
+    data.write_text(json.dumps(records[:8]))
+    eval_data.write_text(json.dumps(records[8:10]))
+    session = prepare_train(_config(tiny_llama_dir, data, tmp_path / "run", dtype="bfloat16", eval_file=str(eval_data),
+                                    eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=2))
     trainer = session.trainer
     proj = trainer.model.model.layers[0].self_attn.q_proj
-    seen: list[torch.Tensor] = []
-    proj.register_forward_pre_hook(lambda module, args: seen.append(module.weight.detach().clone()))
+    seen: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    proj.register_forward_pre_hook(lambda module, args: seen[module.training].append(module.weight.detach().clone()))
     finish_train(session)
-    # Every training forward ran on bf16 values (the hook fires in training steps only: no eval data).
-    assert len(seen) == 3 and all(torch.equal(w, w.to(torch.bfloat16).float()) for w in seen)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["weight_rounding"] == "dithered"  # bf16 steps: auto dithers
+    # Every training forward (3 steps) and every eval forward (one batch at step 0, one at step 3) ran on
+    # bf16 values.
+    assert (len(seen[True]), len(seen[False])) == (3, 2)
+    assert all(torch.equal(w, w.to(torch.bfloat16).float()) for w in seen[True] + seen[False])
     master = proj.weight.detach()
     assert not torch.equal(master, master.to(torch.bfloat16).float())  # the master keeps its fp32 bits
     saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))

@@ -309,14 +309,16 @@ class TrainConfig(StrictModel):
     seed: int = 42
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="compute dtype under autocast (master weights stay fp32): auto is bf16 where it pays "
-        "(a GPU with bf16, or a CPU with AMX for a model wide enough), else float32; bf16/fp16: true force it"
+        "(a GPU with bf16, or a CPU with bf16 units, AMX or AVX512-BF16, for a model wide enough), else float32; "
+        "bf16/fp16: true force it"
     )
     bf16: bool = False
     fp16: bool = False
-    bf16_weight_rounding: Literal["nearest", "dithered"] = Field(
-        "nearest", description="how a bf16 step's forward rounds the fp32 master weights of trained linear "
-        "layers: nearest (autocast's cast, which drops moves under half a bf16 step) or dithered (a fixed "
-        "random threshold per weight: unbiased, so small updates show; sftlab.train.weight_rounding)"
+    bf16_weight_rounding: Literal["auto", "nearest", "dithered"] = Field(
+        "auto", description="how a bf16 step's forward rounds the fp32 master weights of trained linear "
+        "layers: nearest (autocast's cast, which drops moves under half a bf16 step), dithered (a fixed "
+        "random threshold per weight: unbiased, so small updates show; 4 bytes per trained weight; "
+        "sftlab.train.weight_rounding), or auto: dithered in a bf16 run without fsdp/deepspeed, else nearest"
     )
     gradient_checkpointing: bool = False
     torch_compile: bool = Field(
@@ -509,12 +511,12 @@ class AuditConfig(StrictModel):
     cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps")
     dtype: str = Field("auto", description="compute dtype: auto (bf16 where it pays: a GPU that has it, or a CPU "
-                       "with AMX for a model at least 256 wide; else fp32), float32, bfloat16, float16. On a CPU "
+                       "with bf16 units (AMX or AVX512-BF16) for a model at least 256 wide; else fp32), float32, bfloat16, float16. On a CPU "
                        "the weights stay fp32 and bf16/fp16 run under autocast")
-    bf16_weight_rounding: Literal["nearest", "dithered"] = Field(
-        "nearest", description="how a bf16 audit rounds every model's linear weights: nearest (the plain cast) "
-        "or dithered (a fixed random threshold per weight, the same for every model: unbiased, so a fine-tune's "
-        "small moves stay visible; sftlab.train.weight_rounding)")
+    bf16_weight_rounding: Literal["auto", "nearest", "dithered"] = Field(
+        "auto", description="how a bf16 audit rounds every model's linear weights: nearest (the plain cast), "
+        "dithered (a fixed random threshold per weight, the same for every model: unbiased, so a fine-tune's "
+        "small moves stay visible; sftlab.train.weight_rounding), or auto: dithered when the audit runs in bf16")
 
     @model_validator(mode="before")
     @classmethod

@@ -131,17 +131,22 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tok
 
 
-# Narrowest model (hidden size) for which ``dtype: auto`` picks bf16 autocast on an AMX CPU. Measured with
-# bench/bf16_threshold.py (one training step, 8 x 96 tokens, fp32 time / bf16 time, 1 thread, Xeon with AMX,
-# torch 2.13; docs/benchmarks.md): width 64 0.79x (bf16 slower: casts and AMX tile set-up outweigh the tiny
-# matmuls), width 128 1.01x (no gain), width 288 1.40x, width 576 (4 layers) 1.63x; SmolLM2-135M through
-# `sftlab train` 1.76x (bench/bf16_agreement.py).
+# Narrowest model (hidden size) for which ``dtype: auto`` picks bf16 autocast on a CPU with bf16 units.
+# Measured with bench/bf16_threshold.py (one training step, 8 x 96 tokens, fp32 time / bf16 time, torch
+# 2.13; docs/benchmarks.md). On a Xeon with AMX, 1 thread: width 64 0.79x (bf16 slower: casts and AMX tile
+# set-up outweigh the tiny matmuls), width 128 1.01x (no gain), width 288 1.40x, width 576 (4 layers) 1.63x;
+# SmolLM2-135M through `sftlab train` 1.76x (bench/bf16_agreement.py). On an AMD EPYC with AVX512-BF16 and
+# no AMX, 2 threads: 1.67x at width 64 already, 2.0-2.1x from 128 up, SmolLM2 2.1x. The threshold stays where
+# AMX needs it on both, so that the tiny models (the tests, the synthetic world) train alike everywhere.
 CPU_BF16_MIN_WIDTH = 256
 
 
-def cpu_has_amx_bf16() -> bool:
-    """True when this CPU has AMX bf16 tile units (Intel Sapphire Rapids and later), as torch detects them."""
-    return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 in hardware, as torch detects it: AMX bf16 tiles (Intel Sapphire
+    Rapids and later) or AVX512-BF16 dot products (Intel Cooper Lake, AMD Zen 4 and later). Elsewhere
+    bf16 matmuls are emulated and slower than fp32."""
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("amx_bf16", False) or capabilities.get("avx512_bf16", False))
 
 
 def model_width(config: PretrainedConfig | None) -> int | None:
@@ -153,9 +158,10 @@ def model_width(config: PretrainedConfig | None) -> int | None:
 def resolve_dtype(dtype: str | torch.dtype | None, device: str, config: PretrainedConfig | None = None) -> torch.dtype:
     """The compute dtype ``dtype`` names; ``auto`` is bf16 where bf16 pays, fp32 elsewhere.
 
-    bf16 pays on a CUDA GPU that supports it, and on a CPU with AMX bf16 units for a model at least
-    :data:`CPU_BF16_MIN_WIDTH` wide (``config``'s hidden size); narrower models, models of unknown width,
-    and CPUs without AMX (where bf16 matmuls are emulated and slower than fp32) get fp32.
+    bf16 pays on a CUDA GPU that supports it, and on a CPU with bf16 units (:func:`cpu_has_native_bf16`)
+    for a model at least :data:`CPU_BF16_MIN_WIDTH` wide (``config``'s hidden size); narrower models,
+    models of unknown width, and CPUs without bf16 units (where bf16 matmuls are emulated and slower than
+    fp32) get fp32.
     """
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -163,7 +169,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str, config: Pretrain
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
         width = model_width(config)
-        if device == "cpu" and cpu_has_amx_bf16() and width is not None and width >= CPU_BF16_MIN_WIDTH:
+        if device == "cpu" and cpu_has_native_bf16() and width is not None and width >= CPU_BF16_MIN_WIDTH:
             return torch.bfloat16
         return torch.float32
     try:
@@ -193,7 +199,7 @@ def weights_and_autocast(compute: torch.dtype, device: str) -> tuple[torch.dtype
     """How to run inference in ``compute``: (dtype to load the weights in, autocast dtype or None).
 
     On a CPU the weights stay fp32 and matmuls run under ``torch.autocast`` in ``compute``: norms,
-    softmax and the residual stream keep fp32, which a model cast whole to bf16 would lose, and AMX
+    softmax and the residual stream keep fp32, which a model cast whole to bf16 would lose, and the bf16 units
     runs the matmuls at the bf16 rate either way. On a GPU a half-precision model is loaded in that
     dtype (half the memory, the usual practice there).
     """

@@ -68,7 +68,7 @@ from sftlab.models.load import (
     resolve_dtype,
     weights_and_autocast,
 )
-from sftlab.train.weight_rounding import dither_in_place
+from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 
 # Answers shown inline in report.html per tuned model (all of them are in token_view.html).
 INLINE_ANSWERS = 3
@@ -358,7 +358,7 @@ def _release_gpu_memory(device: str) -> None:
 
 def audit_precision(cfg: AuditConfig, device: str) -> torch.dtype:
     """The compute dtype of the audit: ``cfg.dtype``, with ``auto`` decided for the base model on ``device``
-    (:func:`sftlab.models.load.resolve_dtype`: bf16 on a bf16 GPU, or on an AMX CPU for a wide enough model)."""
+    (:func:`sftlab.models.load.resolve_dtype`: bf16 on a bf16 GPU, or on a CPU with bf16 units for a wide enough model)."""
     return resolve_dtype(cfg.dtype, device, load_config(cfg.base, cfg.trust_remote_code))
 
 
@@ -370,7 +370,7 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
     in the precision chosen for the base (:func:`audit_precision`), so their figures compare like with like.
     """
     weights, amp = weights_and_autocast(audit_precision(cfg, device), device)
-    dithered = cfg.bf16_weight_rounding == "dithered"
+    dithered = cfg.bf16_weight_rounding == "dithered"  # run_audit resolved auto
     # The sample cache must not hand fp32 samples to a bf16 audit (or back): the key names the precision.
     tag = "" if amp is None and weights == torch.float32 else f"-{str(amp or weights).removeprefix('torch.')}"
     tag += "-dithered" if dithered else ""
@@ -433,6 +433,8 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:
         raise UserError(f"bf16_weight_rounding: dithered applies to a bf16 audit, and dtype: {cfg.dtype} audits "
                         f"in {str(precision).removeprefix('torch.')} here; set dtype: bfloat16, or drop the key")
+    cfg = cfg.model_copy(update={"bf16_weight_rounding": resolve_rounding(cfg.bf16_weight_rounding,
+                                                                          precision == torch.bfloat16)})
     inputs = read_inputs(cfg)
     console = Console(stderr=True)
     if inputs.sft_rejected:
@@ -484,6 +486,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     tokens = sum(len(ids) for r in runs.values() for ids in r.greedy_ids)
     meta = {"sftlab_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": device, "dtype": str(precision).removeprefix("torch."),
+            "weight_rounding": cfg.bf16_weight_rounding if precision == torch.bfloat16 else None,
             "seconds": round(time.perf_counter() - started, 2),
             "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
             "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),

@@ -79,7 +79,7 @@ from sftlab.train.trainer import (
     resolve_resume,
     save_final,
 )
-from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
+from sftlab.train.weight_rounding import DitheredBf16, dithered_weights, resolve_rounding
 
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
 FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",
@@ -177,6 +177,8 @@ def prepare_train(
     if cfg.bf16_weight_rounding == "dithered" and precision != "bf16":
         raise UserError(f"bf16_weight_rounding: dithered applies to bf16 steps, and dtype: {cfg.dtype} trains "
                         f"this model in {precision} here; set dtype: bfloat16, or drop the key")
+    rounding = resolve_rounding(cfg.bf16_weight_rounding, precision == "bf16",
+                                sharded=cfg.fsdp is not None or cfg.deepspeed is not None)
     args = training_arguments(cfg, run_dir, optim, resuming=checkpoint is not None, precision=precision)
     main = args.process_index == 0
     if main:
@@ -245,7 +247,7 @@ def prepare_train(
         else:
             trainer.regularizers.append(adversary)  # SMART's smoothness term is one more penalty
         trainer.log_sources.append(adversary.log_values)
-    if cfg.bf16_weight_rounding == "dithered":
+    if rounding == "dithered":
         # After the method (its trainable weights are the ones that move) and before compiling: the blocks'
         # graphs read whatever tensor each parameter points at.
         trainer.weight_dither = DitheredBf16(dithered_weights(trainer.model), cfg.seed)
@@ -317,6 +319,8 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
     summary = {
         "method": session.cfg.method,
         "precision": _precision_name(trainer.args),
+        # How the bf16 forward saw the fp32 weights; None when the steps were not bf16.
+        "weight_rounding": ("dithered" if trainer.weight_dither is not None else "nearest") if trainer.args.bf16 else None,
         "global_step": trainer.state.global_step,
         "train_seconds": train_seconds,
         "trainable_params": trainable,
@@ -362,7 +366,7 @@ def peak_memory_mb() -> float | None:
 def training_precision(cfg: TrainConfig, model_config: PretrainedConfig) -> Literal["fp32", "bf16", "fp16"]:
     """The autocast precision a run trains in: ``bf16``/``fp16: true`` or an explicit ``dtype`` force it;
     ``dtype: auto`` takes bf16 where :func:`sftlab.models.load.resolve_dtype` finds it pays for this model
-    on this machine (a GPU with bf16; an AMX CPU for a wide enough model), else fp32.
+    on this machine (a GPU with bf16; a CPU with bf16 units for a wide enough model), else fp32.
 
     Master weights and optimizer state stay fp32 either way: accelerate wraps the forward in
     ``torch.autocast`` (TrainingArguments' ``bf16``), which runs matmuls in bf16 and keeps reductions,

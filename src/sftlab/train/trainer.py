@@ -26,8 +26,9 @@ What this subclass adds:
   place only when complete, so a run killed mid-save never leaves a ``checkpoint-N`` that resume would
   pick up half-written. Each also records the training wall time spent so far (``TRAIN_TIME_FILE``), so
   that a resumed run's cost is the whole run's, not only its own part.
-- **Dithered bf16 weights**, when ``weight_dither`` is set: each training forward and backward runs on
-  the master weights rounded with fixed random thresholds (``sftlab.train.weight_rounding``).
+- **Dithered bf16 weights**, when ``weight_dither`` is set: each training forward and backward, and each
+  evaluation, runs on the master weights rounded with fixed random thresholds, in place; the masters are
+  rebuilt before the optimizer step (``sftlab.train.weight_rounding``).
 """
 
 from __future__ import annotations
@@ -239,10 +240,14 @@ class SFTLabTrainer(Trainer):
         rows on the last batch there, and those rows count twice.
         """
         self._eval_sums = [torch.zeros((), dtype=torch.float64, device=self.args.device) for _ in range(3)]
+        # In a dithered run the eval forward sees the weights the training forward sees; the masters are back
+        # before the Trainer's callbacks (early stopping, best-checkpoint saving) run.
+        rounding = self.weight_dither.applied() if self.weight_dither is not None else contextlib.nullcontext()
         try:
-            output = super().evaluation_loop(
-                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
-            )
+            with rounding:
+                output = super().evaluation_loop(
+                    dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+                )
             totals = torch.stack(self._eval_sums)
         finally:
             self._eval_sums = None

@@ -17,10 +17,10 @@ costs 0.7 s on 2 CPU cores, more than the rounding), and a resumed run rounds as
 
 Only trainable weights of linear layers are dithered: they are what autocast casts to bf16 for its
 matmuls (a tied output head included), and only trained weights move. Norm weights stay fp32 under
-autocast, and frozen weights have no updates to lose. The dithered values are written, as fp32 numbers
-that bf16 holds exactly, into a buffer per weight that the parameter points at for the forward and the
-backward; the master weights are put back before the optimizer step, so it, the checkpoints and the
-saved model see only them. Evaluation runs on the master weights, cast to nearest as autocast does.
+autocast, and frozen weights have no updates to lose. Each weight is rounded in place, to an fp32 number
+that bf16 holds exactly, for the forward and the backward, and its master is rebuilt bit for bit before
+the optimizer step, so it, the checkpoints and the saved model see only the masters. The trainer's
+evaluation runs on the dithered weights too, so its eval loss is that of the model the steps trained.
 
 Inference has the same blind spot: cast to nearest, a fine-tuned model's small moves away from its base
 partly vanish (on the real demo each tuned model's bf16 eval loss was 0.4% above its fp32 one, and 0.0-0.1%
@@ -37,6 +37,15 @@ import torch
 LOW_BITS = 16  # an fp32 number is a bf16 one with 16 more bits of mantissa
 HALF = 1 << (LOW_BITS - 1)
 KEEP_HIGH = -(1 << LOW_BITS)  # 0xFFFF0000 as an int32: clears the bits bf16 drops
+
+
+def resolve_rounding(setting: str, bf16: bool, sharded: bool = False) -> str:
+    """``nearest`` or ``dithered`` for a ``bf16_weight_rounding`` setting: ``auto`` is dithered where the
+    steps (or the audit) run in bf16 and the weights are not sharded by FSDP or DeepSpeed (untested there),
+    and nearest otherwise; an explicit setting stands."""
+    if setting != "auto":
+        return setting
+    return "dithered" if bf16 and not sharded else "nearest"
 
 
 def linear_weights(model: torch.nn.Module, trainable_only: bool = True) -> list[torch.nn.Parameter]:
@@ -97,26 +106,55 @@ def round_dithered(master: torch.Tensor, offset: torch.Tensor, out: torch.Tensor
 
 
 class DitheredBf16:
-    """Fixed per-weight rounding thresholds for ``params``, and the buffers their dithered values go in.
+    """Fixed per-weight rounding thresholds for ``params``, applied to the parameters in place.
 
-    Holds, per weight, one int16 offset and one fp32 buffer: 6 bytes per dithered parameter (0.8 GB on
-    SmolLM2-135M's full fine-tuning).
+    Holds, per weight, one int16 offset and one int16 remainder of its rounding: 4 bytes per dithered
+    parameter (0.54 GB on SmolLM2-135M's full fine-tuning). The master is rebuilt exactly from its rounded
+    value, the remainder and the offset (:func:`restore_master`), so no fp32 copy of the weights is kept.
     """
 
     def __init__(self, params: list[torch.nn.Parameter], seed: int) -> None:
         self.params = params
         self.offsets = list(thresholds(params, seed))
-        self.buffers = [torch.empty_like(p.data) for p in params]
+        self.remainders = [torch.empty(p.shape, dtype=torch.int16, device=p.device) for p in params]
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
-        """Point every parameter at its dithered values for the duration; the masters come back after."""
-        masters = [p.data for p in self.params]
+        """Round every parameter to its dithered bf16 value in place for the duration; the masters are
+        rebuilt, bit for bit, after."""
         with torch.no_grad():
-            for param, offset, buffer in zip(self.params, self.offsets, self.buffers):
-                param.data = round_dithered(param.data, offset, buffer)
+            for param, offset, remainder in zip(self.params, self.offsets, self.remainders):
+                round_in_place(param.data, offset, remainder)
         try:
             yield
         finally:
-            for param, master in zip(self.params, masters):
-                param.data = master
+            with torch.no_grad():
+                for param, offset, remainder in zip(self.params, self.offsets, self.remainders):
+                    restore_master(param.data, offset, remainder)
+
+
+def round_in_place(master: torch.Tensor, offset: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
+    """:func:`round_dithered` of ``master`` into itself, keeping in int16 ``remainder`` what the rounding
+    clears, so that :func:`restore_master` can undo it.
+
+    The rounding adds ``offset + HALF`` to the float's bits and clears the low 16; the remainder is the low
+    16 bits of ``master + offset`` (an int32-to-int16 narrowing keeps them), which read as a signed number
+    are the cleared bits less ``HALF``.
+    """
+    bits = master.view(torch.int32)
+    bits.add_(offset)
+    remainder.copy_(bits)
+    bits.add_(HALF).bitwise_and_(KEEP_HIGH)
+    return master
+
+
+def restore_master(rounded: torch.Tensor, offset: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`round_in_place` in place: ``rounded`` becomes the master it was rounded from.
+
+    ``rounded = master + offset + HALF - cleared`` and ``remainder = cleared - HALF`` as integers on the
+    float's bits, so ``rounded + remainder - offset`` is the master, bit for bit: across an exponent
+    boundary (where the rounding carried into the exponent) and for negative numbers alike. Two passes
+    over the weights and no temporaries (0.16 s per step over SmolLM2's weights on 2 cores).
+    """
+    rounded.view(torch.int32).add_(remainder).sub_(offset)
+    return rounded
