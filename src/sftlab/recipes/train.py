@@ -69,7 +69,7 @@ from sftlab.train.compile import compile_blocks
 from sftlab.train.distributed import engine_arguments
 from sftlab.train.losses import LossFn, build_loss
 from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
-from sftlab.train.regularizers import Regularizer, build_regularizers
+from sftlab.train.regularizers import Anchor, Regularizer, build_regularizers
 from sftlab.train.trainer import (
     SFTLabTrainer,
     check_resume_config,
@@ -251,6 +251,9 @@ def prepare_train(
         # After the method (its trainable weights are the ones that move) and before compiling: the blocks'
         # graphs read whatever tensor each parameter points at.
         trainer.weight_dither = DitheredBf16(dithered_weights(trainer.model), cfg.seed)
+        for regularizer in trainer.regularizers:
+            if isinstance(getattr(regularizer, "anchor", None), Anchor):
+                regularizer.anchor.rounding = trainer.weight_dither  # L2-SP / EWC measure the masters
     if cfg.torch_compile:
         # Last, so that the blocks' graphs include the hooks attached above and the KL base copy (taken
         # by build_regularizers) stays an eager module.

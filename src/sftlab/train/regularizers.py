@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from sftlab.config import TrainConfig
+    from sftlab.train.weight_rounding import DitheredBf16
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class Anchor:
         self.params = [p for _, p in named]
         self.start = [p.detach().clone() for p in self.params]
         self.bound = False
+        # Set by the trainer in a dithered bf16 run (sftlab.train.weight_rounding): during a step the
+        # parameters hold rounded values, and deltas() measures from the masters instead.
+        self.rounding: DitheredBf16 | None = None
 
     def bind(self, model: torch.nn.Module) -> None:
         """Point at ``model``'s parameters (the wrapped model: FSDP2 replaces every parameter with a
@@ -126,8 +130,14 @@ class Anchor:
         return [local(p) for p in self.params]
 
     def deltas(self) -> list[torch.Tensor]:
-        """theta - theta_0 per parameter (this rank's shards), differentiable in theta."""
-        return torch._foreach_sub(self.local_params, self.start)
+        """theta - theta_0 per parameter (this rank's shards), differentiable in theta; theta is the master
+        weight even while a dithered step has the parameter rounded (the anchor is shifted by the
+        rounding error, a constant, so the gradient is unchanged)."""
+        start = self.start
+        if self.rounding is not None and self.rounding.active:
+            errors = [self.rounding.rounding_error(p) for p in self.params]
+            start = [s if e is None else s - e for s, e in zip(self.start, errors)]
+        return torch._foreach_sub(self.local_params, start)
 
 
 def _sum_of_squares(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -21,6 +21,8 @@ autocast, and frozen weights have no updates to lose. Each weight is rounded in 
 that bf16 holds exactly, for the forward and the backward, and its master is rebuilt bit for bit before
 the optimizer step, so it, the checkpoints and the saved model see only the masters. The trainer's
 evaluation runs on the dithered weights too, so its eval loss is that of the model the steps trained.
+Weight-space penalties (L2-SP, EWC) measure the masters, through :meth:`DitheredBf16.rounding_error`:
+on the rounded weights they would count each weight's rounding as a move from the anchor.
 
 Inference has the same blind spot: cast to nearest, a fine-tuned model's small moves away from its base
 partly vanish (on the real demo each tuned model's bf16 eval loss was 0.4% above its fp32 one, and 0.0-0.1%
@@ -117,6 +119,8 @@ class DitheredBf16:
         self.params = params
         self.offsets = list(thresholds(params, seed))
         self.remainders = [torch.empty(p.shape, dtype=torch.int16, device=p.device) for p in params]
+        self._index = {id(p): i for i, p in enumerate(params)}
+        self.active = False  # True while the parameters hold their dithered values
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -125,12 +129,28 @@ class DitheredBf16:
         with torch.no_grad():
             for param, offset, remainder in zip(self.params, self.offsets, self.remainders):
                 round_in_place(param.data, offset, remainder)
+        self.active = True
         try:
             yield
         finally:
+            self.active = False
             with torch.no_grad():
                 for param, offset, remainder in zip(self.params, self.offsets, self.remainders):
                     restore_master(param.data, offset, remainder)
+
+    def rounding_error(self, param: torch.Tensor) -> torch.Tensor | None:
+        """``master - dithered`` for ``param`` while the dithered values are in place (a constant, exact:
+        the two are within one bf16 step), or None when ``param`` is not dithered or nothing is applied.
+
+        A weight-space penalty adds it to the parameter so that it measures the master weights, not their
+        rounding: an L2-SP term on dithered weights would count every weight's rounding error as a move.
+        """
+        i = self._index.get(id(param))
+        if i is None or not self.active:
+            return None
+        with torch.no_grad():
+            master = param.detach().view(torch.int32) + self.remainders[i]
+            return master.sub_(self.offsets[i]).view(torch.float32).sub_(param.detach())
 
 
 def round_in_place(master: torch.Tensor, offset: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
