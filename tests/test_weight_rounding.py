@@ -46,8 +46,10 @@ def test_the_master_is_rebuilt_bit_for_bit_from_its_rounded_value_its_remainder_
     generator = torch.Generator().manual_seed(0)
     # Random weights of both signs over many exponents, plus the edge cases: dropped bits all ones (the
     # carry crosses into the exponent: 0x3F7FFFFF rounds up to 1.0), zero, -0 and a bf16-exact value.
-    x = torch.cat([torch.randn(50_000, generator=generator) * 10.0 ** torch.randint(-6, 3, (50_000,), generator=generator),
-                   torch.tensor([0, 0x3F7FFFFF, -0x40800001, -(1 << 31), 0x3F810000], dtype=torch.int32).view(torch.float32)])
+    normal = torch.randn(50_000, generator=generator)
+    scales = 10.0 ** torch.randint(-6, 3, (50_000,), generator=generator)
+    edges = torch.tensor([0, 0x3F7FFFFF, -0x40800001, -(1 << 31), 0x3F810000], dtype=torch.int32)
+    x = torch.cat([normal * scales, edges.view(torch.float32)])
     offset = torch.randint(-HALF, HALF, x.shape, dtype=torch.int16, generator=generator)
     offset[-4] = HALF - 1  # the largest offset: 0x3F7FFFFF must carry
     expected = round_dithered(x, offset, torch.empty_like(x))

@@ -511,8 +511,8 @@ class AuditConfig(StrictModel):
     cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps")
     dtype: str = Field("auto", description="compute dtype: auto (bf16 where it pays: a GPU that has it, or a CPU "
-                       "with bf16 units (AMX or AVX512-BF16) for a model at least 256 wide; else fp32), float32, bfloat16, float16. On a CPU "
-                       "the weights stay fp32 and bf16/fp16 run under autocast")
+                       "with bf16 units (AMX or AVX512-BF16) for a model at least 256 wide; else fp32), float32, "
+                       "bfloat16, float16. On a CPU the weights stay fp32 and bf16/fp16 run under autocast")
     bf16_weight_rounding: Literal["auto", "nearest", "dithered"] = Field(
         "auto", description="how a bf16 audit rounds every model's linear weights: nearest (the plain cast), "
         "dithered (a fixed random threshold per weight, the same for every model: unbiased, so a fine-tune's "

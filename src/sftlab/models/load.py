@@ -199,8 +199,8 @@ def weights_and_autocast(compute: torch.dtype, device: str) -> tuple[torch.dtype
     """How to run inference in ``compute``: (dtype to load the weights in, autocast dtype or None).
 
     On a CPU the weights stay fp32 and matmuls run under ``torch.autocast`` in ``compute``: norms,
-    softmax and the residual stream keep fp32, which a model cast whole to bf16 would lose, and the bf16 units
-    runs the matmuls at the bf16 rate either way. On a GPU a half-precision model is loaded in that
+    softmax and the residual stream keep fp32, which a model cast whole to bf16 would lose, and the bf16
+    units run the matmuls at the bf16 rate either way. On a GPU a half-precision model is loaded in that
     dtype (half the memory, the usual practice there).
     """
     if compute == torch.float32:

@@ -358,7 +358,8 @@ def _release_gpu_memory(device: str) -> None:
 
 def audit_precision(cfg: AuditConfig, device: str) -> torch.dtype:
     """The compute dtype of the audit: ``cfg.dtype``, with ``auto`` decided for the base model on ``device``
-    (:func:`sftlab.models.load.resolve_dtype`: bf16 on a bf16 GPU, or on a CPU with bf16 units for a wide enough model)."""
+    (:func:`sftlab.models.load.resolve_dtype`: bf16 on a bf16 GPU, or on a CPU with bf16 units for a wide
+    enough model)."""
     return resolve_dtype(cfg.dtype, device, load_config(cfg.base, cfg.trust_remote_code))
 
 

@@ -323,7 +323,7 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "method": session.cfg.method,
         "precision": _precision_name(trainer.args),
         # How the bf16 forward saw the fp32 weights; None when the steps were not bf16.
-        "weight_rounding": ("dithered" if trainer.weight_dither is not None else "nearest") if trainer.args.bf16 else None,
+        "weight_rounding": None if not trainer.args.bf16 else "dithered" if trainer.weight_dither else "nearest",
         "global_step": trainer.state.global_step,
         "train_seconds": train_seconds,
         "trainable_params": trainable,

@@ -242,9 +242,8 @@ class SFTLabTrainer(Trainer):
         self._eval_sums = [torch.zeros((), dtype=torch.float64, device=self.args.device) for _ in range(3)]
         # In a dithered run the eval forward sees the weights the training forward sees; the masters are back
         # before the Trainer's callbacks (early stopping, best-checkpoint saving) run.
-        rounding = self.weight_dither.applied() if self.weight_dither is not None else contextlib.nullcontext()
         try:
-            with rounding:
+            with self._dithered_weights():
                 output = super().evaluation_loop(
                     dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
                 )
@@ -258,6 +257,10 @@ class SFTLabTrainer(Trainer):
             output.metrics[f"{metric_key_prefix}_loss"] = ce / count
             output.metrics[f"{metric_key_prefix}_objective"] = objective / count
         return output
+
+    def _dithered_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The dithered bf16 view of the trained weights for the duration, in a dithered run; else nothing."""
+        return self.weight_dither.applied() if self.weight_dither is not None else contextlib.nullcontext()
 
     def _scoring_head(self, model: torch.nn.Module) -> torch.nn.Module | None:
         """The output head to feed scored positions only, or None when full logits are needed.
@@ -287,8 +290,7 @@ class SFTLabTrainer(Trainer):
     ) -> torch.Tensor:
         """One forward/backward (one per perturbation under FreeLB); a non-finite loss raises before the
         optimizer can apply it."""
-        rounding = self.weight_dither.applied() if self.weight_dither is not None else contextlib.nullcontext()
-        with rounding:  # the master weights are back in place before the optimizer step
+        with self._dithered_weights():  # the master weights are back in place before the optimizer step
             if self.adversary is not None:
                 loss = self.adversary.training_step(
                     functools.partial(super().training_step, model, inputs, num_items_in_batch))

@@ -149,8 +149,8 @@ class DitheredBf16:
         if i is None or not self.active:
             return None
         with torch.no_grad():
-            master = param.detach().view(torch.int32) + self.remainders[i]
-            return master.sub_(self.offsets[i]).view(torch.float32).sub_(param.detach())
+            master = restore_master(param.detach().clone(), self.offsets[i], self.remainders[i])
+            return master.sub_(param.detach())
 
 
 def round_in_place(master: torch.Tensor, offset: torch.Tensor, remainder: torch.Tensor) -> torch.Tensor:
