@@ -1,6 +1,7 @@
 """Training throughput: sftlab against TRL's SFTTrainer and a plain transformers Trainer.
 
-Same model, same Alpaca records, same sequence length and effective batch, measured in one process and
+Same model, same Alpaca records, same sequence length and effective batch, each measurement in a fresh
+process (so that nothing one contender sets, such as sftlab's host allocator, reaches another), and
 interleaved in rounds so that machine load hits every contender alike. Throughput counts the same tokens
 for everyone: non-padding input tokens per second (transformers' ``include_num_input_tokens_seen="non_padding"``),
 over the steps after a warm-up. Each measurement also records the process's peak RSS while training.
@@ -34,13 +35,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common import Quiet, StepTimer, load_average, matmul_gflops, shared_data
+
+PEER = "@peer"  # the suffix of a contender run on the --peer-src tree
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,6 +64,10 @@ def parse_args() -> argparse.Namespace:
                    help="also report the real-token fraction at these max_lengths (default 256 512 1024; none "
                         "with --model)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--peer-src", type=Path,
+                   help="also run each sftlab contender on the sftlab checkout at this path (e.g. a git worktree of "
+                        "the previous commit), interleaved with this tree's: a change's speed-up, measured")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # one measurement, in a process of its own
     args = p.parse_args()
     real = args.model is not None
     defaults = {"seq": 96 if real else 128, "batch": 8 if real else 16, "steps": 3 if real else 30,
@@ -70,62 +80,98 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.child:
+        measure_here(args)
+        return
     import torch
 
-    torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="sftlab-bench-"))
-    setup = make_setup(work, args)
-
-    contenders: dict[str, Callable[[StepTimer], Any]]
-    if args.model:
-        contenders = {
-            "sftlab fp32": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="float32"),
-            "sftlab bf16": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto"),
-            "sftlab bf16 compiled": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto",
-                                                                 torch_compile=True),
-            "sftlab bf16 compiled packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True,
-                                                                        dtype="auto", torch_compile=True),
-            "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
-            "TRL best CPU fp32": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
-            "TRL best CPU bf16": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
-            # sftlab's own choice of attention kernel for short bf16 rows on a CPU, handed to TRL.
-            "TRL best CPU bf16 eager": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True,
-                                                                 attention="eager"),
-        }
-    else:
-        contenders = {
-            "sftlab packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True),
-            "sftlab padded": lambda timer: sftlab_trainer(setup, args, timer, packing=False),
-            "Trainer max_length": lambda timer: plain_trainer(setup, args, timer),
-            "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
-            "TRL best CPU": lambda timer: trl_trainer(setup, args, timer, best_cpu=True),
-        }
-    from sftlab.recipes.train import peak_memory_mb, reset_peak_memory
-
-    names = [n for n in contenders if not args.only or n in args.only]
+    torch.set_num_threads(args.threads)  # for the fp32 matmul rate the report samples
+    names = [n for n in contender_names(args.model is not None) if not args.only or n in args.only]
+    if args.peer_src:  # each sftlab contender again, running the sftlab source tree at --peer-src
+        names += [f"{n} {PEER}" for n in names if n.startswith("sftlab")]
+    setup = make_setup(Path(tempfile.mkdtemp(prefix="sftlab-bench-")), args)
     speeds: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, list[float]] = {n: [] for n in names}
     matmul: dict[str, list[float]] = {n: [] for n in names}  # bf16 GFLOP/s just before each measurement
+    passed = child_arguments(args)
     print(f"load average before: {load_average()}", flush=True)
     for rnd in range(args.rounds):
         for name in names:
-            timer = StepTimer(args.warmup, args.steps)
-            trainer = contenders[name](timer)
-            if args.model:
-                matmul[name].append(matmul_gflops("bfloat16"))
-            reset_peak_memory()
-            trainer.train()
-            peaks[name].append(peak_memory_mb() or float("nan"))
-            seconds, tokens = timer.result
-            speeds[name].append(tokens / seconds)
-            print(f"round {rnd + 1} {name:20s} {tokens / seconds:9.1f} tok/s ({tokens} tokens in {seconds:.2f} s), "
-                  f"peak RSS {peaks[name][-1]:.0f} MB" + (f", bf16 matmul {matmul[name][-1]:.0f} GFLOP/s"
-                                                          if matmul[name] else "")
-                  + f"; warm-up steps {', '.join(f'{s:.1f}' for s in timer.warmup_seconds)} s", flush=True)
-            del trainer
+            env = dict(os.environ)
+            if name.endswith(PEER):
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(args.peer_src / "src"), env.get("PYTHONPATH")]))
+            done = subprocess.run([sys.executable, __file__, *passed, "--child", name.removesuffix(f" {PEER}")],
+                                  capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                sys.exit(f"{name}: the measurement failed:\n{done.stderr[-3000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            speeds[name].append(row["tokens"] / row["seconds"])
+            peaks[name].append(row["peak_mb"])
+            if row["matmul"] is not None:
+                matmul[name].append(row["matmul"])
+            print(f"round {rnd + 1} {name:20s} {speeds[name][-1]:9.1f} tok/s ({row['tokens']} tokens in "
+                  f"{row['seconds']:.2f} s), peak RSS {row['peak_mb']:.0f} MB"
+                  + (f", bf16 matmul {row['matmul']:.0f} GFLOP/s" if row["matmul"] is not None else "")
+                  + f"; warm-up steps {', '.join(f'{s:.1f}' for s in row['warmup_seconds'])} s", flush=True)
     print(f"load average after: {load_average()}", flush=True)
 
     report(speeds, peaks, matmul, setup, args)
+
+
+def contender_names(real: bool) -> list[str]:
+    """The contenders, in the order each round runs them (see the module docstring)."""
+    if real:
+        return ["sftlab fp32", "sftlab bf16", "sftlab bf16 compiled", "sftlab bf16 compiled packed",
+                "TRL defaults", "TRL best CPU fp32", "TRL best CPU bf16", "TRL best CPU bf16 eager"]
+    return ["sftlab packed", "sftlab padded", "Trainer max_length", "TRL defaults", "TRL best CPU"]
+
+
+def child_arguments(args: argparse.Namespace) -> list[str]:
+    """The command-line arguments that make a child measure under the same settings as this run."""
+    passed = [f"--records={args.records}", f"--seq={args.seq}", f"--batch={args.batch}", f"--steps={args.steps}",
+              f"--warmup={args.warmup}", f"--threads={args.threads}"]
+    return passed + ([f"--model={args.model}"] if args.model else [])
+
+
+def measure_here(args: argparse.Namespace) -> None:
+    """Child mode: build contender ``args.child`` in this fresh process, train it, print one JSON line.
+
+    A process per measurement: state one contender leaves in the process (the host allocator sftlab sets,
+    compiled kernels, the allocator's free lists) must not reach the next.
+    """
+    import torch
+
+    from sftlab.recipes.train import peak_memory_mb, reset_peak_memory
+
+    torch.set_num_threads(args.threads)
+    args.fraction_lengths = []  # the parent reports the real-token fractions
+    setup = make_setup(Path(tempfile.mkdtemp(prefix="sftlab-bench-")), args)
+    contenders: dict[str, Callable[[StepTimer], Any]] = {
+        "sftlab fp32": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="float32"),
+        "sftlab bf16": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto"),
+        "sftlab bf16 compiled": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto",
+                                                             torch_compile=True),
+        "sftlab bf16 compiled packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True,
+                                                                    dtype="auto", torch_compile=True),
+        "sftlab packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True),
+        "sftlab padded": lambda timer: sftlab_trainer(setup, args, timer, packing=False),
+        "Trainer max_length": lambda timer: plain_trainer(setup, args, timer),
+        "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
+        "TRL best CPU": lambda timer: trl_trainer(setup, args, timer, best_cpu=True),
+        "TRL best CPU fp32": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
+        "TRL best CPU bf16": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
+        # sftlab's own choice of attention kernel for short bf16 rows on a CPU, handed to TRL.
+        "TRL best CPU bf16 eager": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True,
+                                                             attention="eager"),
+    }
+    timer = StepTimer(args.warmup, args.steps)
+    trainer = contenders[args.child](timer)
+    rate = matmul_gflops("bfloat16") if args.model else None
+    reset_peak_memory()
+    trainer.train()
+    seconds, tokens = timer.result
+    print(json.dumps({"seconds": seconds, "tokens": tokens, "peak_mb": peak_memory_mb() or float("nan"),
+                      "matmul": rate, "warmup_seconds": timer.warmup_seconds}))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,15 +254,16 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def sftlab_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, packing: bool,
-                   dtype: str = "auto", torch_compile: bool = False) -> Any:
-    """The trainer `sftlab train` builds (its callbacks, collator, loss and NaN guard included)."""
+                   dtype: str = "auto", torch_compile: bool = False, **settings: Any) -> Any:
+    """The trainer `sftlab train` builds (its callbacks, collator, loss and NaN guard included); ``settings``
+    are further TrainConfig keys."""
     from sftlab.config import TrainConfig
     from sftlab.recipes.train import prepare_train
 
     out = Path(tempfile.mkdtemp(dir=setup["work"]))
     cfg = TrainConfig(model_name_or_path=str(setup["model_dir"]), train_file=[str(setup["data_file"])],
                       output_dir=str(out), max_length=args.seq, packing=packing, logging_steps=10,
-                      resume="never", dtype=dtype, torch_compile=torch_compile, **_common(args))
+                      resume="never", dtype=dtype, torch_compile=torch_compile, **_common(args), **settings)
     with Quiet():
         session = prepare_train(cfg)
     session.trainer.args.include_num_input_tokens_seen = "non_padding"
@@ -311,6 +358,7 @@ def report(speeds: dict[str, list[float]], peaks: dict[str, list[float]], matmul
              ("TRL best CPU bf16", "TRL best CPU fp32")]
     pairs += [(ours, peer) for ours in ("sftlab packed", "sftlab padded")
               for peer in ("TRL defaults", "TRL best CPU", "Trainer max_length")]
+    pairs += [(name, f"{name} {PEER}") for name in median if f"{name} {PEER}" in median]
     # Ratios per round (both measured in the same round, so under similar load), then their median.
     ratios = {f"{a} / {b}": statistics.median(x / y for x, y in zip(speeds[a], speeds[b]))
               for a, b in pairs if a in median and b in median}

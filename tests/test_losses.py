@@ -250,3 +250,42 @@ def test_build_loss_picks_dft() -> None:
     cfg = TrainConfig(model_name_or_path="m", train_file="t.jsonl", loss="dft")
     logits, labels = _random_batch(6)
     assert build_loss(cfg)(logits, labels).item() == pytest.approx(dft_loss(logits, labels).item())
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sliced_cross_entropy_has_torchs_value_and_gradient(smoothing: float, dtype: torch.dtype) -> None:
+    from sftlab.train import losses
+
+    generator = torch.Generator().manual_seed(0)
+    # Over three slices of ROWS rows, the last one short, with ignored targets in every slice.
+    rows, vocab = 2 * losses.ROWS + 17, 301
+    logits = (3 * torch.randn(1, rows + 1, vocab, generator=generator)).to(dtype).requires_grad_()
+    labels = torch.randint(0, vocab, (1, rows + 1), generator=generator)
+    labels[0, torch.randperm(rows + 1, generator=generator)[:40]] = IGNORE_INDEX
+    reference = logits.detach().clone().requires_grad_()
+
+    loss = cross_entropy(logits, labels, 50, label_smoothing=smoothing)
+    expected = F.cross_entropy(reference[0, :-1].float(), labels[0, 1:], ignore_index=IGNORE_INDEX,
+                               reduction="sum", label_smoothing=smoothing) / 50
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(logits, reference)  # the logits are left as they were (a regularizer may read them)
+    (3 * loss).backward()  # an incoming gradient other than 1 scales the stored one
+    (3 * expected).backward()
+    assert logits.grad.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(logits.grad, reference.grad, rtol=1e-5, atol=1e-8)
+    else:  # both round a float32 gradient to bf16: at most one bf16 step apart (the scaling rounds once more)
+        torch.testing.assert_close(logits.grad.float(), reference.grad.float(), rtol=2 ** -7, atol=1e-6)
+    assert torch.all(logits.grad[0, -1] == 0)  # the last position predicts nothing
+    ignored = (labels[0, 1:] == IGNORE_INDEX).nonzero().squeeze(-1)
+    assert torch.all(logits.grad[0, ignored] == 0)
+
+
+def test_sliced_cross_entropy_without_gradient_and_with_the_batchs_own_count() -> None:
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, IGNORE_INDEX, 3], [IGNORE_INDEX, IGNORE_INDEX, 4, 5, 6]])
+    with torch.no_grad():
+        loss = cross_entropy(logits, labels)
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

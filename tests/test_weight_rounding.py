@@ -16,6 +16,7 @@ from sftlab.errors import UserError
 from sftlab.recipes.train import finish_train, prepare_train
 from sftlab.train.weight_rounding import (
     HALF,
+    SLICE,
     DitheredBf16,
     dithered_weights,
     resolve_rounding,
@@ -46,13 +47,19 @@ def test_the_master_is_rebuilt_bit_for_bit_from_its_rounded_value_its_remainder_
     generator = torch.Generator().manual_seed(0)
     # Random weights of both signs over many exponents, plus the edge cases: dropped bits all ones (the
     # carry crosses into the exponent: 0x3F7FFFFF rounds up to 1.0), zero, -0 and a bf16-exact value.
-    normal = torch.randn(50_000, generator=generator)
-    scales = 10.0 ** torch.randint(-6, 3, (50_000,), generator=generator)
+    # Over two and a half slices (the functions work SLICE elements at a time), edge cases in the last one.
+    n = 2 * SLICE + SLICE // 2 - 5
+    normal = torch.randn(n, generator=generator)
+    scales = 10.0 ** torch.randint(-6, 3, (n,), generator=generator)
     edges = torch.tensor([0, 0x3F7FFFFF, -0x40800001, -(1 << 31), 0x3F810000], dtype=torch.int32)
     x = torch.cat([normal * scales, edges.view(torch.float32)])
     offset = torch.randint(-HALF, HALF, x.shape, dtype=torch.int16, generator=generator)
     offset[-4] = HALF - 1  # the largest offset: 0x3F7FFFFF must carry
     expected = round_dithered(x, offset, torch.empty_like(x))
+    # The rule, computed whole in int64 on the magnitude's bits: add offset + HALF, clear the low 16 bits.
+    bits = x.view(torch.int32).long() & 0xFFFFFFFF
+    rule = ((bits + offset.long() + HALF) & 0xFFFF0000) & 0xFFFFFFFF
+    assert torch.equal(expected.view(torch.int32).long() & 0xFFFFFFFF, rule)
     master = x.clone()
     remainder = torch.empty(x.shape, dtype=torch.int16)
     rounded = round_in_place(master, offset, remainder)  # as training does

@@ -8,15 +8,19 @@ accumulation exact) or, when that is None, by this batch's own target-token coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 if TYPE_CHECKING:
     from sftlab.config import TrainConfig
 
 IGNORE_INDEX = -100
+# Rows of vocabulary-wide logits per slice of the cross-entropy: 64 x 49,152 float32 is 12.6 MB, inside
+# glibc's reused heap (its mmap threshold grows to 32 MB) and the last-level cache of most CPUs.
+ROWS = 64
 
 
 class LossFn(Protocol):
@@ -50,12 +54,70 @@ def cross_entropy(
     """Mean next-token cross-entropy over target tokens, optionally label-smoothed.
 
     Label smoothing (Szegedy et al. 2016): the target distribution is (1-eps) * onehot + eps / V.
+    Computed by :class:`SlicedCrossEntropy`: the value and gradient of ``F.cross_entropy`` on the logits
+    in float32, a slice of rows at a time.
     """
     shift_logits, shift_labels = shift_for_next_token(logits, labels)
-    total = F.cross_entropy(
-        shift_logits.float(), shift_labels, ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing
-    )
-    return _normalise(total, shift_labels, num_items_in_batch)
+    denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
+    if isinstance(denom, torch.Tensor):
+        denom = denom.to(logits.device)
+    return SlicedCrossEntropy.apply(shift_logits, shift_labels, denom, label_smoothing)
+
+
+class SlicedCrossEntropy(torch.autograd.Function):
+    """Next-token cross-entropy summed over targets and divided by ``denom``, with its gradient computed in
+    the forward, :data:`ROWS` rows of the vocabulary-wide logits at a time.
+
+    Per row with logits z (in float32), target y and p = softmax(z): loss = logsumexp(z) - z_y, gradient
+    p - onehot(y); with label smoothing eps, loss = (1-eps) (lse - z_y) + eps (lse - mean(z)) and gradient
+    p - (1-eps) onehot(y) - eps / V. Rows whose target is -100 add 0 and get a zero gradient. These are
+    ``F.cross_entropy``'s value and gradient (tests/test_losses.py checks both against it).
+
+    ``F.cross_entropy`` on [N, V] bf16 logits makes five [N, V] tensors in a step: the float32 copy, the
+    log-softmax, the one-hot gradient of the NLL, the log-softmax gradient and its bf16 cast. On SmolLM2
+    (49,152 tokens) they are 29-58 MB each at 8 x 96 tokens, each one mapped fresh by malloc and faulted in
+    by the kernel. Here the float32 work stays in slices of :data:`ROWS` rows, and the one [N, V] tensor
+    made is the gradient itself, in the logits' dtype, rounded once from float32 as autograd's cast would.
+    Since the loss is a scalar, the gradient is known in the forward; the backward only scales it by the
+    incoming gradient (1 in a plain step, so the common case is free). 2.1x faster than ``F.cross_entropy``
+    at 297 scored rows and 4.0x at 8,192, with 4.6 GB less peak memory there (bench/cross_entropy.py).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor, denom: int | torch.Tensor,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+        eps, vocab = label_smoothing, logits.size(-1)
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        scale = 1.0 / denom  # the reduction's divisor, folded into the gradient before its rounding
+        total = logits.new_zeros((), dtype=torch.float32)
+        for start in range(0, logits.size(0), ROWS):
+            z = logits[start : start + ROWS].to(torch.float32, copy=True)  # a copy even of float32 logits:
+            # the softmax below is computed in it, and the logits are the caller's (a regularizer reads them)
+            y = targets[start : start + ROWS]
+            valid = (y != IGNORE_INDEX).unsqueeze(-1)
+            y = y.clamp(min=0).unsqueeze(-1)  # any index where ignored: its row is masked out
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)
+            row_loss = lse - z.gather(-1, y)
+            if eps:
+                row_loss = (1 - eps) * row_loss + eps * (lse - z.mean(-1, keepdim=True))
+            total = total + row_loss.masked_fill(~valid, 0).sum()
+            if grad is not None:
+                probs = z.sub_(lse).exp_()  # softmax, in the float32 copy's memory
+                probs.scatter_add_(-1, y, probs.new_full(y.shape, -(1 - eps)))
+                if eps:
+                    probs.sub_(eps / vocab)
+                probs.mul_(valid * scale)
+                grad[start : start + ROWS].copy_(probs)
+        ctx.save_for_backward(grad)
+        return total * scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        if grad is not None and grad_output.item() != 1.0:
+            grad = grad * grad_output.to(grad.dtype)
+        return grad, None, None, None
 
 
 def gem_loss(

@@ -39,6 +39,13 @@ import torch
 LOW_BITS = 16  # an fp32 number is a bf16 one with 16 more bits of mantissa
 HALF = 1 << (LOW_BITS - 1)
 KEEP_HIGH = -(1 << LOW_BITS)  # 0xFFFF0000 as an int32: clears the bits bf16 drops
+# Elements per slice the rounding works on. Adding an int16 offset to int32 bits makes torch's CPU kernels
+# copy the offsets to int32 first: over SmolLM2's tied 49,152 x 576 embedding that is a 113 MB temporary,
+# which glibc maps fresh (and the kernel faults in page by page) on every call. Slices of 256k elements keep
+# each temporary at 1 MB, inside malloc's reused heap, and the four passes of a rounding inside the cache:
+# 0.07 + 0.06 s a step to round and restore SmolLM2's weights on 2 cores, against 0.09 + 0.12 s and 83k page
+# faults whole (bench/weight_rounding.py; docs/benchmarks.md, "Page faults").
+SLICE = 1 << 18
 
 
 def resolve_rounding(setting: str, bf16: bool, sharded: bool = False) -> str:
@@ -101,10 +108,20 @@ def round_dithered(master: torch.Tensor, offset: torch.Tensor, out: torch.Tensor
     Adding to the integer bits of a float carries into the exponent when the mantissa overflows, which
     is the correct next bf16 value, and works the same for negative numbers (sign and magnitude).
     """
-    bits = out.view(torch.int32)
-    torch.add(master.view(torch.int32), offset, out=bits)
-    bits.add_(HALF).bitwise_and_(KEEP_HIGH)
+    for master_part, offset_part, out_part in slices(master, offset, out):
+        bits = out_part.view(torch.int32)
+        torch.add(master_part.view(torch.int32), offset_part, out=bits)
+        bits.add_(HALF).bitwise_and_(KEEP_HIGH)
     return out
+
+
+def slices(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Matching flat slices of at most :data:`SLICE` elements of same-shaped ``tensors``, views that write
+    through; the tensors whole when one of them is not contiguous (a flat view would be a copy)."""
+    if all(t.is_contiguous() for t in tensors):
+        yield from zip(*(t.view(-1).split(SLICE) for t in tensors))
+    else:
+        yield tensors
 
 
 class DitheredBf16:
@@ -161,10 +178,11 @@ def round_in_place(master: torch.Tensor, offset: torch.Tensor, remainder: torch.
     16 bits of ``master + offset`` (an int32-to-int16 narrowing keeps them), which read as a signed number
     are the cleared bits less ``HALF``.
     """
-    bits = master.view(torch.int32)
-    bits.add_(offset)
-    remainder.copy_(bits)
-    bits.add_(HALF).bitwise_and_(KEEP_HIGH)
+    for master_part, offset_part, remainder_part in slices(master, offset, remainder):
+        bits = master_part.view(torch.int32)
+        bits.add_(offset_part)
+        remainder_part.copy_(bits)
+        bits.add_(HALF).bitwise_and_(KEEP_HIGH)
     return master
 
 
@@ -174,7 +192,8 @@ def restore_master(rounded: torch.Tensor, offset: torch.Tensor, remainder: torch
     ``rounded = master + offset + HALF - cleared`` and ``remainder = cleared - HALF`` as integers on the
     float's bits, so ``rounded + remainder - offset`` is the master, bit for bit: across an exponent
     boundary (where the rounding carried into the exponent) and for negative numbers alike. Two passes
-    over the weights and no temporaries (0.16 s per step over SmolLM2's weights on 2 cores).
+    over each slice of the weights (0.06 s per step over SmolLM2's weights on 2 cores).
     """
-    rounded.view(torch.int32).add_(remainder).sub_(offset)
+    for rounded_part, offset_part, remainder_part in slices(rounded, offset, remainder):
+        rounded_part.view(torch.int32).add_(remainder_part).sub_(offset_part)
     return rounded
