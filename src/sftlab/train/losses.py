@@ -38,11 +38,14 @@ def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return shift_logits, shift_labels
 
 
-def _normalise(total: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
+def _denominator(labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> int | torch.Tensor:
+    """What a loss's sum is divided by: ``num_items_in_batch``, else this batch's target count."""
     denom = num_items_in_batch if num_items_in_batch is not None else (labels != IGNORE_INDEX).sum().clamp(min=1)
-    if isinstance(denom, torch.Tensor):
-        denom = denom.to(total.device)
-    return total / denom
+    return denom.to(labels.device) if isinstance(denom, torch.Tensor) else denom
+
+
+def _normalise(total: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> torch.Tensor:
+    return total / _denominator(labels, num_items_in_batch)
 
 
 def cross_entropy(
@@ -58,10 +61,8 @@ def cross_entropy(
     in float32, a slice of rows at a time.
     """
     shift_logits, shift_labels = shift_for_next_token(logits, labels)
-    denom = num_items_in_batch if num_items_in_batch is not None else (shift_labels != IGNORE_INDEX).sum().clamp(min=1)
-    if isinstance(denom, torch.Tensor):
-        denom = denom.to(logits.device)
-    return SlicedCrossEntropy.apply(shift_logits, shift_labels, denom, label_smoothing)
+    return SlicedCrossEntropy.apply(shift_logits, shift_labels, _denominator(shift_labels, num_items_in_batch),
+                                    label_smoothing)
 
 
 class SlicedCrossEntropy(torch.autograd.Function):
