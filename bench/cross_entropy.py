@@ -3,7 +3,7 @@
 Both compute the next-token cross-entropy of bf16 logits (what a bf16 autocast step's output head gives)
 in float32, summed over targets and divided by their count, and its gradient: ``F.cross_entropy`` on the
 float32 copy of the whole [N, V] logits, as sftlab did before (and as most trainers do), and
-:class:`sftlab.train.losses.SlicedCrossEntropy`, which works :data:`~sftlab.train.losses.ROWS` rows at a
+:class:`sftlab.train.losses.SlicedCrossEntropy`, which works ``rows_per_slice(V)`` rows (64 at SmolLM2's vocabulary) at a
 time and makes only the gradient at full size. V is SmolLM2's 49,152; N the scored rows of a step (297 at
 8 x 96 Alpaca rows with the scored-positions head; 2,048 and 8,192 for longer answers or bigger batches).
 
@@ -12,6 +12,7 @@ page faults they cost, and the peak RSS above the logits themselves (``VmHWM`` a
 gradients of the two are compared too (at most one bf16 step apart).
 
     .venv/bin/python bench/cross_entropy.py --rows 297 2048 8192 --rounds 5 --threads 2
+    .venv/bin/python bench/cross_entropy.py --vocab 512 --rows 4096 --dtype float32 --threads 2   # a tiny model's
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sftlab.train.losses import IGNORE_INDEX, ROWS, SlicedCrossEntropy
+from sftlab.train.losses import IGNORE_INDEX, SlicedCrossEntropy, rows_per_slice
 
-VOCAB = 49152
 
 
 def rss_mb(field: str) -> float:
@@ -65,17 +65,21 @@ def measure(fn, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[297, 2048, 8192])
+    p.add_argument("--vocab", type=int, default=49152, help="vocabulary size (SmolLM2's by default)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="the logits' dtype: bf16 under autocast; float32 for a model trained in fp32")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    variants = {"F.cross_entropy": torch_loss, f"sliced ({ROWS} rows)": sliced_loss}
-    print(f"V = {VOCAB}, bf16 logits, {args.threads} threads, median of {args.rounds} rounds after one warm-up")
+    variants = {"F.cross_entropy": torch_loss, f"sliced ({rows_per_slice(args.vocab)} rows)": sliced_loss}
+    print(f"V = {args.vocab}, {args.dtype} logits, {args.threads} threads, median of {args.rounds} rounds after one warm-up")
     print(f"{'rows':>5} {'variant':22s} {'fwd+bwd s':>10s} {'page faults':>12s} {'peak RSS +MB':>13s}")
     for rows in args.rows:
         generator = torch.Generator().manual_seed(0)
-        logits = (2 * torch.randn(rows, VOCAB, generator=generator)).bfloat16().requires_grad_()
-        targets = torch.randint(0, VOCAB, (rows,), generator=generator)
+        logits = (2 * torch.randn(rows, args.vocab, generator=generator)).to(getattr(torch, args.dtype))
+        logits.requires_grad_()
+        targets = torch.randint(0, args.vocab, (rows,), generator=generator)
         results: dict[str, list[tuple[float, int, float]]] = {name: [] for name in variants}
         grads = {}
         for rnd in range(args.rounds + 1):

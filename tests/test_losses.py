@@ -254,12 +254,15 @@ def test_build_loss_picks_dft() -> None:
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sliced_cross_entropy_has_torchs_value_and_gradient(smoothing: float, dtype: torch.dtype) -> None:
+def test_sliced_cross_entropy_has_torchs_value_and_gradient(smoothing: float, dtype: torch.dtype, monkeypatch) -> None:
     from sftlab.train import losses
 
     generator = torch.Generator().manual_seed(0)
-    # Over three slices of ROWS rows, the last one short, with ignored targets in every slice.
-    rows, vocab = 2 * losses.ROWS + 17, 301
+    # Over three slices of 64 rows, the last one short, with ignored targets in every slice.
+    vocab = 301
+    monkeypatch.setattr(losses, "SLICE_ELEMENTS", 64 * vocab)
+    assert losses.rows_per_slice(vocab) == 64 and losses.rows_per_slice(49152) == 1
+    rows = 2 * 64 + 17
     logits = (3 * torch.randn(1, rows + 1, vocab, generator=generator)).to(dtype).requires_grad_()
     labels = torch.randint(0, vocab, (1, rows + 1), generator=generator)
     labels[0, torch.randperm(rows + 1, generator=generator)[:40]] = IGNORE_INDEX
