@@ -1,7 +1,8 @@
 """Training throughput: sftlab against TRL's SFTTrainer and a plain transformers Trainer.
 
 Same model, same Alpaca records, same sequence length and effective batch, each measurement in a fresh
-process (so that nothing one contender sets, such as sftlab's host allocator, reaches another), and
+process (so that nothing one contender leaves in the process, compiled kernels or malloc's heap, reaches
+another), and
 interleaved in rounds so that machine load hits every contender alike. Throughput counts the same tokens
 for everyone: non-padding input tokens per second (transformers' ``include_num_input_tokens_seen="non_padding"``),
 over the steps after a warm-up. Each measurement also records the process's peak RSS while training.
@@ -120,10 +121,7 @@ def main() -> None:
 
 def contender_names(real: bool) -> list[str]:
     """The contenders, in the order each round runs them (see the module docstring)."""
-    if real:
-        return ["sftlab fp32", "sftlab bf16", "sftlab bf16 compiled", "sftlab bf16 compiled packed",
-                "TRL defaults", "TRL best CPU fp32", "TRL best CPU bf16", "TRL best CPU bf16 eager"]
-    return ["sftlab packed", "sftlab padded", "Trainer max_length", "TRL defaults", "TRL best CPU"]
+    return list(REAL_CONTENDERS if real else TINY_CONTENDERS)
 
 
 def child_arguments(args: argparse.Namespace) -> list[str]:
@@ -136,8 +134,8 @@ def child_arguments(args: argparse.Namespace) -> list[str]:
 def measure_here(args: argparse.Namespace) -> None:
     """Child mode: build contender ``args.child`` in this fresh process, train it, print one JSON line.
 
-    A process per measurement: state one contender leaves in the process (the host allocator sftlab sets,
-    compiled kernels, the allocator's free lists) must not reach the next.
+    A process per measurement: state one contender leaves in the process (compiled kernels, malloc's free
+    lists and heap) must not reach the next.
     """
     import torch
 
@@ -146,26 +144,8 @@ def measure_here(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     args.fraction_lengths = []  # the parent reports the real-token fractions
     setup = make_setup(Path(tempfile.mkdtemp(prefix="sftlab-bench-")), args)
-    contenders: dict[str, Callable[[StepTimer], Any]] = {
-        "sftlab fp32": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="float32"),
-        "sftlab bf16": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto"),
-        "sftlab bf16 compiled": lambda timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto",
-                                                             torch_compile=True),
-        "sftlab bf16 compiled packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True,
-                                                                    dtype="auto", torch_compile=True),
-        "sftlab packed": lambda timer: sftlab_trainer(setup, args, timer, packing=True),
-        "sftlab padded": lambda timer: sftlab_trainer(setup, args, timer, packing=False),
-        "Trainer max_length": lambda timer: plain_trainer(setup, args, timer),
-        "TRL defaults": lambda timer: trl_trainer(setup, args, timer, best_cpu=False),
-        "TRL best CPU": lambda timer: trl_trainer(setup, args, timer, best_cpu=True),
-        "TRL best CPU fp32": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
-        "TRL best CPU bf16": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
-        # sftlab's own choice of attention kernel for short bf16 rows on a CPU, handed to TRL.
-        "TRL best CPU bf16 eager": lambda timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True,
-                                                             attention="eager"),
-    }
     timer = StepTimer(args.warmup, args.steps)
-    trainer = contenders[args.child](timer)
+    trainer = {**TINY_CONTENDERS, **REAL_CONTENDERS}[args.child](setup, args, timer)
     rate = matmul_gflops("bfloat16") if args.model else None
     reset_peak_memory()
     trainer.train()
@@ -324,6 +304,31 @@ def trl_trainer(setup: dict[str, Any], args: argparse.Namespace, timer: Any, bes
             callbacks=[timer],
         )
     return trainer
+
+
+# A contender's trainer, built from the shared inputs, the arguments and the step timer.
+Builder = Callable[[dict[str, Any], argparse.Namespace, Any], Any]
+REAL_CONTENDERS: dict[str, Builder] = {
+    "sftlab fp32": lambda setup, args, timer: sftlab_trainer(setup, args, timer, packing=False, dtype="float32"),
+    "sftlab bf16": lambda setup, args, timer: sftlab_trainer(setup, args, timer, packing=False, dtype="auto"),
+    "sftlab bf16 compiled": lambda setup, args, timer: sftlab_trainer(setup, args, timer, packing=False,
+                                                                      dtype="auto", torch_compile=True),
+    "sftlab bf16 compiled packed": lambda setup, args, timer: sftlab_trainer(setup, args, timer, packing=True,
+                                                                             dtype="auto", torch_compile=True),
+    "TRL defaults": lambda setup, args, timer: trl_trainer(setup, args, timer, best_cpu=False),
+    "TRL best CPU fp32": lambda setup, args, timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=False),
+    "TRL best CPU bf16": lambda setup, args, timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True),
+    # sftlab's own choice of attention kernel for short bf16 rows on a CPU, handed to TRL.
+    "TRL best CPU bf16 eager": lambda setup, args, timer: trl_trainer(setup, args, timer, best_cpu=True, bf16=True,
+                                                                      attention="eager"),
+}
+TINY_CONTENDERS: dict[str, Builder] = {
+    "sftlab packed": lambda setup, args, timer: sftlab_trainer(setup, args, timer, packing=True),
+    "sftlab padded": lambda setup, args, timer: sftlab_trainer(setup, args, timer, packing=False),
+    "Trainer max_length": plain_trainer,
+    "TRL defaults": lambda setup, args, timer: trl_trainer(setup, args, timer, best_cpu=False),
+    "TRL best CPU": lambda setup, args, timer: trl_trainer(setup, args, timer, best_cpu=True),
+}
 
 
 # --------------------------------------------------------------------------------------------------

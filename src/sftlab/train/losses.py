@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 # Logits per slice of the cross-entropy: 12.6 MB of float32, 64 rows of SmolLM2's 49,152-token vocabulary,
-# inside glibc's reused heap (its mmap threshold grows to 32 MB) and the last-level cache of most CPUs. A
-# small vocabulary takes many rows per slice, so a tiny model's loss is one slice, with no loop to pay for.
+# inside glibc's reused heap (its mmap threshold grows to 32 MB) and the last-level cache of most CPUs.
+# Logits that fit in one slice keep F.cross_entropy (see cross_entropy).
 SLICE_ELEMENTS = 64 * 49152
 
 
@@ -130,7 +130,7 @@ class SlicedCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         (grad,) = ctx.saved_tensors
         if grad is not None and grad_output.item() != 1.0:
-            grad = grad * grad_output.to(grad.dtype)
+            grad = grad * grad_output  # a 0-dim float32 factor: one rounding to the gradient's dtype
         return grad, None, None, None
 
 
