@@ -70,6 +70,19 @@ def matmul_gflops(dtype_name: str, n: int = 2048, reps: int = 4) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def rss_mb(field: str = "VmRSS") -> float:
+    """This process's ``field`` of /proc/self/status (``VmRSS`` now, ``VmHWM`` its peak), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (Linux), so a peak can be read per measurement in one process."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def load_average() -> str:
     """The 1/5/15-minute load averages, as ``uptime`` prints them."""
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())

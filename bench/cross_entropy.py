@@ -21,24 +21,13 @@ import argparse
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from sftlab.train.losses import IGNORE_INDEX, SlicedCrossEntropy, rows_per_slice
+from common import reset_peak_rss, rss_mb  # first: it puts the process offline before any HF library loads
 
-
-
-def rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
+from sftlab.train.losses import IGNORE_INDEX, SlicedCrossEntropy, rows_per_slice  # noqa: E402
 
 
 def torch_loss(logits: torch.Tensor, targets: torch.Tensor, denom: int) -> torch.Tensor:
@@ -52,7 +41,7 @@ def sliced_loss(logits: torch.Tensor, targets: torch.Tensor, denom: int) -> torc
 def measure(fn, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, int, float, torch.Tensor]:
     """Seconds, page faults and peak RSS (MB above the start) of one forward + backward; the gradient."""
     logits.grad = None
-    reset_peak()
+    reset_peak_rss()
     base = rss_mb("VmRSS")
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()

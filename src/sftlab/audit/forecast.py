@@ -36,7 +36,7 @@ import torch
 from transformers import PreTrainedModel
 
 from sftlab.audit.stats import bootstrap_ratio_ci
-from sftlab.audit.teacher_forcing import continuation_logits
+from sftlab.audit.teacher_forcing import continuation_logits, in_row_slices
 
 SOURCE = "Shenfeld et al. 2025, \"RL's Razor: Why Online Reinforcement Learning Forgets Less\" (arXiv 2509.04259)"
 
@@ -108,7 +108,7 @@ def score_forecast(
         conts = [continuations[i] for i in batch]
         t_logits = continuation_logits(tuned, [tuned_contexts[i] for i in batch], conts, pad_id)
         b_logits = continuation_logits(base, [base_contexts[i] for i in batch], conts, pad_id)
-        forward, reverse = (x.cpu().numpy() for x in token_kl(b_logits.to(t_logits.device), t_logits))
+        forward, reverse = (x.cpu().numpy() for x in in_row_slices(token_kl, b_logits.to(t_logits.device), t_logits))
         offset = 0
         for i, c in zip(batch, conts):
             results[i] = AnswerKL(forward[offset : offset + len(c)], reverse[offset : offset + len(c)])

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.audit.teacher_forcing import continuation_logits
+from sftlab.audit.teacher_forcing import continuation_logits, in_row_slices
 
 UNSHIFTED, MARGINAL, SHIFTED = 0, 1, 2
 CLASS_NAMES = ("unshifted", "marginal", "shifted")
@@ -112,7 +112,8 @@ def score_shift(
         t_logits = continuation_logits(tuned, [tuned_contexts[i] for i in batch], ans, pad_id)
         b_logits = continuation_logits(base, [base_contexts[i] for i in batch], ans, pad_id)
         tokens = torch.tensor([t for a in ans for t in a], device=t_logits.device)
-        scores = {k: v.cpu().numpy() for k, v in position_scores(t_logits, b_logits.to(t_logits.device), tokens).items()}
+        scores = {k: v.cpu().numpy() for k, v in in_row_slices(position_scores, t_logits, b_logits.to(t_logits.device),
+                                                                tokens).items()}
         offset = 0
         for i, a in zip(batch, ans):
             sl = slice(offset, offset + len(a))

@@ -1,15 +1,25 @@
 """Teacher forcing in batches: the logits a model gives to known continuations, one forward pass per batch.
 
-Shared by the shift scorer (tuned answers through the base) and the forgetting metrics (perplexity,
-multiple-choice log-likelihood).
+Shared by the shift scorer (tuned answers through the base), the forgetting forecast and the forgetting
+metrics (perplexity, multiple-choice log-likelihood).
+
+Memory is bounded by the positions scored, not by the batch: the output head runs only on the hidden
+states that predict a continuation token (a context's prompt positions never reach the vocabulary-wide
+product), and every float32 computation over the vocabulary runs :data:`ROW_SLICE` rows at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
+
+# Rows of (row, vocabulary) float32 work per slice: 64 x 49,152 x 4 bytes is 12.6 MB a temporary, so
+# a real vocabulary's log-softmax, comparisons and KL terms stay in malloc's reused heap instead of
+# arriving as fresh zero pages (what the training loss does too, sftlab.train.losses.SLICE_ELEMENTS).
+ROW_SLICE = 64
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,17 +43,60 @@ def continuation_logits(
 
     Row ``j`` of example ``i``'s block is the model's next-token logits after ``contexts[i] +
     continuations[i][:j]``, from a single forward pass over the right-padded batch. Every context must
-    be non-empty, since the first continuation token needs a predecessor.
+    be non-empty, since the first continuation token needs a predecessor. A forward pre-hook on the
+    output head hands it only those positions' hidden states, so the head's product and its logits
+    cover the continuations alone; a model whose forward never calls its head module gets the full
+    logits indexed instead, the same rows.
     """
     device = next(model.parameters()).device
     ids, mask = right_pad([list(c) + list(a) for c, a in zip(contexts, continuations)], pad_id, device)
-    logits = model(input_ids=ids, attention_mask=mask).logits
     rows, cols = [], []
     for row, (c, a) in enumerate(zip(contexts, continuations)):
         # The logit at position p predicts token p + 1, and continuation token j sits at len(c) + j.
         rows.extend([row] * len(a))
         cols.extend(range(len(c) - 1, len(c) - 1 + len(a)))
-    return logits[torch.tensor(rows, device=device, dtype=torch.long), torch.tensor(cols, device=device, dtype=torch.long)]
+    rows_t = torch.tensor(rows, device=device, dtype=torch.long)
+    cols_t = torch.tensor(cols, device=device, dtype=torch.long)
+    head = model.get_output_embeddings()
+    gathered = False
+
+    def gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        nonlocal gathered
+        hidden = args[0]
+        # Virtual tokens (prompt tuning) are prepended: align the hidden states to the ids from the right.
+        offset = hidden.size(1) - ids.size(1)
+        gathered = True
+        return (hidden[rows_t, cols_t + offset].unsqueeze(0), *args[1:])
+
+    handle = head.register_forward_pre_hook(gather) if head is not None else None
+    try:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        if handle is not None:
+            handle.remove()
+    if gathered:
+        return logits[0]
+    return logits[rows_t, cols_t + logits.size(1) - ids.size(1)]
+
+
+def row_slices(n: int, size: int = ROW_SLICE) -> Iterator[slice]:
+    """Consecutive slices of ``size`` rows covering ``range(n)``."""
+    return (slice(start, min(start + size, n)) for start in range(0, n, size))
+
+
+def in_row_slices(fn: Callable[..., dict[str, torch.Tensor] | tuple[torch.Tensor, ...]],
+                  *tensors: torch.Tensor) -> Any:
+    """``fn(*tensors)`` for a function that treats each row on its own, computed :data:`ROW_SLICE` rows at a
+    time and concatenated: the same result, with every temporary of ``fn`` a slice's size.
+
+    ``fn`` returns a dict of tensors (concatenated per key) or a tuple of them (per element).
+    """
+    parts = [fn(*(t[s] for t in tensors)) for s in row_slices(tensors[0].size(0))]
+    if not parts:
+        return fn(*tensors)
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return tuple(torch.cat(column) for column in zip(*parts))
 
 
 def continuation_logprobs(
@@ -55,5 +108,10 @@ def continuation_logprobs(
     """Per example, the float32 log-probability of each continuation token given everything before it."""
     logits = continuation_logits(model, contexts, continuations, pad_id)
     targets = torch.tensor([t for a in continuations for t in a], device=logits.device, dtype=torch.long)
-    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+    def chosen(rows: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor]:
+        rows = rows.float()
+        return (rows.gather(-1, tokens[:, None]).squeeze(-1) - rows.logsumexp(-1),)
+
+    (lp,) = in_row_slices(chosen, logits, targets)
     return list(torch.split(lp.cpu(), [len(a) for a in continuations]))
