@@ -115,6 +115,13 @@ def _train(model_dir: Path, alpaca_file: Path, out: Path, dtype: str) -> tuple[l
     seen: set[torch.dtype] = set()
     proj = session.trainer.model.model.layers[0].mlp.up_proj
     proj.register_forward_hook(lambda module, args, output: seen.add(output.dtype))
+    loss_fn = session.trainer.loss_fn
+
+    def spy(logits, *args, **kwargs):
+        seen.add(logits.dtype)  # the logits arrive in autocast's dtype (no float32 copy of them is made)
+        return loss_fn(logits, *args, **kwargs)
+
+    session.trainer.loss_fn = spy
     finish_train(session)
     assert all(p.dtype == torch.float32 for p in session.trainer.model.parameters())  # master weights
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()

@@ -292,3 +292,27 @@ def test_sliced_cross_entropy_without_gradient_and_with_the_batchs_own_count() -
         loss = cross_entropy(logits, labels)
     expected = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_sliced_cross_entropy_reads_a_batch_of_rows_unshifted_with_slices_across_row_ends(monkeypatch) -> None:
+    from sftlab.train import losses
+
+    generator = torch.Generator().manual_seed(1)
+    vocab = 301
+    monkeypatch.setattr(losses, "SLICE_ELEMENTS", 64 * vocab)
+    # 3 rows of 50 positions: the slices of 64 end inside rows, so each row's last position (which
+    # predicts nothing) falls inside a slice.
+    logits = (3 * torch.randn(3, 50, vocab, generator=generator)).requires_grad_()
+    labels = torch.randint(0, vocab, (3, 50), generator=generator)
+    labels[:, :7] = IGNORE_INDEX
+    reference = logits.detach().clone().requires_grad_()
+
+    loss = cross_entropy(logits, labels)
+    expected = F.cross_entropy(reference[:, :-1].reshape(-1, vocab), labels[:, 1:].reshape(-1),
+                               ignore_index=IGNORE_INDEX)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(logits.grad, reference.grad, rtol=1e-5, atol=1e-8)
+    assert torch.all(logits.grad[:, -1] == 0) and torch.all(logits.grad[:, :6] == 0)
+    assert torch.any(logits.grad[:, 6] != 0)  # position 6 predicts label 7, the first target

@@ -44,6 +44,18 @@ def shift_for_next_token(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
     return shift_logits, shift_labels
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Per position t of [B, T] ``labels``, the token its logits predict (label t+1), flattened to [B * T];
+    each row's last position predicts nothing (-100).
+
+    The unshifted logits then pair with these row for row, so a loss can read them where they are:
+    slicing off each row's last position (``logits[:, :-1]``) costs a copy of the logits for B > 1 and,
+    in the backward, a zero-filled [B, T, V] gradient with the slice's copied in.
+    """
+    tail = labels.new_full((labels.size(0), 1), IGNORE_INDEX)
+    return torch.cat([labels[:, 1:], tail], dim=1).reshape(-1)
+
+
 def _denominator(labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None) -> int | torch.Tensor:
     """What a loss's sum is divided by: ``num_items_in_batch``, else this batch's target count."""
     denom = num_items_in_batch if num_items_in_batch is not None else (labels != IGNORE_INDEX).sum().clamp(min=1)
@@ -66,12 +78,14 @@ def cross_entropy(
     Logits larger than one slice (:data:`SLICE_ELEMENTS`) go through :class:`SlicedCrossEntropy`, the same
     value and gradient a slice at a time; smaller ones (a tiny model's) through ``F.cross_entropy``, whose
     temporaries are then small and whose kernels are faster there (2.2x on 4,096 x 512 float32 logits;
-    bench/cross_entropy.py).
+    bench/cross_entropy.py). The sliced path reads the logits unshifted (:func:`next_token_targets`).
     """
+    if logits.numel() > SLICE_ELEMENTS:
+        targets = next_token_targets(labels)
+        return SlicedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets,
+                                        _denominator(targets, num_items_in_batch), label_smoothing)
     shift_logits, shift_labels = shift_for_next_token(logits, labels)
     denom = _denominator(shift_labels, num_items_in_batch)
-    if shift_logits.numel() > SLICE_ELEMENTS:
-        return SlicedCrossEntropy.apply(shift_logits, shift_labels, denom, label_smoothing)
     total = F.cross_entropy(shift_logits.float(), shift_labels, ignore_index=IGNORE_INDEX, reduction="sum",
                             label_smoothing=label_smoothing)
     return total / denom
