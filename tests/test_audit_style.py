@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -111,6 +112,20 @@ def test_text_distortion_masks_words_outside_the_kept_vocabulary() -> None:
     keep = style.kept_words(sft, base)
     # SFT words in 2+ responses; base words used for 2+ prompts ("egg" is in two prompts' answers, "sky" one).
     assert keep == {"a", "great", "movie", "The", "is", "egg"}
+
+
+def test_kept_words_tied_at_the_cut_are_the_same_in_every_process() -> None:
+    """Ties at the cut are broken by the word, not by a set's iteration order (which follows the hash seed)."""
+    import subprocess
+    import sys
+
+    script = ("from sftlab.audit.style import kept_words; "
+              "words = [f'w{i:02d}' for i in range(40)]; "
+              "print(sorted(kept_words([' '.join(words)] * 3, [[' '.join(words)]] * 3, n_words=10)))")
+    outputs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
+    # All 40 words occur in every response and in the answers to every prompt: the first 10 by name are kept.
+    assert outputs == {str([f"w{i:02d}" for i in range(10)]) + "\n"}
 
 
 def test_classifier_finds_a_planted_style(alpaca_outputs) -> None:

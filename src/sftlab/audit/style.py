@@ -203,13 +203,21 @@ def kept_words(sft_responses: Sequence[str], base_answers: Sequence[Sequence[str
     The ``n_words`` most frequent words (case kept) of the SFT responses by document frequency (in 2 or
     more responses), and those of the base's answers counted by prompts: a word must occur in the answers
     to ``min_prompts`` or more prompts. Otherwise the base class is learnt from its prompts' topics ("egg",
-    "horizon"), and the answers to a held-out prompt, on another topic, look unlike the base's.
+    "horizon"), and the answers to a held-out prompt, on another topic, look unlike the base's. Words
+    tied at the cut are taken in alphabetical order, so the same answers always keep the same words.
     """
     sft_df: Counter[str] = Counter(w for t in sft_responses for w in set(WORD_RE.findall(t)))
     base_pf: Counter[str] = Counter(w for ts in base_answers for w in {w for t in ts for w in WORD_RE.findall(t)})
-    sft_words = [w for w, c in sft_df.most_common(n_words) if c >= 2]
-    base_words = [w for w, c in base_pf.most_common(n_words) if c >= min_prompts]
+    sft_words = [w for w, c in most_frequent(sft_df, n_words) if c >= 2]
+    base_words = [w for w, c in most_frequent(base_pf, n_words) if c >= min_prompts]
     return frozenset(sft_words) | frozenset(base_words)
+
+
+def most_frequent(counts: Counter[str], n: int) -> list[tuple[str, int]]:
+    """The ``n`` most frequent entries, ties broken by the word. ``Counter.most_common`` breaks ties by
+    insertion order, which here follows the iteration order of a set of strings, and so changes from one
+    process to the next with Python's string-hash seed."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]
 
 
 def style_pipeline(keep: frozenset[str], seed: int = 0) -> Pipeline:
