@@ -6,7 +6,8 @@ process, interleaved round by round:
 
 * **sftlab**: :mod:`sftlab.audit.teacher_forcing` as the audit runs it: the output head sees only the
   hidden states that predict a continuation token, and every vocabulary-wide float32 computation (the
-  log-softmax, the shift's rank comparison and KL terms) runs ``ROW_SLICE`` rows at a time;
+  log-softmax, the shift's rank comparison and KL terms) runs a slice of rows at a time (64 rows here, as
+  the training loss slices them);
 * **peer**: what the audit did before, and what a plain implementation does: the model's logits over the
   whole padded batch, the scored rows indexed from them, then the same float32 math over all rows at once.
 
@@ -32,6 +33,7 @@ import argparse
 import contextlib
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -46,6 +48,7 @@ from sftlab.audit.teacher_forcing import (  # noqa: E402
     in_row_slices,
     right_pad,
 )
+from sftlab.errors import UserError  # noqa: E402
 from sftlab.models.load import load_model  # noqa: E402
 
 Workload = tuple[list[list[int]], list[list[int]]]
@@ -119,8 +122,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    with Quiet():
-        model = load_model(args.model, dtype="float32").eval()
+    try:
+        with Quiet():
+            model = load_model(args.model, dtype="float32").eval()
+    except UserError as exc:
+        print(f"teacher_forcing.py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None  # the CLI's exit status for a user error
     vocab = model.config.vocab_size
     print(f"{args.model}, V = {vocab}, {args.dtype}, {args.threads} threads, median of {args.rounds} rounds after one warm-up")
     print(f"{'workload':11s} {'way':7s} {'seconds':>8s} {'peak RSS +MB':>13s} {'page faults':>12s}")

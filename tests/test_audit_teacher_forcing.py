@@ -9,7 +9,6 @@ from peft import PromptTuningConfig, get_peft_model
 from sftlab.audit.forecast import token_kl
 from sftlab.audit.shift import position_scores
 from sftlab.audit.teacher_forcing import (
-    ROW_SLICE,
     continuation_logits,
     continuation_logprobs,
     in_row_slices,
@@ -17,6 +16,7 @@ from sftlab.audit.teacher_forcing import (
 )
 from sftlab.models.load import load_model
 
+SLICE_ROWS = 64  # rows a slice takes in the slicing test, whose vocabulary is 300 tokens
 CONTEXTS = [[5, 9, 11], [7], [3, 4, 5, 6, 8, 10, 12]]
 CONTINUATIONS = [[20, 21], [30, 31, 32, 33], [40]]
 
@@ -71,8 +71,12 @@ def test_continuation_logprobs_are_the_log_softmax_at_each_chosen_token(tiny_lla
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [0, 1, ROW_SLICE, 2 * ROW_SLICE + 13])
-def test_in_row_slices_gives_the_one_call_result(rows: int) -> None:
+@pytest.mark.parametrize("rows", [0, 1, SLICE_ROWS, 2 * SLICE_ROWS + 13])
+def test_in_row_slices_gives_the_one_call_result(rows: int, monkeypatch) -> None:
+    from sftlab.train import losses
+
+    monkeypatch.setattr(losses, "SLICE_ELEMENTS", SLICE_ROWS * 300)
+    assert losses.rows_per_slice(300) == SLICE_ROWS
     gen = torch.Generator().manual_seed(rows)
     tuned, base = torch.randn(rows, 300, generator=gen) * 4, torch.randn(rows, 300, generator=gen) * 4
     tokens = torch.randint(0, 300, (rows,), generator=gen)

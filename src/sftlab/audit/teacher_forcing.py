@@ -5,21 +5,19 @@ metrics (perplexity, multiple-choice log-likelihood).
 
 Memory is bounded by the positions scored, not by the batch: the output head runs only on the hidden
 states that predict a continuation token (a context's prompt positions never reach the vocabulary-wide
-product), and every float32 computation over the vocabulary runs :data:`ROW_SLICE` rows at a time.
+product), and every float32 computation over the vocabulary runs a slice of rows at a time, the slices
+the training loss takes (:func:`sftlab.train.losses.rows_per_slice`: 64 rows of SmolLM2's 49,152 tokens).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-# Rows of (row, vocabulary) float32 work per slice: 64 x 49,152 x 4 bytes is 12.6 MB a temporary, so
-# a real vocabulary's log-softmax, comparisons and KL terms stay in malloc's reused heap instead of
-# arriving as fresh zero pages (what the training loss does too, sftlab.train.losses.SLICE_ELEMENTS).
-ROW_SLICE = 64
+from sftlab.train.losses import rows_per_slice
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,19 +77,16 @@ def continuation_logits(
     return logits[rows_t, cols_t + logits.size(1) - ids.size(1)]
 
 
-def row_slices(n: int, size: int = ROW_SLICE) -> Iterator[slice]:
-    """Consecutive slices of ``size`` rows covering ``range(n)``."""
-    return (slice(start, min(start + size, n)) for start in range(0, n, size))
-
-
 def in_row_slices(fn: Callable[..., dict[str, torch.Tensor] | tuple[torch.Tensor, ...]],
                   *tensors: torch.Tensor) -> Any:
-    """``fn(*tensors)`` for a function that treats each row on its own, computed :data:`ROW_SLICE` rows at a
-    time and concatenated: the same result, with every temporary of ``fn`` a slice's size.
+    """``fn(*tensors)`` for a function that treats each row on its own, computed a slice of rows at a time and
+    concatenated: the same result, with every temporary of ``fn`` a slice's size. The first tensor's last
+    dimension is the vocabulary, which sets the slice (:func:`~sftlab.train.losses.rows_per_slice`).
 
     ``fn`` returns a dict of tensors (concatenated per key) or a tuple of them (per element).
     """
-    parts = [fn(*(t[s] for t in tensors)) for s in row_slices(tensors[0].size(0))]
+    n, rows = tensors[0].size(0), rows_per_slice(tensors[0].size(-1))
+    parts = [fn(*(t[start : start + rows] for t in tensors)) for start in range(0, n, rows)]
     if not parts:
         return fn(*tensors)
     if isinstance(parts[0], dict):

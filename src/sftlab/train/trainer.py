@@ -172,6 +172,7 @@ class SFTLabTrainer(Trainer):
         plus, in training, every regularizer's penalty. Regularizers see the whole batch (``replay_mask`` too)."""
         if model.training and self.regularizers and not self._regularizers_bound:
             self._bind_regularizers(model)
+        # At every call, not once: an evaluation before training prepares (and wraps) the model on its own.
         keep_autocast_outputs(model)
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
