@@ -8,14 +8,11 @@ accumulation exact) or, when that is None, by this batch's own target-token coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-
-if TYPE_CHECKING:
-    from sftlab.config import TrainConfig
 
 IGNORE_INDEX = -100
 # Logits per slice of the cross-entropy: 12.6 MB of float32, 64 rows of SmolLM2's 49,152-token vocabulary,
@@ -220,15 +217,3 @@ def dft_loss(
     per_token = torch.exp(-nll.detach()) * nll
     return _normalise(per_token.sum(), shift_labels, num_items_in_batch)
 
-
-def build_loss(cfg: "TrainConfig") -> LossFn:
-    """The token loss a train config asks for (``loss`` and its settings)."""
-    if cfg.loss == "label_smoothing":
-        eps = cfg.label_smoothing_factor
-        return lambda logits, labels, n=None: cross_entropy(logits, labels, n, label_smoothing=eps)
-    if cfg.loss == "gem":
-        beta, h = cfg.gem.beta, cfg.gem.h
-        return lambda logits, labels, n=None: gem_loss(logits, labels, n, beta=beta, h=h)
-    if cfg.loss == "dft":
-        return dft_loss
-    return cross_entropy
