@@ -1,4 +1,4 @@
-"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM, DFT.
+"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM, DFT, EAFT.
 
 Every loss takes unshifted ``logits`` [B, T, V] and ``labels`` [B, T] (HF convention: position t
 predicts label t+1; -100 is ignored) and returns the sum over target tokens divided by
@@ -8,6 +8,7 @@ accumulation exact) or, when that is None, by this batch's own target-token coun
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, Protocol
 
 import torch
@@ -216,4 +217,46 @@ def dft_loss(
     nll = F.cross_entropy(shift_logits.float(), shift_labels, ignore_index=IGNORE_INDEX, reduction="none")
     per_token = torch.exp(-nll.detach()) * nll
     return _normalise(per_token.sum(), shift_labels, num_items_in_batch)
+
+
+def eaft_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    alpha: float = 1.0,
+    k: int = 20,
+    entropy_norm: float | None = 3.0,
+) -> torch.Tensor:
+    """EAFT, entropy-adaptive fine-tuning (Diao et al. 2026, "Entropy-Adaptive Fine-Tuning: Resolving Confident
+    Conflicts to Mitigate Forgetting", arXiv:2601.02151; official code PRIS-CV/EAFT, its LLaMA-Factory fork's
+    ``_eaft_cross_entropy``).
+
+    Per target token y_t with logits z_t, over the k largest logits (k capped at the vocabulary):
+
+        q = softmax(topk(z_t, k)),   H_t = -sum_i q_i log q_i,   w_t = stopgrad((H_t / c) ^ alpha)
+        L_t = -w_t * log softmax(z_t)[y_t]
+
+    c is ``entropy_norm``: 3.0 in the official code (k = 20, and ln 20 = 2.996), or ln k when None, the
+    paper's H / ln K. The weight is computed under ``no_grad`` as in the official code, so the gradient is
+    w_t times cross-entropy's. Tokens where the model is confident (low entropy) get little gradient
+    whatever their probability: the "confident conflicts" the paper blames for forgetting.
+    Reduction as every loss here: the sum over target tokens / ``num_items_in_batch``.
+
+    Where the ports differ: LLaMA-Factory's ``use_eaft_loss`` / ``eaft_alpha`` is the official code (k = 20 fixed,
+    divided by 3.0). Axolotl's ``use_eaft`` / ``eaft_alpha`` / ``eaft_k`` first used the unnormalised top-k
+    entropy (weights up to ln k), and later divides by ln k (the paper's form, ``entropy_norm: null`` here) with
+    k capped at 32; it also adds 1e-10 inside the log, which the official code does not.
+    """
+    shift_logits, shift_labels = shift_for_next_token(logits, labels)
+    target = shift_labels != IGNORE_INDEX
+    # Only target positions matter: selecting them first keeps the [N, V] float32 work small.
+    z = shift_logits[target].float()
+    nll = F.cross_entropy(z, shift_labels[target], reduction="none")
+    with torch.no_grad():
+        top = z.topk(min(k, z.size(-1)), dim=-1).values
+        log_q = torch.log_softmax(top, dim=-1)
+        entropy = -(log_q.exp() * log_q).sum(-1)
+        norm = math.log(top.size(-1)) if entropy_norm is None else entropy_norm
+        weight = (entropy / norm).pow(alpha)
+    return _normalise((weight * nll).sum(), shift_labels, num_items_in_batch)
 
