@@ -1,4 +1,4 @@
-"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM, DFT, EAFT.
+"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM, DFT, EAFT, TOFU.
 
 Every loss takes unshifted ``logits`` [B, T, V] and ``labels`` [B, T] (HF convention: position t
 predicts label t+1; -100 is ignored) and returns the sum over target tokens divided by
@@ -260,3 +260,38 @@ def eaft_loss(
         weight = (entropy / norm).pow(alpha)
     return _normalise((weight * nll).sum(), shift_labels, num_items_in_batch)
 
+
+def tofu_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    gamma: float = 3.0,
+    beta: float = 0.8,
+) -> torch.Tensor:
+    """TOFU, tempered focal loss (Klypa & Cherednichenko 2026, "Diversity in Large Language Models under
+    Supervised Fine-Tuning", arXiv:2605.00195; official code github.com/rsklypa/TOFU, ``train/tofu_loss.py``).
+
+    Per target token y_t with logits z_t, p = softmax(z_t)[y_t] and the tempered log-probability
+    log p^beta = log softmax(z_t / beta)[y_t]:
+
+        g(p, gamma) = (1 - p)^gamma - gamma * p * (1 - p)^(gamma - 1) * log p      (detached)
+        L_t = -stopgrad(g(p, gamma)) * beta * log softmax(z_t / beta)[y_t]
+
+    g is the derivative of the focal loss -(1 - p)^gamma log p with respect to log p: it is near 1 on tokens
+    the model finds unlikely and falls to 0 as p -> 1, so confident tokens stop pulling (the paper's neglect of
+    low-frequency patterns). The temperature beta < 1 sharpens the distribution the gradient is taken
+    through, and the factor beta keeps the gradient's scale: dL_t/dz_t = g * (softmax(z_t / beta) - onehot).
+    The official defaults are gamma 3 and beta 0.8. Reduction as every loss here: the sum over target tokens
+    / ``num_items_in_batch`` (the official code divides by the same count).
+    """
+    shift_logits, shift_labels = shift_for_next_token(logits, labels)
+    target = shift_labels != IGNORE_INDEX
+    # Only target positions matter: selecting them first keeps the [N, V] float32 work small.
+    z = shift_logits[target].float()
+    y = shift_labels[target].unsqueeze(-1)
+    log_p_tempered = torch.log_softmax(z / beta, dim=-1).gather(-1, y).squeeze(-1)
+    with torch.no_grad():
+        log_p = torch.log_softmax(z, dim=-1).gather(-1, y).squeeze(-1)
+        p = log_p.exp()
+        focal = (1 - p).pow(gamma) - gamma * p * (1 - p).pow(gamma - 1) * log_p
+    return _normalise(-(focal * beta * log_p_tempered).sum(), shift_labels, num_items_in_batch)

@@ -25,6 +25,7 @@ from sftlab.train.remedies import (
     neftune,
     presets,
     replay,
+    tofu,
     weight_rounding,
 )
 from sftlab.train.remedies.base import STAGES, Attached, FieldSpec, Remedy, RemedyContext, Stage
@@ -41,6 +42,7 @@ REMEDIES: tuple[Remedy, ...] = (
     gem.REMEDY,
     dft.REMEDY,
     eaft.REMEDY,
+    tofu.REMEDY,
     replay.REMEDY,
     augment.REMEDY,
     l2sp.REMEDY,
