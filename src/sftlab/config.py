@@ -339,17 +339,35 @@ class InterpolationSpec(StrictModel):
     alpha: float = Field(0.5, description="theta = (1 - alpha) * base + alpha * tuned")
 
 
+class IntruderSpec(StrictModel):
+    """A strategy that trains nothing: another (LoRA) strategy's adapter with its intruder dimensions reduced by
+    PEFT's ``reduce_intruder_dimension`` (``sftlab.train.intruders``)."""
+
+    source: str = Field(..., description="name of the LoRA strategy whose adapter is reduced")
+    top_k: int = Field(10, ge=1, description="singular vectors of W + dW examined per layer")
+    threshold_epsilon: float = Field(0.5, gt=0, description="an intruder's best cosine with the base's is below this")
+    mitigation_lambda: float = Field(0.75, ge=0, le=1, description="scale each intruder keeps (1: all, 0: none)")
+
+
 class StrategySpec(StrictModel):
-    """One named strategy of a sweep: a train-config overlay, or an interpolation of another strategy."""
+    """One named strategy of a sweep: a train-config overlay, or a post-hoc step on another strategy's model
+    (``interpolate``: WiSE-FT; ``intruders``: intruder-dimension reduction)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]+$")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys over the sweep's `train`")
     interpolate: InterpolationSpec | None = None
+    intruders: IntruderSpec | None = None
+
+    @property
+    def post_hoc(self) -> InterpolationSpec | IntruderSpec | None:
+        """The post-hoc step this strategy is, or None for a trained strategy."""
+        return self.interpolate or self.intruders
 
     @model_validator(mode="after")
     def _one_kind(self) -> StrategySpec:
-        if self.interpolate is not None and self.train:
-            raise ValueError(f"strategy {self.name!r}: `interpolate` takes no `train` overlay")
+        kinds = [kind for kind in ("interpolate", "intruders") if getattr(self, kind) is not None]
+        if len(kinds) > 1 or (kinds and self.train):
+            raise ValueError(f"strategy {self.name!r}: `{kinds[0]}` takes no `train` overlay nor another step")
         return self
 
 
@@ -372,14 +390,14 @@ class SweepConfig(StrictModel):
         if dupes:
             raise ValueError(f"strategy names must be unique: {', '.join(dupes)}")
         for strategy in self.strategies:
-            if strategy.interpolate is None:
+            step = strategy.post_hoc
+            if step is None:
                 continue
-            source = next((s for s in self.strategies if s.name == strategy.interpolate.source), None)
-            if source is None or source.interpolate is not None:
-                raise ValueError(
-                    f"strategy {strategy.name!r} interpolates {strategy.interpolate.source!r}, "
-                    "which is not a trained strategy of this sweep"
-                )
+            source = next((s for s in self.strategies if s.name == step.source), None)
+            if source is None or source.post_hoc is not None:
+                verb = "interpolates" if strategy.interpolate is not None else "reduces the intruders of"
+                raise ValueError(f"strategy {strategy.name!r} {verb} {step.source!r}, which is not a trained "
+                                 "strategy of this sweep")
         return self
 
 
