@@ -29,7 +29,9 @@ class AdversarialSettings(StrictModel):
     def _consistent(self) -> AdversarialSettings:
         if self.method == "smart" and self.init == 0:
             raise ValueError("method: smart needs init > 0: the smoothness term's gradient is 0 at a zero perturbation")
-        if self.method == "freelb" and "smoothness_weight" in self.model_fields_set:
+        # Its default is allowed: a saved (dumped) config holds every key and must reload.
+        default = type(self).model_fields["smoothness_weight"].default
+        if self.method == "freelb" and "smoothness_weight" in self.model_fields_set and self.smoothness_weight != default:
             raise ValueError("smoothness_weight applies to method: smart only")
         return self
 
