@@ -46,7 +46,7 @@ VARIANTS = {"fp32": {"dtype": "float32"}, "bf16 nearest": {"dtype": "auto", "bf1
 def run(args: argparse.Namespace, work: Path, data_file: Path, variant: str) -> tuple[list[float], float, str]:
     """Train in ``variant``; the per-step losses, seconds per step, and the precision used."""
     from sftlab.config import TrainConfig
-    from sftlab.demo_real import FULL
+    from sftlab.recipes.demo_real import FULL
     from sftlab.recipes.train import finish_train, prepare_train
 
     out = work / variant.replace(" ", "_")
@@ -74,7 +74,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="sftlab-bf16-"))
     if args.demo:
-        from sftlab.demo_real import data_dir
+        from sftlab.recipes.demo_real import data_dir
 
         data_file = data_dir() / "shakespeare_train.jsonl"
     else:

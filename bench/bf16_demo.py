@@ -102,9 +102,9 @@ def main() -> None:
     args = parse_args()
     set_offline()  # before transformers loads: nothing is downloaded
     from sftlab.config import SweepConfig, build_config
-    from sftlab.demo import select_strategies
-    from sftlab.demo_real import ALL_STRATEGIES, FULL, scene_style_section, sweep_config
-    from sftlab.sweep import run_sweep
+    from sftlab.recipes.demo import select_strategies
+    from sftlab.recipes.demo_real import ALL_STRATEGIES, FULL, scene_style_section, sweep_config
+    from sftlab.recipes.sweep import run_sweep
 
     def sweep(out: Path, train: dict[str, Any], audit: dict[str, Any]) -> Path:
         """The strategy through the real demo's sweep into ``out``, with these train and audit keys; its run dir."""

@@ -30,7 +30,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from sftlab.config import TrainConfig
-    from sftlab.demo_real import FULL, data_dir
+    from sftlab.recipes.demo_real import FULL, data_dir
     from sftlab.recipes.train import prepare_train
     from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
 

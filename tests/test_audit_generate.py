@@ -8,7 +8,7 @@ import os
 import pytest
 from transformers import GenerationMixin
 
-from sftlab.audit.generate import generate, model_fingerprint
+from sftlab.models.generate import generate, model_fingerprint
 from sftlab.config import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt

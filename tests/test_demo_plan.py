@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.demo import ALL_STRATEGIES as WORLD_ALL
-from sftlab.demo import FULL_STRATEGIES, select_strategies
-from sftlab.demo import NEWER_REMEDIES as WORLD_NEWER
-from sftlab.demo_real import ALL_STRATEGIES, FULL, NEWER_REMEDIES, distilled_path, sweep_config
+from sftlab.recipes.demo import ALL_STRATEGIES as WORLD_ALL
+from sftlab.recipes.demo import FULL_STRATEGIES, select_strategies
+from sftlab.recipes.demo import NEWER_REMEDIES as WORLD_NEWER
+from sftlab.recipes.demo_real import ALL_STRATEGIES, FULL, NEWER_REMEDIES, distilled_path, sweep_config
 from sftlab.errors import UserError
-from sftlab.sweep import RunSpec, train_config
+from sftlab.recipes.sweep import RunSpec, train_config
 
 
 def test_strategies_named_are_kept_in_the_plans_order() -> None:
@@ -49,9 +49,9 @@ def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> Non
 
 
 def test_world_sdft_trains_on_the_bases_own_rewrites(demo: Path, tmp_path: Path) -> None:
-    from sftlab.demo import FULL as WORLD_FULL
-    from sftlab.demo import distilled_path as world_distilled_path
-    from sftlab.demo import sweep_config as world_sweep_config
+    from sftlab.recipes.demo import FULL as WORLD_FULL
+    from sftlab.recipes.demo import distilled_path as world_distilled_path
+    from sftlab.recipes.demo import sweep_config as world_sweep_config
 
     cfg = world_sweep_config(replace(WORLD_FULL, strategies=WORLD_ALL), tmp_path, demo / "world",
                              demo / "base" / "model")
@@ -64,7 +64,7 @@ def test_world_sdft_trains_on_the_bases_own_rewrites(demo: Path, tmp_path: Path)
 def test_the_distillation_runs_once_and_only_for_a_plan_that_needs_it(demo: Path, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from sftlab.demo import ensure_distilled
+    from sftlab.recipes.demo import ensure_distilled
 
     records = (demo / "world" / "sft" / "narrow" / "train.jsonl").read_text().splitlines()[:4]
     train = tmp_path / "train.jsonl"

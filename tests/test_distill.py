@@ -200,7 +200,7 @@ def test_a_sweep_strategy_trains_on_a_distilled_set(tmp_path) -> None:
     """A strategy names the distilled file in its train overlay; the others keep the sweep's own set."""
     import yaml
 
-    from sftlab.sweep import load_sweep, plan, train_config
+    from sftlab.recipes.sweep import load_sweep, plan, train_config
 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sftlab.errors import UserError
-from sftlab.sweep import (
+from sftlab.recipes.sweep import (
     ROW_FILE,
     SETTINGS_FILE,
     aggregate,
@@ -18,7 +18,7 @@ from sftlab.sweep import (
     plan,
     run_settings,
 )
-from sftlab.sweep_table import COLUMNS, format_cell, pareto_front
+from sftlab.recipes.sweep_table import COLUMNS, format_cell, pareto_front
 
 
 def _sweep(tmp_path, **overrides):
@@ -130,7 +130,7 @@ def _summary_card(html: str, strategy: str) -> str:
 
 
 def test_the_sweep_headline_states_what_every_seed_found(tmp_path):
-    from sftlab.sweep_report import write_sweep_report
+    from sftlab.recipes.sweep_report import write_sweep_report
 
     cfg = load_sweep(str(_sweep(tmp_path, seeds=[0, 1])))
     out = tmp_path / "sweep"
@@ -165,7 +165,7 @@ def test_the_sweep_headline_states_what_every_seed_found(tmp_path):
 
 
 def test_changes_the_seeds_disagree_on_are_notes():
-    from sftlab.sweep_report import seed_findings
+    from sftlab.recipes.sweep_report import seed_findings
 
     up = _report("a/seed0", ("gained", "task/bleu", "BLEU on the eval set +2.00"))
     down = _report("a/seed1", ("lost", "task/bleu", "BLEU on the eval set -1.00"))
@@ -182,7 +182,7 @@ def test_changes_the_seeds_disagree_on_are_notes():
 
 def test_each_sweep_run_is_audited_under_its_strategy_and_seed(tmp_path, monkeypatch):
     import sftlab.recipes.audit as audit_recipe
-    import sftlab.sweep as sweep
+    import sftlab.recipes.sweep as sweep
     from sftlab.recipes.audit import model_names
 
     cfg = load_sweep(str(_sweep(tmp_path)))
@@ -228,14 +228,14 @@ def test_audit_labels_name_dir_mapping_and_plain_dirs(tmp_path):
 def test_the_table_module_imports_neither_the_sweep_nor_its_report():
     import ast
 
-    import sftlab.sweep_report
-    import sftlab.sweep_table
+    import sftlab.recipes.sweep_report
+    import sftlab.recipes.sweep_table
 
     def imports(module) -> set[str]:
         tree = ast.parse(Path(module.__file__).read_text())
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    assert not imports(sftlab.sweep_table) & {"sftlab.sweep", "sftlab.sweep_report"}
-    assert "sftlab.sweep" not in imports(sftlab.sweep_report)
-    assert "sftlab.sweep_table" in imports(sftlab.sweep_report)
+    assert not imports(sftlab.recipes.sweep_table) & {"sftlab.recipes.sweep", "sftlab.recipes.sweep_report"}
+    assert "sftlab.recipes.sweep" not in imports(sftlab.recipes.sweep_report)
+    assert "sftlab.recipes.sweep_table" in imports(sftlab.recipes.sweep_report)

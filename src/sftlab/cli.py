@@ -123,19 +123,19 @@ def _cmd_world_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sftlab.sweep import run_sweep_file
+    from sftlab.recipes.sweep import run_sweep_file
 
     run_sweep_file(args.config, args.overrides)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftlab.demo import run_demo
+    from sftlab.recipes.demo import run_demo
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.real:
-        from sftlab.demo_real import run_demo_real
+        from sftlab.recipes.demo_real import run_demo_real
 
         run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds, strategies=args.strategies)
         return 0

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sftlab.audit import copying, diversity, forgetting, shift, style, task
 from sftlab.audit.embed import Embedder, resolve_embedding_model
 from sftlab.audit.forecast import AnswerKL, forecast_table, score_forecast, scored_continuation
-from sftlab.audit.generate import generate, model_fingerprint
+from sftlab.models.generate import generate, model_fingerprint
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import build_report, write_json

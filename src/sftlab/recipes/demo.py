@@ -224,7 +224,7 @@ def sweep_config(plan: DemoPlan, out: Path, world_dir: Path, base: Path) -> Swee
 def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1, strategies: str | None = None) -> Path:
     """Run the whole demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
     sweep's HTML report."""
-    from sftlab.sweep import run_sweep
+    from sftlab.recipes.sweep import run_sweep
     from sftlab.world.section import world_section
 
     set_offline()

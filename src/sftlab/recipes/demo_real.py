@@ -256,9 +256,9 @@ def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int =
                   strategies: str | None = None) -> Path:
     """Run the real demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
     sweep's HTML report."""
-    from sftlab.demo import ensure_distilled, select_strategies
+    from sftlab.recipes.demo import ensure_distilled, select_strategies
     from sftlab.models.builtin import resolve_model_source
-    from sftlab.sweep import run_sweep
+    from sftlab.recipes.sweep import run_sweep
 
     set_offline()
     console = Console()

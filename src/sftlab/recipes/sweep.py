@@ -30,7 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from sftlab.audit.generate import model_fingerprint
+from sftlab.models.generate import model_fingerprint
 from sftlab.audit.report.section import SectionProvider
 from sftlab.config import (
     AuditConfig,
@@ -43,8 +43,8 @@ from sftlab.config import (
 )
 from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
-from sftlab.sweep_report import write_sweep_report
-from sftlab.sweep_table import COLUMNS, format_cell
+from sftlab.recipes.sweep_report import write_sweep_report
+from sftlab.recipes.sweep_table import COLUMNS, format_cell
 
 ROW_FILE = "row.json"
 SETTINGS_FILE = "settings.sha"
