@@ -8,11 +8,12 @@ import os
 import pytest
 from transformers import GenerationMixin
 
-from sftlab.models.generate import generate, model_fingerprint
 from sftlab.config import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
+from sftlab.models.generate import generate
 from sftlab.models.load import load_model
+from sftlab.models.reference import model_fingerprint
 
 PROMPTS = ["Write a poem about the sea.", "Hi", "List three colours, please, in order of preference.", "Why?"]
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from sftlab.errors import UserError
 from sftlab.recipes.demo import ALL_STRATEGIES as WORLD_ALL
 from sftlab.recipes.demo import FULL_STRATEGIES, select_strategies
 from sftlab.recipes.demo import NEWER_REMEDIES as WORLD_NEWER
 from sftlab.recipes.demo_real import ALL_STRATEGIES, FULL, NEWER_REMEDIES, distilled_path, sweep_config
-from sftlab.errors import UserError
 from sftlab.recipes.sweep import RunSpec, train_config
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from sftlab.cli import main
+from sftlab.config import SamplingSettings
 from sftlab.data.distill import SDFT_SYSTEM, check_rewrite, distill_records, normalize_answer, rewrite_prompt
 from sftlab.data.records import Message, Origin, Record
 from sftlab.recipes.distill import run_distill, stats_path
-from sftlab.config import SamplingSettings
 
 
 def _pc(prompt: str, completion: str) -> Record:

@@ -102,9 +102,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         alphas = [float(a) for a in args.alphas.split(",")]
     except ValueError:
         raise UserError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-    from sftlab.models.builtin import resolve_model_source
+    from sftlab.models.reference import resolve_model
 
-    interpolate_dirs(resolve_model_source(args.base, args.gguf_file), args.tuned, alphas, args.out)
+    interpolate_dirs(resolve_model(args.base, args.gguf_file).path, args.tuned, alphas, args.out)
     return 0
 
 

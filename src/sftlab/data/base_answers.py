@@ -17,13 +17,14 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.models.generate import Generations, generate, model_fingerprint
 from sftlab.config import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
 from sftlab.errors import UserError
-from sftlab.models.gguf import cache_root
+from sftlab.models.cache import cache_root
+from sftlab.models.generate import Generations, generate
 from sftlab.models.load import context_limit
+from sftlab.models.reference import model_fingerprint
 
 
 def default_cache_dir(kind: str) -> Path:

@@ -257,7 +257,7 @@ def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int =
     """Run the real demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
     sweep's HTML report."""
     from sftlab.recipes.demo import ensure_distilled, select_strategies
-    from sftlab.models.builtin import resolve_model_source
+    from sftlab.models.reference import resolve_model
     from sftlab.recipes.sweep import run_sweep
 
     set_offline()
@@ -269,7 +269,7 @@ def run_demo_real(out: str = "runs/demo_real", quick: bool = False, seeds: int =
         plan = replace(plan, strategies=select_strategies(ALL_STRATEGIES, strategies))
     root = Path(out)
     cfg = sweep_config(plan, root)
-    ensure_distilled(plan.strategies, resolve_model_source(BASE_MODEL), data_dir() / "shakespeare_train.jsonl",
+    ensure_distilled(plan.strategies, resolve_model(BASE_MODEL).path, data_dir() / "shakespeare_train.jsonl",
                      distilled_path(root), DISTILL_SAMPLING, console)
     report = run_sweep(cfg, extra_sections=[scene_style_section()], redo_stale=True)
     page = side_by_side(Path(cfg.out), root)
