@@ -69,11 +69,16 @@ class RunSpec:
 def load_sweep(path: str, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read and validate a sweep config, including every strategy's train config (errors come before any run)."""
     cfg = load_config(SweepConfig, path, list(overrides))
+    check_runs(cfg)
+    return cfg
+
+
+def check_runs(cfg: SweepConfig) -> None:
+    """Validate every strategy's train config and the audit config, so that errors come before any run."""
     for spec in plan(cfg):
         if spec.strategy.interpolate is None:
             train_config(cfg, spec)
     audit_config(cfg, {"-": cfg.base_model}, "-", Path(cfg.out))
-    return cfg
 
 
 def plan(cfg: SweepConfig) -> list[RunSpec]:
