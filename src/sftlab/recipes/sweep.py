@@ -3,7 +3,7 @@
 Each strategy x seed is one run under ``out/runs/<strategy>/seed<k>/`` (the train run dir, with the audit in
 ``audit/``). A run that finished has ``row.json``, so a re-run skips it: a sweep killed half-way resumes
 where it stopped (and an interrupted training run inside it resumes from its own checkpoints). A run dir
-made under other settings (``settings.sha``: base model files, train and audit settings) is never skipped
+made under other settings (``settings.sha``: the base's fingerprint, train and audit settings) is never skipped
 or resumed as if it were this config's (see :func:`finished_row`).
 
 Every row is measured from files only, like the audit: eval loss of the saved model on the eval set, the
