@@ -121,7 +121,7 @@ def test_a_sweep_killed_between_runs_finishes_with_the_same_table_when_rerun(tin
 
     config = _sweep_config(tmp_path / "killed.yaml", base, files, tmp_path / "killed")
     # Killed as the second run (wise) starts: the first (full) is trained, audited and has its row.
-    _kill_at(tmp_path / "paused", "sftlab.sweep:run_one", 2, "sweep", str(config))
+    _kill_at(tmp_path / "paused", "sftlab.recipes.sweep:run_one", 2, "sweep", str(config))
     assert not (tmp_path / "killed" / "sweep.json").exists()
     _sftlab("sweep", str(config))
     assert _table(tmp_path / "killed") == _table(tmp_path / "whole")
