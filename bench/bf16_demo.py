@@ -103,7 +103,7 @@ def main() -> None:
     set_offline()  # before transformers loads: nothing is downloaded
     from sftlab.config import SweepConfig, build_config
     from sftlab.demo import select_strategies
-    from sftlab.demo_real import ALL_STRATEGIES, FULL, scene_style_section, sweep_config
+    from sftlab.demo_real import ALL_STRATEGIES, FULL, sweep_config
     from sftlab.sweep import run_sweep
 
     def sweep(out: Path, train: dict[str, Any], audit: dict[str, Any]) -> Path:
@@ -112,8 +112,7 @@ def main() -> None:
         data = cfg.model_dump(mode="json", by_alias=True, exclude_unset=True)
         data["train"] = {**cfg.train, **train}
         data["audit"] = {**cfg.audit, **audit}
-        run_sweep(build_config(SweepConfig, data, source="bf16_demo"), extra_sections=[scene_style_section()],
-                  redo_stale=True)
+        run_sweep(build_config(SweepConfig, data, source="bf16_demo"), measures=("scene_style",), redo_stale=True)
         return out / "sweep" / "runs" / args.strategy / "seed0"
 
     if args.bf16_weight_rounding is not None:

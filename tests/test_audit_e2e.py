@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationMixin
 
 from sftlab.audit import forgetting
+from sftlab.audit.measures.base import Measure
 from sftlab.audit.report.section import Finding, Section
 from sftlab.cli import main
 from sftlab.config import AuditConfig, build_config
@@ -179,7 +180,7 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
     assert "## Token distribution shift" in md and "## Forgetting" in md
 
 
-def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) -> None:
+def test_rerun_reuses_samples_and_adds_measures_of_ones_own(audit_setup, monkeypatch) -> None:
     s = audit_setup
     cfg = build_config(AuditConfig, {
         "base": str(s["base"]), "tuned": [str(s["tuned"])], "prompts": str(s["prompts"]),
@@ -199,7 +200,9 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
         return Section("world", "World", {"n_samples": sum(len(x) for x in ctx.samples[ctx.tuned[0]])},
                        "<p>world body</p>", "world body", [Finding(ctx.tuned[0], "lost", "two genres")])
 
-    report = run_audit(cfg, extra_sections=[world, lambda ctx: None])
+    # Measures of the caller's own, beside the package's: one with a section, one that has none to add.
+    mine = [Measure("world", "a stand-in world judge", 80, world), Measure("nothing", "no section", 90, lambda ctx: None)]
+    report = run_audit(cfg, measures=mine)
     doc = json.loads((report.parent / "report.json").read_text())
     assert doc["sections"]["forgetting"] == first  # the same figures, read back from the score cache
     assert doc["sections"]["world"] == {"n_samples": 12}

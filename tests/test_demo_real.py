@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from sftlab.cli import main
-from sftlab.demo_real import INSTRUCTION, data_dir, scene_share
+from sftlab.audit.measures.scene_style import INSTRUCTION, scene_share
+from sftlab.demo_real import data_dir
 
 pytestmark = pytest.mark.slow
 

@@ -225,7 +225,6 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1, strate
     """Run the whole demo into ``out`` (only the ``strategies`` named, when given); returns the path of the
     sweep's HTML report."""
     from sftlab.sweep import run_sweep
-    from sftlab.world.section import world_section
 
     set_offline()
     console = Console()
@@ -246,4 +245,4 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seeds: int = 1, strate
     ensure_distilled(plan.strategies, str(base), world_dir / "sft" / "narrow" / "train.jsonl",
                      distilled_path(root / "base"), DISTILL_SAMPLING, console)
     cfg = sweep_config(plan, root, world_dir, base)
-    return run_sweep(cfg, extra_sections=[world_section(world_dir)], redo_stale=True)
+    return run_sweep(cfg, measures=("world",), redo_stale=True)
