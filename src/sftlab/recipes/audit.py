@@ -4,9 +4,9 @@ Reads only model dirs (full or PEFT adapter) and data files. Steps, per model: s
 prompt and one greedy answer (cached under ``out/cache``), perplexity on the reference corpora,
 multiple-choice benchmarks, greedy answers on the eval set; per tuned model, the shift of its greedy
 answers under the base (both models in memory, one at a time beside the base) and, with ``sft_data``, the
-forgetting forecast (its KL to the base along its own answers to the SFT prompts). Then the metric tables,
-the sections and the files: ``report.html``, ``report.md``, ``report.json``, ``token_view.html``,
-``plots/*.png``.
+forgetting forecast (its KL to the base along its own answers to the SFT prompts). Then every measure of
+:mod:`sftlab.audit.measures` builds its section from these outputs, and the files are written:
+``report.html``, ``report.md``, ``report.json``, ``token_view.html``, ``plots/*.png``.
 """
 
 from __future__ import annotations
