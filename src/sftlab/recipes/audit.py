@@ -30,7 +30,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sftlab.audit import copying, forgetting, shift
 from sftlab.audit.embed import Embedder, resolve_embedding_model
 from sftlab.audit.forecast import AnswerKL, forecast_samples_per_prompt, score_forecast, scored_continuation
-from sftlab.audit.generate import generate, model_fingerprint
 from sftlab.audit.measures import registry
 from sftlab.audit.measures.base import Measure
 from sftlab.audit.measures.context import AuditContext, EvalItem, Inputs, ModelRun
@@ -39,14 +38,14 @@ from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import build_report, write_json
 from sftlab.audit.report.markdown import render_markdown
 from sftlab.audit.report.section import Section
-from sftlab.audit.score_cache import cached_scores
 from sftlab.audit.report.token_view import token_view_page
+from sftlab.audit.score_cache import cached_scores
 from sftlab.config import AuditConfig
 from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids
 from sftlab.errors import UserError
-from sftlab.models.builtin import resolve_model_source
+from sftlab.models.generate import generate
 from sftlab.models.load import (
     adapter_is_mergeable,
     autocast,
@@ -58,6 +57,7 @@ from sftlab.models.load import (
     resolve_dtype,
     weights_and_autocast,
 )
+from sftlab.models.reference import model_fingerprint, resolve_model
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 
 def _auto_name(path: str) -> str:
@@ -373,11 +373,12 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
     name (``"world"``, ``"scene_style"``) or measures of the caller's own.
     """
     started = time.perf_counter()
-    if cfg.gguf_file is not None:
-        cfg = cfg.model_copy(update={"base": resolve_model_source(cfg.base, cfg.gguf_file), "gguf_file": None})
+    # Resolved once here; a base given as a folder plus gguf_file is labelled by its converted dir.
+    base_ref = resolve_model(cfg.base, cfg.gguf_file)
+    models = model_names(cfg.base if cfg.gguf_file is None else base_ref.path, cfg.tuned)  # colliding labels fail before any data is read
+    cfg = cfg.model_copy(update={"base": base_ref.path, "gguf_file": None})
     out = Path(cfg.out)
     device = _device(cfg.device)
-    models = model_names(cfg.base, cfg.tuned)  # colliding labels fail before any data is read
     chosen = registry.selected(measures)  # an unknown measure fails before any data is read too
     precision = audit_precision(cfg, device)
     if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:
