@@ -255,7 +255,7 @@ def test_each_sweep_run_is_audited_under_its_strategy_and_seed(tmp_path, monkeyp
     def fake_train(cfg, spec):
         return spec.run_dir / "model", {"train_seconds": 1.0, "peak_memory_mb": 1.0, "trainable_params": 1}
 
-    def fake_audit(acfg, extra_sections=()):
+    def fake_audit(acfg, measures=()):
         seen["models"] = names = model_names(acfg.base, acfg.tuned)
         tuned = list(names)[1]
         scores = {"per_input": {"ead": {"mean": 0.5}}, "across_input": {"ead": 0.5}}
