@@ -58,8 +58,8 @@ from sftlab.models.load import (
     weights_and_autocast,
 )
 from sftlab.models.reference import model_fingerprint, resolve_model
-from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 from sftlab.recipes.audit_validate import validate_inputs
+from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 
 def _auto_name(path: str) -> str:
     """The dir's name, or ``parent/name`` for generic names like ``model``."""
