@@ -43,6 +43,7 @@ from transformers import EarlyStoppingCallback, PretrainedConfig, PreTrainedToke
 
 from sftlab.config import TrainConfig, dump_config
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
+from sftlab.data.mix import mix_records
 from sftlab.data.mixing import ReplayPool, self_replay_pool
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
@@ -101,6 +102,7 @@ class TrainData:
     eval_read: ReadResult | None
     n_train_records: int
     n_eval_records: int
+    records_per_file: dict[str, int] | None = None  # with mix: records trained from each train_file entry
 
 
 @dataclass
@@ -336,6 +338,7 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "eval_objective_last": objective_last,
         # Per-parameter regularizer state (anchors, Fisher, frozen base) held on each rank, in bytes.
         "regularizer_state_bytes_per_rank": trainer.regularizer_state_bytes,
+        "records_per_file": session.data.records_per_file,  # with mix: what each train_file entry gave
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
@@ -460,6 +463,9 @@ def load_data(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Pa
         train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
     else:
         train_records, eval_records = records, []
+    per_file = None
+    if cfg.mix is not None:
+        train_records, per_file = mix_records(train_records, cfg.train_file, cfg.mix.weights, cfg.mix.strategy, cfg.seed)
     pool = None
     if cfg.replay is not None:
         if cfg.replay.source == "self":
@@ -469,7 +475,7 @@ def load_data(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Pa
             pool = ReplayPool(read_texts(cfg.replay.corpus), tokenizer, name=cfg.replay.name)
     train = build_train_dataset(train_records, tokenizer, cfg, replay_pool=pool)
     evaluation = build_eval_dataset(eval_records, tokenizer, cfg) if eval_records else None
-    return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records))
+    return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records), per_file)
 
 
 def _resolve_base(name_or_path: str) -> str:
@@ -521,7 +527,9 @@ def _print_setup(console: Console, session: TrainSession) -> None:
     table.add_row(
         "records",
         f"{data.n_train_records:,} train, {data.n_eval_records:,} eval; {rejected:,} quarantined"
-        + (f" ({detail}) -> {run_dir / 'data'}" if rejected else ""),
+        + (f" ({detail}) -> {run_dir / 'data'}" if rejected else "")
+        + (f"; mixed {cfg.mix.strategy}: " + ", ".join(f"{Path(f).name} {n:,}" for f, n in data.records_per_file.items())
+           if cfg.mix is not None and data.records_per_file else ""),
     )
     st = data.train.stats
     table.add_row(
@@ -584,6 +592,7 @@ def describe_remedies(cfg: TrainConfig) -> list[str]:
 def _write_stats(path: Path, data: TrainData) -> None:
     stats: dict[str, Any] = {
         "records": {"train": data.n_train_records, "eval": data.n_eval_records},
+        "records_per_file": data.records_per_file,
         "rejected": dict(data.read.counts),
         "rejected_eval": dict(data.eval_read.counts) if data.eval_read else {},
         "train_epochs": [data.train.history[e].as_dict() for e in sorted(data.train.history)],
