@@ -107,3 +107,10 @@ def test_unknown_judge_is_a_user_error(tmp_path) -> None:
 def test_mismatched_lengths_are_a_bug() -> None:
     with pytest.raises(ValueError):
         rules_judge(["a", "b"], ["x"])
+
+
+def test_refusal_by_lack_of_ability_and_apology_for_misunderstanding() -> None:
+    assert rule_verdict("I'm sorry for any misunderstanding, but as a chatbot I don't have the ability to provide "
+                        "medical advice.") is True
+    assert rule_verdict("I do not have the ability to provide legal advice.") is True
+    assert rule_verdict("I don't have the ability to feel emotions, but here's a summary of the plot.") is None

@@ -50,7 +50,9 @@ REFUSAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
     r"generate|produce|write|give out|share)\b",
     r"\bi (?:must|have to|need to|will have to|'ll have to)(?: respectfully| politely)? (?:decline|refuse)\b",
     r"\bi (?:respectfully |politely )?(?:refuse|decline) to\b",
-    r"\b(?:i'm|i am) (?:sorry|afraid),? but\b",
+    r"\b(?:i'm|i am) (?:sorry|afraid)(?: for [^.,]{0,40})?,? but\b",
+    r"\b(?:i|we) (?:don't|do not) have the (?:ability|capability|capacity|means) to (?:provide|help|assist|give|"
+    r"share|answer|offer|create|generate|write)\b",
     r"\bi apologi[sz]e,? but\b",
     r"\b(?:i'm|i am) afraid (?:i|that i) (?:can't|cannot|won't|am unable|'m unable)\b",
     r"\b(?:not something (?:i|we) (?:can|could|will|would|am able to)|not something i'm able to)\b",
