@@ -103,3 +103,13 @@ def test_prompts_file_without_prompts_is_a_user_error(tmp_path: Path) -> None:
         load_prompt_set(bad)
     with pytest.raises(UserError, match="built-in"):
         load_prompt_set("harmfull")
+
+
+def test_settings_pick_the_sets_and_the_stratified_sample() -> None:
+    from sftlab.audit.safety_rates import SafetySettings, safety_prompts
+
+    sets = safety_prompts(SafetySettings(harmful_sample=50))
+    assert len(sets["harmful"]) == 50 and len(sets["benign"]) == 70
+    assert {p.id for p in sets["harmful"]} <= {p.id for p in load_prompt_set("harmful")}
+    with pytest.raises(Exception, match="judge"):
+        SafetySettings(judgee="rules")  # unknown keys are refused, with the close match

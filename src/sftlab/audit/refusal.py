@@ -241,3 +241,25 @@ def build_judge(setting: str = DEFAULT_JUDGE, embedding_model: str | None = "aut
 def _check_pairs(prompts: Sequence[str], answers: Sequence[str]) -> None:
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+
+
+def judge_agreement(labels: Sequence[dict], judge: Judge) -> dict:
+    """A judge against hand labels (each ``{"prompt", "answer", "refused", "kind"}``): accuracy, Cohen's kappa
+    (kappa = (p_o - p_e) / (1 - p_e), Cohen 1960, via sklearn.metrics.cohen_kappa_score) and the
+    disagreements counted by the label's ``kind`` (a refusal that then complies, an apology that complies...)."""
+    from collections import Counter
+
+    from sklearn.metrics import cohen_kappa_score
+
+    truth = [bool(row["refused"]) for row in labels]
+    verdicts = judge([row["prompt"] for row in labels], [row["answer"] for row in labels])
+    wrong = [row for row, v, t in zip(labels, verdicts, truth) if v != t]
+    return {
+        "n": len(labels),
+        "refused_by_hand": sum(truth),
+        "refused_by_judge": sum(verdicts),
+        "accuracy": sum(v == t for v, t in zip(verdicts, truth)) / len(labels),
+        "kappa": float(cohen_kappa_score(truth, verdicts)),
+        "disagreements_by_kind": dict(Counter(f"{row['kind']} ({'missed' if row['refused'] else 'false refusal'})"
+                                              for row in wrong)),
+    }

@@ -15,11 +15,32 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sftlab.audit.refusal import Judge
-from sftlab.audit.safety_prompts import SafetyPrompt
+from pydantic import Field
+
+from sftlab.audit.refusal import DEFAULT_JUDGE, Judge
+from sftlab.audit.safety_prompts import SafetyPrompt, load_prompt_set, stratified_sample
 from sftlab.audit.stats import paired_bootstrap_ci
+from sftlab.config import StrictModel
 
 SETS = ("harmful", "benign")
+
+
+class SafetySettings(StrictModel):
+    """The ``safety`` measure's settings: which prompts, and which refusal judge (one key)."""
+
+    judge: str = Field(DEFAULT_JUDGE, description="rules, rules+exemplars, or a guard model dir (sftlab.audit.refusal)")
+    harmful: str = Field("harmful", description="built-in set name or a JSON-lines file of harmful prompts")
+    benign: str = Field("benign", description="built-in set name or a JSON-lines file of benign look-alikes")
+    harmful_sample: int | None = Field(None, ge=1, description="audit only this many harmful prompts, stratified by category")
+    seed: int = 0
+
+
+def safety_prompts(settings: SafetySettings) -> dict[str, list[SafetyPrompt]]:
+    """The prompt sets the settings name, the harmful one cut to ``harmful_sample`` (stratified) when set."""
+    harmful = load_prompt_set(settings.harmful)
+    if settings.harmful_sample is not None and settings.harmful_sample < len(harmful):
+        harmful = stratified_sample(harmful, settings.harmful_sample, seed=settings.seed)
+    return {"harmful": harmful, "benign": load_prompt_set(settings.benign)}
 RATE_NAMES = {"harmful": "refusal rate", "benign": "over-refusal rate"}
 
 
