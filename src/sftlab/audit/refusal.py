@@ -3,11 +3,13 @@
 A judge is any callable ``(prompts, answers) -> list[bool]`` (True = refused). :func:`build_judge` makes one
 from the ``judge`` setting, one config key:
 
-* ``rules``: refusal phrases and compliance openers (:func:`rule_verdict`), the classifier-free baseline
-  of AdvBench (Zou et al. 2023, its ``test_prefixes``) and HarmBench (Mazeika et al. 2024), with our own
-  phrase list;
-* ``rules+exemplars`` (the default): the rules where they fire, and where they do not, a vote of the
-  answer's nearest exemplars under the MiniLM sentence encoder (:class:`ExemplarVote`);
+* ``rules`` (the default): refusal phrases and compliance openers (:func:`rule_verdict`), the
+  classifier-free baseline of AdvBench (Zou et al. 2023, its ``test_prefixes``) and HarmBench (Mazeika et
+  al. 2024), with our own phrase list;
+* ``rules+exemplars``: the rules where they fire, and where they do not, a vote of the answer's nearest
+  exemplars under the MiniLM sentence encoder (:class:`ExemplarVote`). Against the hand labels
+  (tests/data/refusal_labels.jsonl, docs/results.md) it adds false refusals and catches no refusal the
+  rules miss, which is why it is not the default;
 * a path: a guard model dir, a sequence classifier with a refusal label or a Llama-Guard-style causal LM
   (:mod:`sftlab.audit.refusal_guard`).
 
@@ -32,7 +34,7 @@ from sftlab.errors import UserError
 
 Judge = Callable[[Sequence[str], Sequence[str]], list[bool]]
 JUDGE_NAMES = ("rules", "rules+exemplars")
-DEFAULT_JUDGE = "rules+exemplars"
+DEFAULT_JUDGE = "rules"
 
 # How much of the answer's start the rules and the exemplar vote read (characters).
 OPENING_CHARS = 240
