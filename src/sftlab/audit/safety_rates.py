@@ -20,7 +20,7 @@ from pydantic import Field
 from sftlab.audit.refusal import DEFAULT_JUDGE, Judge
 from sftlab.audit.safety_prompts import SafetyPrompt, load_prompt_set, stratified_sample
 from sftlab.audit.stats import paired_bootstrap_ci
-from sftlab.config import StrictModel
+from sftlab.settings import StrictModel
 
 SETS = ("harmful", "benign")
 
