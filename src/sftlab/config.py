@@ -17,9 +17,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
-from sftlab.data.mix import check_weights, weighted_entries_to_mix
+from sftlab.data.mix import MixSettings, check_weights, weighted_entries_to_mix
 from sftlab.errors import UserError
 from sftlab.settings import SamplingSettings, StrictModel, format_validation_error  # noqa: F401  (re-exported)
+from sftlab.train.distributed import DeepSpeedSettings, FsdpSettings
 from sftlab.train.remedies.augment import AugmentSettings  # noqa: F401  (data/ reads it from here)
 from sftlab.train.remedies.registry import check_remedies, expand_presets, remedy_fields
 
@@ -59,56 +60,7 @@ class FreezeSettings(StrictModel):
 
 
 # --------------------------------------------------------------------------------------------------
-# Training: scaling out (see docs/scaling.md and sftlab.train.distributed)
-
-
-class FsdpSettings(StrictModel):
-    """PyTorch FSDP2 (``fully_shard``) through accelerate: parameters, gradients and optimizer state
-    sharded over the ranks of a ``torchrun`` / ``accelerate launch`` run. Names follow
-    ``TrainingArguments.fsdp_config``."""
-
-    version: Literal[2] = Field(2, description="FSDP2 only; FSDP1 is deprecated in transformers")
-    reshard_after_forward: bool = Field(
-        True, description="free each block's gathered weights after its forward (like ZeRO-3)"
-    )
-    transformer_layer_cls_to_wrap: list[str] | None = Field(
-        None, description="block classes sharded as units; None = the model's own _no_split_modules"
-    )
-    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = Field(
-        "FULL_STATE_DICT", description="checkpoint layout; the final model dir is always a full one"
-    )
-    cpu_offload: bool = False
-    activation_checkpointing: bool = False
-
-
-class DeepSpeedSettings(StrictModel):
-    """DeepSpeed ZeRO through accelerate (``TrainingArguments.deepspeed``). Untested here: deepspeed
-    does not run on a CPU-only machine (docs/scaling.md)."""
-
-    stage: Literal[2, 3] = 2
-    offload_optimizer: bool = False
-    offload_param: bool = Field(False, description="ZeRO-3 only")
-    config_file: str | None = Field(None, description="a DeepSpeed JSON of your own, used as it is")
-
-    @model_validator(mode="after")
-    def _offload_param_needs_stage_3(self) -> DeepSpeedSettings:
-        if self.offload_param and self.stage != 3:
-            raise ValueError("deepspeed.offload_param needs stage: 3 (ZeRO-2 keeps every parameter on each rank)")
-        return self
-
-
-# --------------------------------------------------------------------------------------------------
 # Recipes
-
-
-class MixSettings(StrictModel):
-    """Mixing the ``train_file`` entries at stated ratios (see :mod:`sftlab.data.mix`)."""
-
-    weights: list[float] | None = Field(None, description="one weight per train_file entry (any positive scale)")
-    strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
-        "interleave_under", description="LLaMA-Factory's mix_strategy: interleave_under stops when a set runs out, "
-        "interleave_over repeats sets until all are used, concat takes every record once",
-    )
 
 
 class TrainCore(StrictModel):

@@ -28,12 +28,25 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from datasets import Dataset, interleave_datasets
+from pydantic import Field
 
 from sftlab.data.records import Record
 from sftlab.errors import UserError
+from sftlab.settings import StrictModel
+
+
+class MixSettings(StrictModel):
+    """Mixing the ``train_file`` entries at stated ratios (the train config's ``mix:`` section)."""
+
+    weights: list[float] | None = Field(None, description="one weight per train_file entry (any positive scale)")
+    strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        "interleave_under", description="LLaMA-Factory's mix_strategy: interleave_under stops when a set runs out, "
+        "interleave_over repeats sets until all are used, concat takes every record once",
+    )
+
 
 STRATEGIES = ("concat", "interleave_under", "interleave_over")
 _STOPPING = {"interleave_under": "first_exhausted", "interleave_over": "all_exhausted"}

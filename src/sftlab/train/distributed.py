@@ -21,18 +21,20 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.distributed as dist
+from pydantic import Field, model_validator
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from sftlab.errors import UserError
+from sftlab.settings import StrictModel
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from sftlab.config import DeepSpeedSettings, FsdpSettings, TrainConfig
+    from sftlab.config import TrainConfig
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,7 +46,42 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def fsdp_config(settings: "FsdpSettings") -> dict[str, Any]:
+class FsdpSettings(StrictModel):
+    """PyTorch FSDP2 (``fully_shard``) through accelerate: parameters, gradients and optimizer state
+    sharded over the ranks of a ``torchrun`` / ``accelerate launch`` run. Names follow
+    ``TrainingArguments.fsdp_config``."""
+
+    version: Literal[2] = Field(2, description="FSDP2 only; FSDP1 is deprecated in transformers")
+    reshard_after_forward: bool = Field(
+        True, description="free each block's gathered weights after its forward (like ZeRO-3)"
+    )
+    transformer_layer_cls_to_wrap: list[str] | None = Field(
+        None, description="block classes sharded as units; None = the model's own _no_split_modules"
+    )
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = Field(
+        "FULL_STATE_DICT", description="checkpoint layout; the final model dir is always a full one"
+    )
+    cpu_offload: bool = False
+    activation_checkpointing: bool = False
+
+
+class DeepSpeedSettings(StrictModel):
+    """DeepSpeed ZeRO through accelerate (``TrainingArguments.deepspeed``). Untested here: deepspeed
+    does not run on a CPU-only machine (docs/scaling.md)."""
+
+    stage: Literal[2, 3] = 2
+    offload_optimizer: bool = False
+    offload_param: bool = Field(False, description="ZeRO-3 only")
+    config_file: str | None = Field(None, description="a DeepSpeed JSON of your own, used as it is")
+
+    @model_validator(mode="after")
+    def _offload_param_needs_stage_3(self) -> DeepSpeedSettings:
+        if self.offload_param and self.stage != 3:
+            raise ValueError("deepspeed.offload_param needs stage: 3 (ZeRO-2 keeps every parameter on each rank)")
+        return self
+
+
+def fsdp_config(settings: FsdpSettings) -> dict[str, Any]:
     """``TrainingArguments.fsdp_config`` for FSDP2 (transformers turns it into accelerate's plugin)."""
     config: dict[str, Any] = {
         "version": settings.version,
@@ -60,7 +97,7 @@ def fsdp_config(settings: "FsdpSettings") -> dict[str, Any]:
     return config
 
 
-def deepspeed_config(settings: "DeepSpeedSettings") -> dict[str, Any]:
+def deepspeed_config(settings: DeepSpeedSettings) -> dict[str, Any]:
     """A DeepSpeed config for ZeRO-``stage``; ``"auto"`` values are filled in by transformers from
     TrainingArguments (batch size, accumulation, clipping, precision, optimizer, scheduler), so the two
     never disagree."""
