@@ -667,8 +667,10 @@ def load_config(cls: type[M], path: str | Path | None = None, overrides: list[st
 
 
 def dump_config(cfg: StrictModel, path: str | Path) -> None:
-    """Write the resolved config as YAML (by alias, so ``lambda`` round-trips)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    """Write the resolved config as YAML (by alias, so ``lambda`` round-trips), atomically: it gates resume."""
+    from sftlab.io import write_atomic
+
+    write_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
 
 
 def _fields_at(cls: type[StrictModel], loc: tuple[Any, ...]) -> list[str]:

@@ -43,6 +43,7 @@ from sftlab.audit.report.section import (
 )
 from sftlab.audit.stats import paired_bootstrap_ci
 from sftlab.config import SweepConfig, build_config
+from sftlab.io import read_json_state
 from sftlab.offline import set_offline
 
 BASE_MODEL = "smollm2-135m-instruct"
@@ -219,7 +220,7 @@ def side_by_side(sweep_dir: Path, out: Path) -> Path:
     columns: dict[str, list[str]] = {}
     prompts: list[str] = []
     for report in sorted(sweep_dir.glob("runs/*/seed0/audit/report.json")):
-        doc = json.loads(report.read_text(encoding="utf-8"))
+        doc = read_json_state(report, "a run's audit report")
         section = doc["sections"].get("scene_style")
         if not section:
             continue

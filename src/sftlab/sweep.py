@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +43,7 @@ from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
 from sftlab.sweep_report import write_sweep_report
 from sftlab.sweep_table import COLUMNS, format_cell
+from sftlab.io import read_json_state, remove_tree, write_atomic
 
 ROW_FILE = "row.json"
 SETTINGS_FILE = "settings.sha"
@@ -106,7 +105,7 @@ def train_run(cfg: SweepConfig, spec: RunSpec) -> tuple[Path, dict[str, Any]]:
     from sftlab.recipes.train import run_train
 
     model_dir = run_train(train_config(cfg, spec))
-    summary = json.loads((spec.run_dir / "summary.json").read_text())
+    summary = read_json_state(spec.run_dir / "summary.json", "the training run's summary")
     return model_dir, {key: summary[key] for key in ("train_seconds", "peak_memory_mb", "trainable_params")}
 
 
@@ -230,7 +229,7 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> d
     stamp = spec.run_dir / SETTINGS_FILE
     if stamp.is_file() and stamp.read_text() != run_settings(cfg, spec):
         if redo_stale:
-            shutil.rmtree(spec.run_dir)
+            remove_tree(spec.run_dir, Path(cfg.out) / "runs")
             return None
         raise UserError(
             f"sweep run {spec.label} in {spec.run_dir} was made with other settings than this config's. "
@@ -246,7 +245,7 @@ def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[st
     from sftlab.recipes.audit import run_audit
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec))
+    write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec))
     if spec.strategy.interpolate is None:
         model_dir, cost = train_run(cfg, spec)
     else:
@@ -256,17 +255,11 @@ def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[st
     tuned_name = spec.label
     run_audit(audit_config(cfg, {tuned_name: str(model_dir)}, str(audit_out), Path(cfg.out)),
               extra_sections=extra_sections)
-    report = json.loads((audit_out / "report.json").read_text())
+    report = read_json_state(audit_out / "report.json", "the run's audit report")
     row = {"strategy": spec.strategy.name, "seed": spec.seed, "model_dir": str(model_dir),
            "eval_loss": eval_loss(model_dir, cfg, cfg.train), **cost, **row_from_report(report, tuned_name)}
-    _write_atomic(spec.run_dir / ROW_FILE, json.dumps(row, indent=2))
+    write_atomic(spec.run_dir / ROW_FILE, json.dumps(row, indent=2))
     return row
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), redo_stale: bool = False) -> Path:

@@ -21,6 +21,7 @@ from sftlab.audit.report.sections import PPL_THRESHOLD
 from sftlab.config import SweepConfig
 from sftlab.sweep_table import COLUMNS, GROUPS, Column, format_cell, pareto_front
 from sftlab.sweep_forecast import forecast_section
+from sftlab.io import write_atomic
 
 TASK_AXIS = ("task_score", "task score (higher is better)")
 PARETO_PLOTS = (
@@ -224,14 +225,14 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
                        "config": cfg.model_dump(mode="json"), "summary_rule": rule,
                        "summary": [asdict(f) for f in findings], **table,
                        **({"forecast": forecast.data} if forecast else {})})
-    (out / "sweep.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    write_atomic(out / "sweep.json", json.dumps(doc, indent=2, allow_nan=False))
     forecast_md = f"\n\n## {forecast.title}\n\n{forecast.markdown}" if forecast else ""
-    (out / "sweep.md").write_text(f"# sftlab sweep\n\n{summary_markdown(findings, list(strategies), rule)}\n"
+    write_atomic(out / "sweep.md", f"# sftlab sweep\n\n{summary_markdown(findings, list(strategies), rule)}\n"
                                   f"## {section.title}\n\n{section.markdown}{forecast_md}\n")
     page = render_html(sections, findings, strategies, "", plots.model_colors(list(strategies), ""),
                        subtitle=f"sweep of {len(strategies)} strategies on {cfg.base_model}",
                        config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
                        version=__version__, created=created, title="sftlab sweep: strategies compared",
                        summary_rule=rule)
-    (out / "sweep.html").write_text(page, encoding="utf-8")
+    write_atomic(out / "sweep.html", page)
     return out / "sweep.html"

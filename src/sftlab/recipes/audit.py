@@ -69,6 +69,7 @@ from sftlab.models.load import (
     weights_and_autocast,
 )
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
+from sftlab.io import write_atomic
 
 # Answers shown inline in report.html per tuned model (all of them are in token_view.html).
 INLINE_ANSWERS = 3
@@ -585,17 +586,15 @@ def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors:
     (out / "plots").mkdir(exist_ok=True)
     for sec in sections:
         for name, png in sec.images.items():
-            (out / "plots" / name).write_bytes(png)
+            write_atomic(out / "plots" / name, png)
     html_text = render_html(sections, findings, ctx.models, ctx.base, colors, subtitle,
                             yaml.safe_dump(config, sort_keys=False), meta["sftlab_version"], meta["created"])
-    (out / "report.html").write_text(html_text, encoding="utf-8")
-    (out / "report.md").write_text(render_markdown(sections, findings, ctx.models, ctx.base, subtitle),
-                                   encoding="utf-8")
+    write_atomic(out / "report.html", html_text)
+    write_atomic(out / "report.md", render_markdown(sections, findings, ctx.models, ctx.base, subtitle))
     write_json(build_report(sections, findings, config, ctx.models, ctx.base, meta), out / "report.json")
     displayed = [m[-1].content for m in ctx.messages]
-    (out / "token_view.html").write_text(
-        token_view_page("Token shift under the base model", {m: (displayed, sh) for m, sh in shifts.items()}, tok),
-        encoding="utf-8")
+    write_atomic(out / "token_view.html",
+                 token_view_page("Token shift under the base model", {m: (displayed, sh) for m, sh in shifts.items()}, tok))
 
 
 def _version() -> str:

@@ -17,7 +17,6 @@ sweep trains on the result by naming it: ``train: {train_file: OUT}`` in a strat
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from sftlab.data.distill import DistillStats, distill_records, rewrite_prompt
 from sftlab.data.readers import read_records
 from sftlab.errors import UserError
 from sftlab.models.load import is_adapter_dir, load_model, load_tokenizer
+from sftlab.io import write_atomic
 
 
 def stats_path(out: Path) -> Path:
@@ -99,17 +99,11 @@ def run_distill(
     stats.rule["model"] = model
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(out_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_atomic(out_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     summary = {**stats.as_dict(), "input": str(in_path), "output": str(out_path), "rejected_input": len(read.rejected)}
-    _write_text(stats_path(out_path), json.dumps(summary, indent=2))
+    write_atomic(stats_path(out_path), json.dumps(summary, indent=2))
     _print_stats(console, stats, out_path, len(read.rejected))
     return stats
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _print_stats(console: Console, stats: DistillStats, out: Path, rejected: int) -> None:

@@ -28,8 +28,6 @@ UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from sftlab.data.mixing import ReplayPool, self_replay_pool
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
 from sftlab.errors import UserError
+from sftlab.io import remove_tree, write_atomic
 from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import (
     is_adapter_dir,
@@ -140,13 +139,14 @@ def finished_output(cfg: TrainConfig) -> Path | None:
 
     A finished run is left alone rather than resumed from its last checkpoint: resuming would evaluate
     and save again, and a re-saved model dir looks new to anything that caches on it (audit samples).
-    ``summary.json`` is written last and removed when a run starts, so it marks a finished run.
+    ``summary.json`` is written last and removed when a run starts, so it marks a finished run. A missing or
+    unreadable ``config.yaml`` makes the run's config unknown, so the run does not count as finished.
     """
     run_dir = Path(cfg.output_dir)
     if cfg.resume != "auto" or not (run_dir / "summary.json").is_file():
         return None
     if config_changes(run_dir / "config.yaml", cfg.model_dump(mode="json", by_alias=True), FINISHED_SAFE,
-                      resolve_saved_config):
+                      resolve_saved_config) != []:
         return None
     finished = [run_dir / "model" / "config.json", run_dir / "adapter" / "adapter_config.json"]
     return next((marker.parent for marker in finished if marker.is_file()), None)
@@ -185,7 +185,7 @@ def prepare_train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume == "never":
             # "never" means a fresh run: stale checkpoints would otherwise be picked by a later resume: auto.
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            remove_tree(run_dir / "checkpoints", run_dir, ignore_errors=True)
         if checkpoint:
             check_resume_config(run_dir, cfg.model_dump(mode="json", by_alias=True), checkpoint, RESUME_SAFE,
                                 resolve_saved_config)
@@ -291,7 +291,7 @@ def finish_train(session: TrainSession) -> Path:
         write_summary(session.run_dir / "summary.json", session, train_seconds)
         if not session.cfg.keep_checkpoints:
             # Only now: until summary.json exists the run is unfinished, and a rerun resumes from these.
-            shutil.rmtree(session.run_dir / "checkpoints", ignore_errors=True)
+            remove_tree(session.run_dir / "checkpoints", session.run_dir, ignore_errors=True)
         _print_result(Console(), trainer, out, session.cfg.loss)
     return out
 
@@ -337,9 +337,7 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         # Per-parameter regularizer state (anchors, Fisher, frozen base) held on each rank, in bytes.
         "regularizer_state_bytes_per_rank": trainer.regularizer_state_bytes,
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(summary, indent=2))
     return summary
 
 
@@ -590,7 +588,7 @@ def _write_stats(path: Path, data: TrainData) -> None:
         "eval": data.eval.stats.as_dict() if data.eval is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stats, indent=2, default=str))
+    write_atomic(path, json.dumps(stats, indent=2, default=str))
 
 
 def _print_result(console: Console, trainer: SFTLabTrainer, out: Path, loss_name: str) -> None:

@@ -52,6 +52,7 @@ from sftlab.errors import UserError
 from sftlab.world.entities import FACTS, Entity, cloze, make_entities, questions
 from sftlab.world.genres import GENRES, MIXTURE
 from sftlab.world.grammar import DocState, Document, Genre, render, sample_document
+from sftlab.io import write_atomic
 
 T = TypeVar("T")
 NARROW_GENRE = "movie_review"
@@ -161,7 +162,7 @@ def generate_world(out: str | Path, seed: int = 0, sizes: WorldSizes | None = No
         },
     }
     path = root / "world.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")  # last: it marks a whole world
     return path
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from sftlab.audit.report.section import AuditContext, Finding, Section, SectionProvider, Table, fmt, fmt_delta
 from sftlab.audit.stats import paired_bootstrap_ci
+from sftlab.io import read_json_state
 from sftlab.world.genres import GENRES, MIXTURE
 from sftlab.world.judge import INVALID, fact_correct, judge_text, mode_coverage
 
@@ -39,7 +40,7 @@ def find_world(*paths: str | Path | None) -> Path | None:
 def world_section(world_dir: str | Path, n_boot: int = 1000) -> SectionProvider:
     """A section provider for ``run_audit(cfg, extra_sections=[...])`` judging outputs in ``world_dir``'s terms."""
     root = Path(world_dir)
-    manifest = json.loads((root / "world.json").read_text(encoding="utf-8"))
+    manifest = read_json_state(root / "world.json", "the world's manifest")
     mixture = manifest.get("mixture", dict(MIXTURE))
     kinds = _prompt_kinds(root, manifest)
 
