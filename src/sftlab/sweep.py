@@ -235,8 +235,12 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> d
             f"sweep run {spec.label} in {spec.run_dir} was made with other settings than this config's. "
             f"Delete that directory to redo it, or set another `out` for this sweep."
         )
-    done = spec.run_dir / ROW_FILE
-    return json.loads(done.read_text()) if stamp.is_file() and done.is_file() else None
+    if not stamp.is_file():
+        return None
+    try:
+        return json.loads((spec.run_dir / ROW_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # missing, or torn by a crash before rows were written atomically: the run is redone
 
 
 def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]],
