@@ -90,7 +90,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "out": args.out,
     }
     data = _deep_merge(data, {k: v for k, v in flags.items() if v})
-    data = _deep_merge(data, parse_overrides(overrides + args.set_overrides))
+    data = _deep_merge(data, parse_overrides(overrides + args.set_overrides, AuditConfig))
     run_audit(build_config(AuditConfig, data, source=config or "command line"))
     return 0
 

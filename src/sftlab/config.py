@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+import types
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sftlab.errors import UserError
+from sftlab.models.device import check_device_name
 
 
 class StrictModel(BaseModel):
@@ -509,7 +511,8 @@ class AuditConfig(StrictModel):
     max_length: int = Field(512, ge=8)
     trust_remote_code: bool = False
     cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
-    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps")
+    device: Annotated[str, AfterValidator(check_device_name)] = Field(
+        "auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps")
     dtype: str = Field("auto", description="compute dtype: auto (bf16 where it pays: a GPU that has it, or a CPU "
                        "with bf16 units (AMX or AVX512-BF16) for a model at least 256 wide; else fp32), float32, "
                        "bfloat16, float16. On a CPU the weights stay fp32 and bf16/fp16 run under autocast")
@@ -539,9 +542,19 @@ class InterpolationSpec(StrictModel):
 class StrategySpec(StrictModel):
     """One named strategy of a sweep: a train-config overlay, or an interpolation of another strategy."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]+$",
+                      description="letters, digits and _ . + -, not starting with a dot: it names the run's dir")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys over the sweep's `train`")
     interpolate: InterpolationSpec | None = None
+
+    @model_validator(mode="after")
+    def _safe_name(self) -> StrategySpec:
+        # The name is a directory under the sweep's runs/: "." or ".." would put a run (and the deletion of a
+        # stale one) outside it, and a leading dot would hide it (and sftlab's own .staging names start so).
+        if self.name.startswith("."):
+            raise ValueError(f"strategy name {self.name!r} must not start with a dot: it names the run's "
+                             "directory; use letters, digits and _ . + -")
+        return self
 
     @model_validator(mode="after")
     def _one_kind(self) -> StrategySpec:
@@ -568,6 +581,10 @@ class SweepConfig(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"strategy names must be unique: {', '.join(dupes)}")
+        seeds = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if seeds:
+            # Two runs would share seed<k>/, and the table would count one run twice (a std of 0).
+            raise ValueError(f"seeds must be unique: {', '.join(map(str, seeds))} given more than once")
         for strategy in self.strategies:
             if strategy.interpolate is None:
                 continue
@@ -593,8 +610,20 @@ CONFIGS: dict[str, type[StrictModel]] = {
 M = TypeVar("M", bound=StrictModel)
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["lora.r=16", "packing=true"]`` into a nested dict; values are parsed as YAML scalars."""
+# Free-form sections whose keys are another config's: a sweep's ``train`` and ``audit`` overlays.
+OVERLAYS: dict[tuple[type[StrictModel], str], type[StrictModel]] = {
+    (SweepConfig, "train"): TrainConfig,
+    (SweepConfig, "audit"): AuditConfig,
+}
+
+
+def parse_overrides(overrides: list[str], schema: type[StrictModel] | None = None) -> dict[str, Any]:
+    """Turn ``["lora.r=16", "packing=true"]`` into a nested dict.
+
+    Each value is typed by the ``schema`` field it sets (see :func:`_parse_scalar`): ``output_dir=1e3``
+    stays the string "1e3", ``learning_rate=3e-4`` is a float. Keys the schema does not know are parsed as
+    YAML scalars (and then reported as unknown keys by validation).
+    """
     tree: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -606,21 +635,64 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"override {item!r} conflicts with another override of {part!r}")
-        node[parts[-1]] = _parse_scalar(raw)
+        node[parts[-1]] = _parse_scalar(raw, _annotation_at(schema, parts) if schema else None)
     return tree
 
 
-def _parse_scalar(raw: str) -> Any:
-    """YAML scalar parsing, plus ``3e-4`` as a float (YAML 1.1 wants ``3.0e-4``)."""
+def _parse_scalar(raw: str, annotation: Any = None) -> Any:
+    """``raw`` as the value of a field of type ``annotation``: YAML scalar parsing, except that a field that
+    takes only text gets ``raw`` as it is, and ``3e-4`` is a float where a number is wanted (YAML 1.1 reads
+    it as a string). Without an annotation (an unknown key, a free-form mapping), a float-like string is a float.
+    """
     if raw == "":
         return None
     value = yaml.safe_load(raw)
+    kinds = _leaf_types(annotation) if annotation is not None else None
+    if kinds is not None:
+        if value is None and type(None) in kinds:
+            return None
+        if kinds <= {str, type(None)}:
+            return raw
+        if not kinds & {float, int}:
+            return value
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             pass
     return value
+
+
+def _leaf_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits: Optional, unions, Annotated and Literal values flattened."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {type(v) for v in get_args(annotation)}
+    if origin is Annotated:
+        return _leaf_types(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return set().union(*(_leaf_types(a) for a in get_args(annotation)))
+    return {origin or annotation}
+
+
+def _annotation_at(schema: type[StrictModel], parts: list[str]) -> Any:
+    """The annotation of the field that the dotted key ``parts`` sets in ``schema``; None when unknown."""
+    model: Any = schema
+    annotation: Any = None
+    for i, part in enumerate(parts):
+        if model is None:
+            return None
+        field = model.model_fields.get(part) or next(
+            (f for f in model.model_fields.values() if f.alias == part), None)
+        if field is None:
+            return None
+        annotation = field.annotation
+        if i == len(parts) - 1:
+            return annotation
+        name = next(n for n, f in model.model_fields.items() if f is field)
+        nested = [t for t in _leaf_types(annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        model = OVERLAYS.get((model, name)) or (nested[0] if len(nested) == 1 else None)
+    return annotation
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -662,7 +734,7 @@ def build_config(cls: type[M], data: dict[str, Any], source: str = "config") -> 
 def load_config(cls: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
     """Read ``path`` (optional), apply ``key=value`` overrides, validate into ``cls``."""
     data = read_yaml(path) if path else {}
-    data = _deep_merge(data, parse_overrides(overrides or []))
+    data = _deep_merge(data, parse_overrides(overrides or [], cls))
     return build_config(cls, data, source=str(path) if path else "command line")
 
 

@@ -23,6 +23,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from sftlab.config import SamplingSettings
+from sftlab.io import write_json_atomic
 from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import adapter_base_path, is_adapter_dir
 

@@ -56,7 +56,9 @@ from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
 from sftlab.errors import UserError
+from sftlab.io import write_atomic
 from sftlab.models.builtin import resolve_model_source
+from sftlab.models.device import resolve_device
 from sftlab.models.load import (
     adapter_is_mergeable,
     autocast,
@@ -69,7 +71,6 @@ from sftlab.models.load import (
     weights_and_autocast,
 )
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
-from sftlab.io import write_atomic
 
 # Answers shown inline in report.html per tuned model (all of them are in token_view.html).
 INLINE_ANSWERS = 3
@@ -117,12 +118,6 @@ def _stem_names(paths: Sequence[str]) -> list[str]:
             unique, n = f"{stem}#{n}", n + 1
         names.append(unique)
     return names
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _check_vocab(base_tok: PreTrainedTokenizerBase, tok: PreTrainedTokenizerBase, path: str) -> None:
@@ -429,7 +424,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     if cfg.gguf_file is not None:
         cfg = cfg.model_copy(update={"base": resolve_model_source(cfg.base, cfg.gguf_file), "gguf_file": None})
     out = Path(cfg.out)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     models = model_names(cfg.base, cfg.tuned)  # colliding labels fail before any data is read
     precision = audit_precision(cfg, device)
     if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:

@@ -28,8 +28,9 @@ from sftlab.data.base_answers import answer_prompts, default_cache_dir, generati
 from sftlab.data.distill import DistillStats, distill_records, rewrite_prompt
 from sftlab.data.readers import read_records
 from sftlab.errors import UserError
-from sftlab.models.load import is_adapter_dir, load_model, load_tokenizer
 from sftlab.io import write_atomic
+from sftlab.models.device import resolve_device
+from sftlab.models.load import is_adapter_dir, load_model, load_tokenizer
 
 
 def stats_path(out: Path) -> Path:
@@ -66,6 +67,7 @@ def run_distill(
     if short_answer_words < 0:
         raise UserError(f"--short-answer-words must be >= 0, got {short_answer_words}")
     in_path, out_path = Path(in_path), Path(out_path)
+    device = generation_device() if device == "auto" else resolve_device(device, "--device")
     if out_path.resolve() == in_path.resolve():
         raise UserError(f"OUT must differ from IN ({in_path}): the originals are the fallback")
     read = read_records([in_path])
@@ -79,7 +81,6 @@ def run_distill(
     started = time.perf_counter()
     answer_tokens = 0
     if todo:
-        device = generation_device() if device == "auto" else device
         tokenizer = load_tokenizer(model, trust_remote_code)
         base = load_model(model, dtype, device, trust_remote_code, merge_adapter=is_adapter_dir(model))
         out = answer_prompts(
