@@ -348,7 +348,11 @@ class TrainConfig(StrictModel):
         "eval_loss", description="what early stopping and the best checkpoint go by: eval_loss (token "
         "cross-entropy, whatever the loss) or eval_objective (the training loss on the eval set)"
     )
-    resume: str = Field("auto", description="auto | never | a checkpoint dir")
+    resume: str = Field("auto", description="auto | never | a checkpoint dir (its optimizer, scheduler and RNG "
+                        "state are read by torch.load with weights_only=True)")
+    allow_pickle: bool = Field(
+        False, description="load a model, adapter or resume checkpoint whose weights are only *.bin pickles "
+        "(torch.load, weights_only=True); off, such a dir is refused: unpickling can run code")
 
     preset: Literal["asft"] | None = Field(
         None, description="a published method made of these parts: asft = loss dft + kl_to_base (forward, on "
@@ -510,6 +514,9 @@ class AuditConfig(StrictModel):
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(
+        False, description="load a model or adapter dir whose weights are only *.bin pickles (torch.load, "
+        "weights_only=True); off, such a dir is refused: unpickling can run code")
     cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
     device: Annotated[str, AfterValidator(check_device_name)] = Field(
         "auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps")

@@ -50,6 +50,29 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+# Weight files that are pickles: torch.load runs code a file names, so sftlab loads them only when the user
+# says the files are theirs (``allow_pickle``), and then with ``weights_only=True`` (transformers and peft do).
+PICKLED_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+
+
+def refuse_pickled_weights(path: str | Path, allow_pickle: bool, flag: str = "allow_pickle: true") -> None:
+    """A UserError when the dir ``path`` holds its weights only as a pickle and ``allow_pickle`` is off.
+
+    ``flag`` is how the user turns it on where the message is read (a config key or a command-line flag).
+    """
+    p = Path(path)
+    if allow_pickle or not p.is_dir() or any((p / name).is_file() for name in SAFE_WEIGHTS):
+        return
+    pickled = next((name for name in PICKLED_WEIGHTS if (p / name).is_file()), None)
+    if pickled:
+        raise UserError(
+            f"{p} holds its weights as a pickle ({pickled}), and unpickling a file can run code in it, so sftlab "
+            "loads safetensors only. Save the weights as safetensors (save_pretrained writes them by default), or, "
+            f"if you made this file yourself, set {flag} (it is then read by torch.load with weights_only=True)"
+        )
+
+
 def adapter_base_path(adapter_dir: str | Path) -> str:
     """The base model an adapter was trained on, as recorded in its ``adapter_config.json``."""
     cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
@@ -251,6 +274,7 @@ def load_model(
     merge_adapter: bool = False,
     dropout: float | None = None,
     attn_implementation: str | None = None,
+    allow_pickle: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM (or base + PEFT adapter) from safetensors weights, in eval mode on ``device``.
 
@@ -259,13 +283,16 @@ def load_model(
     ``attn_implementation`` picks the attention kernel (None: transformers' default).
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
     ``dtype: auto`` loads bf16 weights on a GPU that has bf16 and fp32 weights elsewhere.
+    ``allow_pickle`` lets a dir whose weights are only ``*.bin`` pickles load (see :func:`refuse_pickled_weights`).
     """
     name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path)
+    refuse_pickled_weights(name_or_path, allow_pickle)
     adapter = is_adapter_dir(name_or_path)
     base_source = resolve_model_source(adapter_base_path(name_or_path)) if adapter else name_or_path
     if adapter:
         _check_source(base_source)
+        refuse_pickled_weights(base_source, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(base_source, trust_remote_code=trust_remote_code)
         overrides: dict[str, Any] = dropout_overrides(config, dropout) if dropout is not None else {}
@@ -275,7 +302,8 @@ def load_model(
         if attn_implementation is not None:
             overrides["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(
-            base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **overrides
+            base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True, **overrides
         )
     except (OSError, ValueError) as exc:
         if Path(base_source).exists():

@@ -375,7 +375,7 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
     def load(path: str, merge_adapter: bool = False) -> torch.nn.Module:
         """A model in the audit's precision; dithered in fp32 first, then cast (exactly) when so asked."""
         model = load_model(path, torch.float32 if dithered else weights, device, cfg.trust_remote_code,
-                           merge_adapter=merge_adapter)
+                           merge_adapter=merge_adapter, allow_pickle=cfg.allow_pickle)
         if dithered:
             dither_in_place(model)
             model.to(weights)

@@ -52,6 +52,7 @@ def run_distill(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     console: Console | None = None,
 ) -> DistillStats:
     """Distil ``in_path`` into ``out_path`` with ``model``; returns (and writes) the stats.
@@ -82,7 +83,8 @@ def run_distill(
     answer_tokens = 0
     if todo:
         tokenizer = load_tokenizer(model, trust_remote_code)
-        base = load_model(model, dtype, device, trust_remote_code, merge_adapter=is_adapter_dir(model))
+        base = load_model(model, dtype, device, trust_remote_code, merge_adapter=is_adapter_dir(model),
+                          allow_pickle=allow_pickle)
         out = answer_prompts(
             base, tokenizer, model, [prompts[i] for i in todo], sampling, greedy=greedy, max_length=max_length,
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir("distill"),

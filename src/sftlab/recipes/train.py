@@ -50,6 +50,7 @@ from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import (
     is_adapter_dir,
     load_config,
+    refuse_pickled_weights,
     load_model,
     load_tokenizer,
     resolve_dtype,
@@ -82,7 +83,7 @@ from sftlab.train.weight_rounding import DitheredBf16, dithered_weights, resolve
 
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
 FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",
-                 "torch_compile", "keep_checkpoints"}
+                 "torch_compile", "keep_checkpoints", "allow_pickle"}
 # Keys a resumed run may change: they alter logging, saving, evaluation or how long it runs, not what it learns.
 RESUME_SAFE = FINISHED_SAFE | {
     "max_steps", "num_train_epochs", "eval_steps", "eval_strategy", "per_device_eval_batch_size",
@@ -173,6 +174,8 @@ def prepare_train(
     base = _resolve_base(resolve_model_source(cfg.model_name_or_path, cfg.gguf_file))
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
+    if checkpoint:
+        refuse_pickled_weights(checkpoint, cfg.allow_pickle)
     precision = training_precision(cfg, load_config(base, cfg.trust_remote_code))
     if cfg.bf16_weight_rounding == "dithered" and precision != "bf16":
         raise UserError(f"bf16_weight_rounding: dithered applies to bf16 steps, and dtype: {cfg.dtype} trains "
@@ -203,6 +206,7 @@ def prepare_train(
         trust_remote_code=cfg.trust_remote_code,
         merge_adapter=is_adapter_dir(base),
         dropout=cfg.dropout,
+        allow_pickle=cfg.allow_pickle,
         attn_implementation=training_attention(precision, "cuda" if torch.cuda.is_available() else "cpu",
                                                cfg.max_length),
     )

@@ -215,10 +215,11 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, allow_pickle: bool = False) -> Path:
     """Fold a PEFT adapter into its base and save a full model dir (safetensors) with the tokenizer.
 
-    The merge runs in float32 and the result is cast back to the base checkpoint's dtype.
+    The merge runs in float32 and the result is cast back to the base checkpoint's dtype. ``allow_pickle``
+    lets ``*.bin`` pickled weights load (``--allow-pickle``).
     """
     from sftlab.models.load import (
         adapter_base_path,
@@ -240,7 +241,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} exists and is not empty; pick a new dir")
     base_dtype = AutoConfig.from_pretrained(adapter_base_path(adapter_dir)).dtype
-    model = load_model(str(adapter_dir), dtype="float32", merge_adapter=True)
+    model = load_model(str(adapter_dir), dtype="float32", merge_adapter=True, allow_pickle=allow_pickle)
     if isinstance(base_dtype, str):
         base_dtype = getattr(torch, base_dtype, None)
     if isinstance(base_dtype, torch.dtype):

@@ -59,11 +59,13 @@ def alpha_dir_name(alpha: float) -> str:
     return f"alpha_{alpha:g}"
 
 
-def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path) -> list[Path]:
+def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path,
+                     allow_pickle: bool = False) -> list[Path]:
     """Write one model dir per alpha under ``out`` (``out/alpha_<a>``), with the tokenizer; returns them.
 
     ``tuned`` is a full model dir or a PEFT adapter dir (merged into its base first). Each dir also
-    holds ``interpolation.json`` naming its base, tuned and alpha.
+    holds ``interpolation.json`` naming its base, tuned and alpha. ``allow_pickle`` lets ``*.bin`` pickled
+    weights load (``--allow-pickle``).
     """
     if not alphas:
         raise UserError("give at least one alpha (for example --alphas 0.25,0.5,0.75)")
@@ -72,8 +74,8 @@ def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path
         raise UserError(f"alphas must be finite numbers, got {bad[0]}")
     alphas = list(dict.fromkeys(alphas))
     disable_library_bars()
-    base_model = load_model(base, dtype=torch.float32)
-    tuned_model = load_model(tuned, dtype=torch.float32, merge_adapter=True)
+    base_model = load_model(base, dtype=torch.float32, allow_pickle=allow_pickle)
+    tuned_model = load_model(tuned, dtype=torch.float32, merge_adapter=True, allow_pickle=allow_pickle)
     # Float32 upcasts are exact, so alpha 0 and 1 cast back to the saved dtype reproduce the inputs.
     target_dtype = _saved_dtype(base)
     # Cloned: the state dict shares storage with base_model, which each alpha overwrites.
