@@ -235,6 +235,7 @@ class ModelRun:
     eval_greedy: list[str] = field(default_factory=list)
     perplexity: dict[str, forgetting.Perplexity] = field(default_factory=dict)
     mc_correct: dict[str, list[bool]] = field(default_factory=dict)
+    mc_truncated: dict[str, int] = field(default_factory=dict)  # questions whose context was cut to fit
     forecast_kl: list[list[AnswerKL]] = field(default_factory=list)  # per SFT prompt, its scored answers
 
 
@@ -287,11 +288,12 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
         done = bars.step(f"{name}: {bench}", n)
         scores = cached_scores(
             cache_dir, {"kind": "choices", "model": fingerprint, "items": [asdict(i) for i in items],
-                        "batch_size": s.batch_size},
-            lambda: forgetting.choice_scores(model, tok, items, s.batch_size, done),
+                        "batch_size": s.batch_size, "max_length": max_length},
+            lambda: forgetting.choice_scores(model, tok, items, s.batch_size, done, max_length),
             lambda sc: [[asdict(c) for c in per] for per in sc],
             lambda d: [[forgetting.ChoiceScore(**c) for c in per] for per in d], lambda: done(n))
         run.mc_correct[bench] = forgetting.mc_correct(items, scores, cfg.mc_score)
+        run.mc_truncated[bench] = forgetting.mc_truncated(scores)
     return run
 
 
@@ -548,7 +550,8 @@ def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: di
         data = forgetting.forgetting_table(
             {c: {m: r.perplexity[c] for m, r in runs.items()} for c in inputs.references},
             {b: {m: r.mc_correct[b] for m, r in runs.items()} for b in inputs.benchmarks},
-            base, cfg.bootstrap_samples, cfg.sampling.seed, mc_score=cfg.mc_score)
+            base, cfg.bootstrap_samples, cfg.sampling.seed, mc_score=cfg.mc_score,
+            mc_truncated={b: {m: r.mc_truncated[b] for m, r in runs.items()} for b in inputs.benchmarks})
         ctx.results["forgetting"] = data
         sections.append(forgetting_section(data, base, colors, sft_style_corpora(style_data)))
 

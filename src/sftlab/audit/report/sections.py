@@ -267,8 +267,11 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any],
             tones.append(row_t)
         t = Table(["benchmark", "questions", _base_label(base)] + [m for m in models if m != base], rows, tones)
         title = f"Multiple choice ({MC_RULES.get(data.get('mc_score', 'mean_token'), data.get('mc_score'))})"
-        parts_html.append(f"<h3>{title}</h3>" + t.to_html())
-        parts_md.append(f"### {title}\n\n" + t.to_markdown())
+        cut = [f"{bench}: {m} {per[m]['truncated']}" for bench, per in mc.items() for m in models if per[m].get("truncated")]
+        cut_note = ("Questions whose context lost its start to fit the model's positions: " + ", ".join(cut) + "."
+                    if cut else "")
+        parts_html.append(f"<h3>{title}</h3>" + t.to_html() + (_p(cut_note) if cut else ""))
+        parts_md.append(f"### {title}\n\n" + t.to_markdown() + (f"\n\n{cut_note}" if cut else ""))
     images = {}
     if ppl or mc:
         png = plots.forgetting_bars({c: {m: v["perplexity"] for m, v in per.items()} for c, per in ppl.items()},
