@@ -56,11 +56,8 @@ PICKLED_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.
 SAFE_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
-def refuse_pickled_weights(path: str | Path, allow_pickle: bool, flag: str = "allow_pickle: true") -> None:
-    """A UserError when the dir ``path`` holds its weights only as a pickle and ``allow_pickle`` is off.
-
-    ``flag`` is how the user turns it on where the message is read (a config key or a command-line flag).
-    """
+def refuse_pickled_weights(path: str | Path, allow_pickle: bool) -> None:
+    """A UserError when the dir ``path`` holds its weights only as a pickle and ``allow_pickle`` is off."""
     p = Path(path)
     if allow_pickle or not p.is_dir() or any((p / name).is_file() for name in SAFE_WEIGHTS):
         return
@@ -69,16 +66,33 @@ def refuse_pickled_weights(path: str | Path, allow_pickle: bool, flag: str = "al
         raise UserError(
             f"{p} holds its weights as a pickle ({pickled}), and unpickling a file can run code in it, so sftlab "
             "loads safetensors only. Save the weights as safetensors (save_pretrained writes them by default), or, "
-            f"if you made this file yourself, set {flag} (it is then read by torch.load with weights_only=True)"
+            "if you made this file yourself, set allow_pickle: true in the config (train, audit) or pass "
+            "--allow-pickle (merge, interpolate, data distill); it is then read by torch.load with weights_only=True"
         )
 
 
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """An adapter dir's ``adapter_config.json`` as a mapping; a UserError when it is not one."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); the adapter dir is damaged: save the adapter again") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
 def adapter_base_path(adapter_dir: str | Path) -> str:
-    """The base model an adapter was trained on, as recorded in its ``adapter_config.json``."""
-    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    base = cfg.get("base_model_name_or_path")
-    if not base:
+    """The base model an adapter was trained on, as recorded in its ``adapter_config.json``; a recorded
+    local path that no longer exists is a UserError."""
+    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
         raise UserError(f"{adapter_dir}: adapter_config.json names no base_model_name_or_path")
+    if base.startswith((".", "/", "~")) and not Path(base).expanduser().exists():
+        raise UserError(f"{adapter_dir}: the base model it was trained on, {base} (base_model_name_or_path in its "
+                        "adapter_config.json), is not found; put the base back there, or set that field to "
+                        "where it is now")
     return base
 
 
@@ -89,7 +103,7 @@ MERGEABLE = {"LORA", "IA3"}
 
 def adapter_peft_type(adapter_dir: str | Path) -> str:
     """The ``peft_type`` an adapter dir's ``adapter_config.json`` records ("?" when it names none)."""
-    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type", "?")
+    return read_adapter_config(adapter_dir).get("peft_type", "?")
 
 
 def adapter_is_mergeable(adapter_dir: str | Path) -> bool:

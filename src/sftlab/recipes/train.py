@@ -174,8 +174,9 @@ def prepare_train(
     base = _resolve_base(resolve_model_source(cfg.model_name_or_path, cfg.gguf_file))
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
-    if checkpoint:
-        refuse_pickled_weights(checkpoint, cfg.allow_pickle)
+    for weights_dir in (base, checkpoint):  # before the data is read: a refusal should come first
+        if weights_dir:
+            refuse_pickled_weights(weights_dir, cfg.allow_pickle)
     precision = training_precision(cfg, load_config(base, cfg.trust_remote_code))
     if cfg.bf16_weight_rounding == "dithered" and precision != "bf16":
         raise UserError(f"bf16_weight_rounding: dithered applies to bf16 steps, and dtype: {cfg.dtype} trains "
