@@ -20,7 +20,7 @@ from rich.console import Console
 
 from sftlab.config import PretrainConfig, SweepConfig, build_config
 from sftlab.errors import UserError
-from sftlab.io import remove_tree
+from sftlab.io import remove_tree, write_atomic
 from sftlab.offline import set_offline
 from sftlab.world.generator import WorldSizes, generate_world, generator_fingerprint
 
@@ -161,7 +161,7 @@ def ensure_base(base_dir: Path, cfg: PretrainConfig, world: str, console: Consol
         remove_tree(base_dir, base_dir.parent)
     console.print("base: pretraining a tiny GPT-2 on the world's corpus")
     base_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(world)  # before training, so an interrupted pretraining resumes on this world
+    write_atomic(stamp, world)  # before training, so an interrupted pretraining resumes on this world
     return run_pretrain(cfg)
 
 
@@ -173,7 +173,7 @@ def audit_prompts(world_dir: Path, n_questions: int) -> Path:
     questions = [json.loads(line) for line in (world_dir / "sft/qa_known/test.jsonl").read_text().splitlines()]
     rows += questions[:n_questions]
     path = world_dir / "prompts" / "audit.jsonl"
-    path.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    write_atomic(path, "".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
     return path
 
 

@@ -43,7 +43,7 @@ from sftlab.audit.report.section import (
 )
 from sftlab.audit.stats import paired_bootstrap_ci
 from sftlab.config import SweepConfig, build_config
-from sftlab.io import read_json_state
+from sftlab.io import read_json_state, write_atomic
 from sftlab.offline import set_offline
 
 BASE_MODEL = "smollm2-135m-instruct"
@@ -210,7 +210,7 @@ def _head(path: Path, n: int, out_dir: Path) -> Path:
     """The first ``n`` lines of a data file, for the quick plan."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / path.name
-    target.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    write_atomic(target, "".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]))
     return target
 
 
@@ -246,7 +246,7 @@ def side_by_side(sweep_dir: Path, out: Path) -> Path:
             "the others have nothing to do with plays.</p>"
             f"<div class=wrap><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
     path = out / "side_by_side.html"
-    path.write_text(page, encoding="utf-8")
+    write_atomic(path, page)
     return path
 
 

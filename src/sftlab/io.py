@@ -50,6 +50,18 @@ def write_json_atomic(path: str | Path, payload: Any, **dumps_kwargs: Any) -> Pa
     return write_atomic(path, json.dumps(payload, **dumps_kwargs))
 
 
+def fsync_tree(path: str | Path) -> None:
+    """Flush every file under ``path`` to disk, so that a rename never publishes data still in the page cache."""
+    for file in Path(path).rglob("*"):
+        if file.is_file():
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fsync_dir(path)
+
+
 def fsync_dir(path: str | Path) -> None:
     """Flush a directory's entries (a rename into it) to disk; a no-op where directories cannot be opened."""
     try:
@@ -74,6 +86,42 @@ def read_json_state(path: str | Path, what: str) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{what} {p} is unreadable ({exc}); it was probably cut short by a crash. "
                         "Delete it (or its directory) and rerun to make it again") from None
+
+
+def staging_dir(target: str | Path) -> Path:
+    """Where a directory meant for ``target`` is built before :func:`replace_dir` moves it in: a hidden
+    sibling, emptied of anything a killed build left there."""
+    target = Path(target)
+    staged = target.parent / f".{target.name}.partial"
+    remove_tree(staged, target.parent, ignore_errors=True)
+    return staged
+
+
+def replace_dir(staged: str | Path, target: str | Path) -> Path:
+    """Move the finished directory ``staged`` to ``target``, replacing what is there, so that a crash at any
+    point leaves a whole directory: the old one is renamed aside (``.<name>.old``) before the new one moves
+    in, and deleted only after. A crash between the two renames leaves the old one aside, which the next
+    call puts back before it starts (the caller then rebuilds ``staged``)."""
+    staged, target = Path(staged), Path(target)
+    owner = target.parent
+    old = owner / f".{target.name}.old"
+    restore_aside(target)
+    remove_tree(old, owner, ignore_errors=True)
+    fsync_tree(staged)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(staged, target)
+    fsync_dir(owner)
+    remove_tree(old, owner)
+    return target
+
+
+def restore_aside(target: str | Path) -> None:
+    """Put back the old ``target`` that a :func:`replace_dir` killed between its two renames left aside."""
+    target = Path(target)
+    old = target.parent / f".{target.name}.old"
+    if old.is_dir() and not target.exists():
+        os.rename(old, target)
 
 
 def check_inside(path: str | Path, owner: str | Path) -> Path:

@@ -29,6 +29,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from sftlab.errors import UserError
+from sftlab.io import replace_dir, staging_dir
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -246,6 +247,11 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, allow_pickle: bo
         base_dtype = getattr(torch, base_dtype, None)
     if isinstance(base_dtype, torch.dtype):
         model = model.to(base_dtype)
-    model.save_pretrained(str(out))
-    load_tokenizer(str(adapter_dir)).save_pretrained(str(out))
-    return out
+    # Built aside and moved in whole: a merge killed half-way leaves no half model dir at --out.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = staging_dir(out)
+    model.save_pretrained(str(staged))
+    load_tokenizer(str(adapter_dir)).save_pretrained(str(staged))
+    if out.exists():
+        out.rmdir()  # empty (checked above): replace_dir would otherwise keep it aside for nothing
+    return replace_dir(staged, out)

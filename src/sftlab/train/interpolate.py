@@ -22,6 +22,7 @@ import torch
 from rich.progress import Progress
 
 from sftlab.errors import UserError
+from sftlab.io import replace_dir, restore_aside, staging_dir
 from sftlab.models.load import load_model, load_tokenizer
 from sftlab.train.callbacks import disable_library_bars
 
@@ -90,13 +91,16 @@ def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path
             mixed = interpolate_state_dicts(base_sd, tuned_sd, alpha)
             base_model.load_state_dict(mixed)
             target = out / alpha_dir_name(alpha)
-            base_model.to(target_dtype).save_pretrained(str(target))
+            # Built aside and moved in whole: a sweep reads these dirs, and a kill must not leave half of one.
+            restore_aside(target)
+            staged = staging_dir(target)
+            base_model.to(target_dtype).save_pretrained(str(staged))
             base_model.to(torch.float32)
-            tokenizer.save_pretrained(str(target))
-            (target / "interpolation.json").write_text(
+            tokenizer.save_pretrained(str(staged))
+            (staged / "interpolation.json").write_text(
                 json.dumps({"method": "wise-ft", "base": str(base), "tuned": str(tuned), "alpha": alpha}, indent=2)
             )
-            written.append(target)
+            written.append(replace_dir(staged, target))
             progress.advance(task)
     for path in written:
         print(f"wrote {path}")

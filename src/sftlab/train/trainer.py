@@ -59,7 +59,7 @@ from transformers.trainer_utils import (
 from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
-from sftlab.io import fsync_dir, remove_tree
+from sftlab.io import fsync_dir, fsync_tree, remove_tree, replace_dir, restore_aside, staging_dir
 from sftlab.train.distributed import enable_fsdp_on_cpu, full_state_dict, is_fsdp2, local_bytes, per_rank, reshard
 from sftlab.train.losses import IGNORE_INDEX, LossFn, cross_entropy
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
@@ -388,7 +388,7 @@ class SFTLabTrainer(Trainer):
             self._point_best_at_final(run_dir)
             self.state.save_to_json(str(staged / "trainer_state.json"))
             (staged / TRAIN_TIME_FILE).write_text(json.dumps({"train_seconds": self.train_seconds()}))
-            _fsync_tree(staged)
+            fsync_tree(staged)
             if final.exists():  # the same step saved twice: replace it, never leave a step without one
                 os.rename(final, run_dir / TRASH_DIR)
             os.rename(staged, final)
@@ -455,18 +455,6 @@ def scored_positions_only(head: torch.nn.Module, labels: torch.Tensor) -> Iterat
         yield gathered_labels
     finally:
         handle.remove()
-
-
-def _fsync_tree(path: Path) -> None:
-    """Flush every file under ``path`` to disk, so the rename never publishes data still in the page cache."""
-    for file in path.rglob("*"):
-        if file.is_file():
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fsync_dir(path)
 
 
 def _share_permissions(path: Path) -> None:
@@ -610,13 +598,10 @@ def save_final(trainer: Trainer, out_dir: Path) -> Path:
     the new one is in place, so a crash at any point leaves a whole model dir (the old one, or the new one,
     or the old one under ``.<name>.old`` next to a finished ``.<name>.partial``, which the next save sorts out).
     """
-    owner = out_dir.parent
-    staged, old = owner / f".{out_dir.name}.partial", owner / f".{out_dir.name}.old"
+    staged = out_dir.parent / f".{out_dir.name}.partial"
     if trainer.args.should_save:
-        if old.is_dir() and not out_dir.exists():
-            os.rename(old, out_dir)  # a crash between the two renames below: the old model comes back first
-        remove_tree(staged, owner, ignore_errors=True)
-        remove_tree(old, owner, ignore_errors=True)
+        restore_aside(out_dir)  # a crash inside an earlier replace_dir: the old model comes back first
+        staging_dir(out_dir)
     trainer.accelerator.wait_for_everyone()
     with full_state_dict(trainer.accelerator):  # a plain model dir even when FSDP checkpoints are sharded
         trainer.save_model(str(staged))
@@ -626,11 +611,6 @@ def save_final(trainer: Trainer, out_dir: Path) -> Path:
         # and a model dir meant for sharing should hold nothing that needs unpickling.
         (staged / "training_args.bin").unlink(missing_ok=True)
         _share_permissions(staged)
-        _fsync_tree(staged)
-        if out_dir.exists():
-            os.rename(out_dir, old)
-        os.rename(staged, out_dir)
-        fsync_dir(owner)
-        remove_tree(old, owner)
+        replace_dir(staged, out_dir)
     trainer.accelerator.wait_for_everyone()
     return out_dir

@@ -94,6 +94,9 @@ def generate_world(out: str | Path, seed: int = 0, sizes: WorldSizes | None = No
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise UserError(f"--out must be a directory: {root} is a file")
+    # The manifest marks a whole world: gone while the files are rewritten, so a kill never leaves the old
+    # manifest vouching for half-new files.
+    (root / "world.json").unlink(missing_ok=True)
     stream = _streams(seed)
 
     people = make_entities(stream("people"), sizes.known_people + sizes.new_people)
