@@ -2,13 +2,14 @@
 
 A file written in place and cut short by a kill (or a full disk) is a torn file that a resume, a sweep or a
 report then trusts. :func:`write_atomic` writes a temporary file beside the target, flushes it to disk and
-renames it over the target, so a reader sees the old file or the new one, never half of one.
-:func:`remove_tree` refuses to delete a directory that does not lie under the directory it belongs to, so a
+renames it over the target, so a reader sees the old file or the new one, never half of one; :func:`replace_dir`
+does the same for a directory built beside its target. :func:`remove_tree` refuses to delete a directory that does not lie under the directory it belongs to, so a
 path built from a user's string (a strategy name, an ``out`` dir) cannot make sftlab delete something else.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write ``data`` (text as UTF-8, or bytes) to ``path`` through a fsynced temporary file and ``os.replace``.
 
     The temporary file lives in the same directory, so the rename never crosses a filesystem. A kill at any
-    point leaves the previous file (or none) and at most a ``*.tmp`` file that the next write replaces.
+    point leaves the previous file (or none), plus at worst a hidden ``.NAME.*.tmp`` leftover that no reader opens.
     """
     target = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -34,15 +35,21 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         # mkstemp makes the file 0600; a state file should be as readable as any other file the user writes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(target.parent)
     return target
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: reading it means setting it, which is not thread-safe)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | Path, payload: Any, **dumps_kwargs: Any) -> Path:
