@@ -21,7 +21,7 @@ from sftlab.audit.report.sections import PPL_THRESHOLD
 from sftlab.config import SweepConfig
 from sftlab.sweep_table import COLUMNS, GROUPS, Column, format_cell, pareto_front
 from sftlab.sweep_forecast import forecast_section
-from sftlab.io import write_atomic
+from sftlab.io import read_json_state, write_atomic
 
 TASK_AXIS = ("task_score", "task score (higher is better)")
 PARETO_PLOTS = (
@@ -139,7 +139,7 @@ def read_findings(out: Path, table: dict[str, Any]) -> list[Finding]:
         reports = []
         for seed in s["seeds"]:
             path = out / "runs" / name / f"seed{seed}" / "audit" / "report.json"
-            reports.append((seed, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None))
+            reports.append((seed, read_json_state(path, "a run's audit report") if path.is_file() else None))
         findings += seed_findings(name, reports)
     return findings
 
