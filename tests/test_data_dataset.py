@@ -9,7 +9,7 @@ import pytest
 from sftlab.config import AugmentSettings, EdaSettings, TrainConfig
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
 from sftlab.data.readers import read_records
-from sftlab.data.tokenize import IGNORE_INDEX
+from sftlab.models.tokens import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

@@ -203,7 +203,7 @@ def test_audit_report_files_are_written_atomically(tmp_path: Path, monkeypatch) 
 
 
 def test_a_torn_report_json_is_a_clear_message_for_the_sweep_and_the_demo(tmp_path: Path) -> None:
-    from sftlab.demo_real import side_by_side
+    from sftlab.recipes.demo_real import side_by_side
 
     report = tmp_path / "sweep" / "runs" / "full" / "seed0" / "audit" / "report.json"
     report.parent.mkdir(parents=True)
@@ -215,7 +215,7 @@ def test_a_torn_report_json_is_a_clear_message_for_the_sweep_and_the_demo(tmp_pa
 def test_a_torn_world_json_is_a_clear_message_or_a_fresh_world(tmp_path: Path, monkeypatch) -> None:
     from rich.console import Console
 
-    from sftlab import demo
+    from sftlab.recipes import demo
     from sftlab.world.section import world_section
 
     world = tmp_path / "world"
@@ -246,18 +246,18 @@ def test_world_json_marks_a_whole_world_only(tmp_path: Path, monkeypatch) -> Non
 
 
 def test_sweep_row_and_settings_torn_rows_are_redone(tmp_path: Path) -> None:
-    from sftlab.sweep import ROW_FILE, SETTINGS_FILE, finished_row, load_sweep, plan, run_settings
+    from sftlab.recipes.sweep import ROW_FILE, SETTINGS_FILE, finished_row, load_sweep, plan, resolve_base, run_settings
 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"base_model": "base", "out": str(tmp_path / "sweep"),
                                     "train": {"train_file": "t.jsonl"}, "strategies": [{"name": "full"}],
                                     "audit": {"prompts": "p.jsonl"}}))
-    cfg = load_sweep(str(path))
+    cfg, base = resolve_base(load_sweep(str(path)))
     spec = plan(cfg)[0]
     spec.run_dir.mkdir(parents=True)
-    write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec))
+    write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec, base))
     (spec.run_dir / ROW_FILE).write_text('{"strategy": "fu')  # torn by an older version
-    assert finished_row(cfg, spec) is None  # not finished: the run is done again (its training resumes)
+    assert finished_row(cfg, spec, base) is None  # not finished: the run is done again (its training resumes)
 
 
 def test_remove_tree_refuses_paths_outside_their_owner(tmp_path: Path) -> None:

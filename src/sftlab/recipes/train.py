@@ -46,7 +46,6 @@ from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records, read_texts
 from sftlab.errors import UserError
 from sftlab.io import remove_tree, write_atomic
-from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import (
     is_adapter_dir,
     load_config,
@@ -56,6 +55,7 @@ from sftlab.models.load import (
     resolve_dtype,
     training_attention,
 )
+from sftlab.models.reference import resolve_model
 from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
 from sftlab.train.adversarial import FreeLB, attach_adversarial
 from sftlab.train.callbacks import (
@@ -171,7 +171,7 @@ def prepare_train(
         quiet_packed_padding_warning()
     reset_peak_memory()
     run_dir = Path(cfg.output_dir)
-    base = _resolve_base(resolve_model_source(cfg.model_name_or_path, cfg.gguf_file))
+    base = _resolve_base(resolve_model(cfg.model_name_or_path, cfg.gguf_file).path)
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
     for weights_dir in (base, checkpoint):  # before the data is read: a refusal should come first
