@@ -7,6 +7,7 @@ Each subcommand parses its arguments, builds a typed config and hands it to a re
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -121,7 +122,7 @@ def _cmd_intruders(args: argparse.Namespace) -> int:
 def _cmd_models_list(args: argparse.Namespace) -> int:
     from sftlab.recipes.models import print_models
 
-    print_models()
+    print_models(as_json=args.json)
     return 0
 
 
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="built-in real models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="the built-in model names and whether each is installed and converted")
+    p.add_argument("--json", action="store_true", help="print the list as JSON, one object per model")
     p.set_defaults(handler=_cmd_models_list)
 
     world = sub.add_parser("world", help="the synthetic world").add_subparsers(dest="world_command", required=True)
@@ -296,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sftlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`sftlab models list | head`): as the Python docs advise, point stdout at
+        # devnull so the flush at exit does not raise again, and stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

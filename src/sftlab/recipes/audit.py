@@ -51,6 +51,7 @@ from sftlab.audit.report.sections import (
 from sftlab.audit.report.token_view import answers_html, legend_html, token_view_page
 from sftlab.audit.score_cache import cached_scores
 from sftlab.config import AuditConfig
+from sftlab.recipes.audit_validate import validate_inputs
 from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
@@ -436,7 +437,12 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     cfg = cfg.model_copy(update={"bf16_weight_rounding": resolve_rounding(cfg.bf16_weight_rounding,
                                                                           precision == torch.bfloat16)})
     inputs = read_inputs(cfg)
+    # Every model dir and every prompt's room, checked before the base is sampled (minutes on a real model).
+    notes = validate_inputs(cfg, models, {cfg.prompts: inputs.messages, **(
+        {cfg.eval_set: [it.messages for it in inputs.eval_items]} if cfg.eval_set else {})})
     console = Console(stderr=True)
+    for note in notes:
+        console.print(f"[yellow]{note}[/yellow]")
     if inputs.sft_rejected:
         console.print(f"[yellow]sft_data: {inputs.sft_rejected} bad records skipped for pattern copying "
                       f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")

@@ -365,11 +365,13 @@ def aggregate(rows: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any
 
 
 def print_table(console: Console, table: dict[str, Any]) -> None:
-    """A short console table: the headline columns only."""
+    """A short console table: the headline columns that some run measured."""
     short = {"eval_loss": "eval loss", "task_score": "task", "style_capture": "SFT style",
              "diversity_kept_per_input": "div. kept",
              "genres_covered": "genres", "delta_perplexity": "Δ ppl", "shifted": "shifted", "train_seconds": "train s"}
-    cols = [c for c in COLUMNS if c.key in short]
+    # As on the HTML page, a column no run measured (the world's genres on a real model) is left out.
+    cols = [c for c in COLUMNS if c.key in short
+            and any(s["columns"][c.key]["mean"] is not None for s in table["strategies"].values())]
     rich_table = RichTable(title="sweep (mean ± std over seeds)")
     rich_table.add_column("strategy", no_wrap=True)
     for c in cols:
