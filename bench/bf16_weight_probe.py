@@ -35,8 +35,8 @@ def main() -> None:
     from sftlab.recipes.train import prepare_train
     from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
 
-    settings = {k: v for k, v in builtin_plan(real=True, quick=False).train.items()
-                if k in ("max_length", "packing", "per_device_train_batch_size")}
+    plan_train = builtin_plan(real=True, quick=False).train
+    settings = {k: v for k, v in plan_train.items() if k in ("max_length", "packing", "per_device_train_batch_size")}
     cfg = TrainConfig(model_name_or_path="smollm2-135m-instruct", output_dir=tempfile.mkdtemp(prefix="sftlab-probe-"),
                       train_file=[str(data_dir() / "shakespeare_train.jsonl")], dtype="float32", seed=0,
                       save_strategy="no", resume="never", **settings)
@@ -57,7 +57,7 @@ def main() -> None:
 
     print(f"before the step: next batch fp32 {loss(False):.4f}, bf16 {loss(True):.4f}; "
           f"weights exact in bf16 {exact_share():.1%}")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=FULL.train["learning_rate"], weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=plan_train["learning_rate"], weight_decay=0.0, fused=True)
     trainer.compute_loss(model, first).backward()
     optimizer.step()
     fp32 = loss(False)

@@ -20,8 +20,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "sftlab"
 
 # Bottom first. A package may import its own layer's packages and any layer below, never one above.
 LAYERS: list[set[str]] = [
-    {"sftlab", "errors", "offline", "settings"},  # the package root (version), the error type, the offline switch,
-    # the base of every config section (settings.py: StrictModel, shared sections; pydantic only)
+    {"sftlab", "errors", "offline", "settings", "io", "overrides"},  # the package root (version), the error type, the offline
+    # switch, the base of every config section (settings.py: StrictModel, shared sections; pydantic only), atomic files
     {"models"},  # ground floor: loading, built-ins, GGUF, generation, fingerprint, cache root, token constants
     {"data"},
     {"train"},

@@ -41,7 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from sftlab.train.adapters import merge_adapter
 
-    merge_adapter(args.adapter, args.out)
+    merge_adapter(args.adapter, args.out, allow_pickle=args.allow_pickle)
     return 0
 
 
@@ -67,7 +67,7 @@ def _cmd_data_distill(args: argparse.Namespace) -> int:
     run_distill(args.model, args.input, args.output, sampling=sampling, greedy=not args.sample,
                 rouge_threshold=args.rouge_threshold, short_answer_words=args.short_answer_words,
                 max_length=args.max_length, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype,
-                trust_remote_code=args.trust_remote_code)
+                trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     return 0
 
 
@@ -91,7 +91,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "out": args.out,
     }
     data = _deep_merge(data, {k: v for k, v in flags.items() if v})
-    data = _deep_merge(data, parse_overrides(overrides + args.set_overrides))
+    data = _deep_merge(data, parse_overrides(overrides + args.set_overrides, AuditConfig))
     run_audit(build_config(AuditConfig, data, source=config or "command line"))
     return 0
 
@@ -105,7 +105,8 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         raise UserError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
     from sftlab.models.reference import resolve_model
 
-    interpolate_dirs(resolve_model(args.base, args.gguf_file).path, args.tuned, alphas, args.out)
+    interpolate_dirs(resolve_model(args.base, args.gguf_file).path, args.tuned, alphas, args.out,
+                     allow_pickle=args.allow_pickle)
     return 0
 
 
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    def add_allow_pickle(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allow-pickle", action="store_true",
+                       help="load *.bin pickled weights you made yourself (torch.load, weights_only=True); "
+                       "without it such a dir is refused")
+
     def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("config", nargs=None if required else "?", help="YAML config")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
@@ -187,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("merge", _cmd_merge, "merge a PEFT adapter into its base and save a full model dir")
     p.add_argument("--adapter", required=True, help="adapter dir written by `sftlab train`")
     p.add_argument("--out", required=True, help="where to write the merged model")
+    add_allow_pickle(p)
 
     p = add("interpolate", _cmd_interpolate, "WiSE-FT: (1-a)*base + a*tuned for each alpha")
     p.add_argument("--base", required=True, help="model dir, .gguf file or built-in name")
@@ -194,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", required=True, help="full model dir or PEFT adapter dir")
     p.add_argument("--alphas", default="0.25,0.5,0.75")
     p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
+    add_allow_pickle(p)
 
     p = add("safelora", _cmd_safelora, "SafeLoRA: project a LoRA adapter's updates onto the alignment subspace "
             "where they stray from it (Hsu et al. 2024)")
@@ -275,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--trust-remote-code", action="store_true")
+    add_allow_pickle(p)
 
     models = sub.add_parser("models", help="built-in real models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="the built-in model names and whether each is installed and converted")

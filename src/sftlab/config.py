@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import AfterValidator, Field, ValidationError, create_model, model_validator
 
+from sftlab import overrides as overrides_module
 from sftlab.data.mix import MixSettings, check_weights, weighted_entries_to_mix
 from sftlab.errors import UserError
+from sftlab.models.device import check_device_name
 from sftlab.settings import SamplingSettings, StrictModel, format_validation_error  # noqa: F401  (re-exported)
 from sftlab.train.distributed import DeepSpeedSettings, FsdpSettings
-from sftlab.train.remedies.augment import AugmentSettings  # noqa: F401  (data/ reads it from here)
 from sftlab.train.remedies.registry import check_remedies, expand_presets, remedy_fields
 
 
@@ -147,7 +148,11 @@ class TrainCore(StrictModel):
         "eval_loss", description="what early stopping and the best checkpoint go by: eval_loss (token "
         "cross-entropy, whatever the loss) or eval_objective (the training loss on the eval set)"
     )
-    resume: str = Field("auto", description="auto | never | a checkpoint dir")
+    resume: str = Field("auto", description="auto | never | a checkpoint dir (its optimizer, scheduler and RNG "
+                        "state are read by torch.load with weights_only=True)")
+    allow_pickle: bool = Field(
+        False, description="load a model, adapter or resume checkpoint whose weights are only *.bin pickles "
+        "(torch.load, weights_only=True); off, such a dir is refused: unpickling can run code")
 
     @model_validator(mode="before")
     @classmethod
@@ -278,8 +283,12 @@ class AuditConfig(StrictModel):
     max_prompts: int | None = Field(None, ge=1)
     max_length: int = Field(512, ge=8)
     trust_remote_code: bool = False
+    allow_pickle: bool = Field(
+        False, description="load a model or adapter dir whose weights are only *.bin pickles (torch.load, "
+        "weights_only=True); off, such a dir is refused: unpickling can run code")
     cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
-    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps")
+    device: Annotated[str, AfterValidator(check_device_name)] = Field(
+        "auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps")
     dtype: str = Field("auto", description="compute dtype: auto (bf16 where it pays: a GPU that has it, or a CPU "
                        "with bf16 units (AMX or AVX512-BF16) for a model at least 256 wide; else fp32), float32, "
                        "bfloat16, float16. On a CPU the weights stay fp32 and bf16/fp16 run under autocast")
@@ -320,7 +329,8 @@ class StrategySpec(StrictModel):
     """One named strategy of a sweep: a train-config overlay, or a post-hoc step on another strategy's model
     (``interpolate``: WiSE-FT; ``intruders``: intruder-dimension reduction)."""
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]+$")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$",
+                      description="letters, digits and _ . + -, not starting with a dot: it names the run's dir")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys over the sweep's `train`")
     interpolate: InterpolationSpec | None = None
     intruders: IntruderSpec | None = None
@@ -356,6 +366,10 @@ class SweepConfig(StrictModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"strategy names must be unique: {', '.join(dupes)}")
+        seeds = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if seeds:
+            # Two runs would share seed<k>/, and the table would count one run twice (a std of 0).
+            raise ValueError(f"seeds must be unique: {', '.join(map(str, seeds))} given more than once")
         for strategy in self.strategies:
             step = strategy.post_hoc
             if step is None:
@@ -381,34 +395,18 @@ CONFIGS: dict[str, type[StrictModel]] = {
 M = TypeVar("M", bound=StrictModel)
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """Turn ``["lora.r=16", "packing=true"]`` into a nested dict; values are parsed as YAML scalars."""
-    tree: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {item!r} is not key=value (for example learning_rate=3e-4)")
-        node = tree
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise UserError(f"override {item!r} conflicts with another override of {part!r}")
-        node[parts[-1]] = _parse_scalar(raw)
-    return tree
+# Free-form sections whose keys are another config's: a sweep's ``train`` and ``audit`` overlays.
+OVERLAYS: dict[tuple[type[StrictModel], str], type[StrictModel]] = {
+    (SweepConfig, "train"): TrainConfig,
+    (SweepConfig, "audit"): AuditConfig,
+}
 
 
-def _parse_scalar(raw: str) -> Any:
-    """YAML scalar parsing, plus ``3e-4`` as a float (YAML 1.1 wants ``3.0e-4``)."""
-    if raw == "":
-        return None
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+def parse_overrides(overrides: list[str], schema: type[StrictModel] | None = None) -> dict[str, Any]:
+    """``["lora.r=16", "packing=true"]`` as a nested dict, each value typed by ``schema``'s field
+    (:func:`sftlab.overrides.parse_overrides`; a sweep's ``train`` and ``audit`` keys by their configs)."""
+    return overrides_module.parse_overrides(overrides, schema, OVERLAYS)
+
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -450,13 +448,15 @@ def build_config(cls: type[M], data: dict[str, Any], source: str = "config") -> 
 def load_config(cls: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
     """Read ``path`` (optional), apply ``key=value`` overrides, validate into ``cls``."""
     data = read_yaml(path) if path else {}
-    data = _deep_merge(data, parse_overrides(overrides or []))
+    data = _deep_merge(data, parse_overrides(overrides or [], cls))
     return build_config(cls, data, source=str(path) if path else "command line")
 
 
 def dump_config(cfg: StrictModel, path: str | Path) -> None:
-    """Write the resolved config as YAML (by alias, so ``lambda`` round-trips)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
+    """Write the resolved config as YAML (by alias, so ``lambda`` round-trips), atomically: it gates resume."""
+    from sftlab.io import write_atomic
+
+    write_atomic(path, yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
 
 
 def schema_json(name: str) -> str:

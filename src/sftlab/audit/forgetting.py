@@ -22,6 +22,11 @@ of ``tokenize(context + continuation)`` after the ids of ``tokenize(context)``. 
   (sftlab's earlier rule). Unlike ``acc_norm`` it depends on the tokenizer, so two models with
   different vocabularies are not scored alike; kept for comparison with older reports.
 
+A context plus choice longer than the model's positions (``max_length``: the audit's ``max_length``
+capped at the model's ``max_position_embeddings``) loses the start of its context, as lm-eval's
+``HFLM`` truncates from the left; the report counts the questions that lost context (``truncated``). A
+choice that alone needs all the positions cannot be scored, and is a UserError naming it.
+
 ``acc`` is the default (``AuditConfig.mc_score``): it is lm-eval's first metric and the plain
 likelihood comparison, with no normaliser to choose. Summed log-probabilities favour short choices when
 the choices differ much in length, which is what ``acc_norm`` corrects; docs/results.md shows the three
@@ -69,6 +74,15 @@ def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Any id serves as padding: batches are right-padded under an attention mask, and padded positions are
+    never scored. A tokenizer with neither a pad nor an EOS token gets id 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(candidate, int):
+            return candidate
+    return 0
+
+
 def windows(ids: Sequence[int], max_length: int) -> list[list[int]]:
     """Cut ``ids`` into windows of at most ``max_length`` that overlap by one token (see module doc)."""
     if max_length < 2:
@@ -95,8 +109,7 @@ def perplexity(
     doc_nll, doc_tokens = [0.0] * len(encoded), [0] * len(encoded)
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
-        lps = continuation_logprobs(model, [w[:1] for _, w in batch], [w[1:] for _, w in batch],
-                                    tokenizer.pad_token_id)
+        lps = continuation_logprobs(model, [w[:1] for _, w in batch], [w[1:] for _, w in batch], _pad_id(tokenizer))
         for (doc, _), lp in zip(batch, lps):
             doc_nll[doc] -= float(lp.double().sum())
             doc_tokens[doc] += len(lp)
@@ -198,6 +211,7 @@ class ChoiceScore:
     logprob: float  # sum of the continuation tokens' log-probabilities (nats)
     n_tokens: int  # continuation tokens (the leading space included)
     n_chars: int  # len(choice): lm-eval's acc_norm denominator
+    context_cut: int = 0  # context tokens dropped from the left to fit the model's positions
 
     def value(self, rule: str) -> float:
         """The score ``rule`` ranks by: LL (acc), LL / len(choice) (acc_norm), LL / tokens (mean_token)."""
@@ -208,6 +222,20 @@ class ChoiceScore:
         if rule == "mean_token":
             return self.logprob / self.n_tokens
         raise ValueError(f"unknown multiple-choice rule {rule!r}; one of {', '.join(MC_SCORES)}")
+
+
+def fit_positions(ctx: list[int], cont: list[int], max_length: int, what: str) -> tuple[list[int], int]:
+    """``ctx`` cut from the left so that ``ctx + cont`` fits ``max_length`` positions; also how many tokens went.
+
+    The continuation is never cut (its log-likelihood is the score); one that leaves no room for a context
+    token is a UserError naming ``what``.
+    """
+    room = max_length - len(cont)
+    if room < 1:
+        raise UserError(f"{what} is {len(cont)} tokens, and the model reads at most {max_length} positions "
+                        "(max_length, capped at the model's own limit): shorten that choice or drop the question")
+    cut = max(0, len(ctx) - room)
+    return ctx[cut:], cut
 
 
 def encode_choice_pairs(
@@ -244,25 +272,37 @@ def choice_scores(
     items: Sequence[MCItem],
     batch_size: int = 16,
     on_done: Callable[[int], None] | None = None,
+    max_length: int | None = None,
 ) -> list[list[ChoiceScore]]:
     """The log-likelihood of every choice of every item (``" " + choice`` after the context), batched:
-    one forward pass per batch of (item, choice) pairs, pairs of similar length batched together."""
+    one forward pass per batch of (item, choice) pairs, pairs of similar length batched together.
+    With ``max_length``, a pair longer than that loses the start of its context (see the module docstring)."""
     flat = [(i, c) for i, it in enumerate(items) for c in it.choices]
     encoded = encode_choice_pairs(tokenizer, [(mc_context(items[i]), " " + c) for i, c in flat])
+    cuts = [0] * len(flat)
+    if max_length is not None:
+        for k, ((i, choice), (ctx, cont)) in enumerate(zip(flat, encoded)):
+            ctx, cuts[k] = fit_positions(ctx, cont, max_length, f"choice {choice[:60]!r} of question {i + 1}")
+            encoded[k] = (ctx, cont)
     order = sorted(range(len(flat)), key=lambda k: len(encoded[k][0]) + len(encoded[k][1]))  # little padding
     logprobs: list[float] = [0.0] * len(flat)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         lps = continuation_logprobs(model, [encoded[k][0] for k in batch], [encoded[k][1] for k in batch],
-                                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+                                    _pad_id(tokenizer))
         for k, lp in zip(batch, lps):
             logprobs[k] = float(lp.double().sum())
         if on_done is not None:
             on_done(len(batch))
     out: list[list[ChoiceScore]] = [[] for _ in items]
     for k, (i, choice) in enumerate(flat):
-        out[i].append(ChoiceScore(logprobs[k], len(encoded[k][1]), len(choice)))
+        out[i].append(ChoiceScore(logprobs[k], len(encoded[k][1]), len(choice), cuts[k]))
     return out
+
+
+def mc_truncated(scores: Sequence[Sequence[ChoiceScore]]) -> int:
+    """How many questions had context cut from the left for at least one choice."""
+    return sum(any(s.context_cut for s in per_item) for per_item in scores)
 
 
 def mc_predictions(scores: Sequence[Sequence[ChoiceScore]], rule: str = "acc") -> list[int]:
@@ -306,6 +346,7 @@ def forgetting_table(
     n_boot: int = 1000,
     seed: int = 0,
     mc_score: str = "acc",
+    mc_truncated: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, object]:
     """Perplexity per corpus and accuracy per benchmark for every model, with each tuned model's change.
 
@@ -313,6 +354,7 @@ def forgetting_table(
     the rule ``mc_score``, recorded in the result). The
     accuracy delta gets a paired bootstrap 95% interval over questions; the perplexity change is
     relative (tuned / base - 1), with a paired bootstrap 95% interval over documents.
+    ``mc_truncated[bench][model]``: questions whose context was cut to fit the model's positions.
     """
     ppl_out: dict[str, object] = {}
     for corpus, per_model in perplexities.items():
@@ -330,7 +372,8 @@ def forgetting_table(
         rows: dict[str, object] = {}
         for model, correct in per_model.items():
             row: dict[str, object] = {"accuracy": sum(correct) / len(correct) if correct else float("nan"),
-                                      "n": len(correct)}
+                                      "n": len(correct),
+                                      "truncated": (mc_truncated or {}).get(bench, {}).get(model, 0)}
             if model != base:
                 d, lo, hi = paired_bootstrap_ci([float(c) for c in per_model[base]], [float(c) for c in correct],
                                                 n_boot, seed)

@@ -157,7 +157,7 @@ def self_replay_pool(cfg: "TrainConfig", tokenizer: PreTrainedTokenizerBase) -> 
     base = cfg.model_name_or_path
     device = generation_device()
     model = load_model(base, dtype="auto", device=device, trust_remote_code=cfg.trust_remote_code,
-                       merge_adapter=is_adapter_dir(base))
+                       merge_adapter=is_adapter_dir(base), allow_pickle=cfg.allow_pickle)
     cache = Path(replay.cache_dir) if replay.cache_dir else default_cache_dir("self_replay")
     out = answer_prompts(model, tokenizer, base, prompts, replay.sampling, greedy=replay.answers == "greedy",
                          max_length=cfg.max_length, cache_dir=cache, description="self-replay: base answers")

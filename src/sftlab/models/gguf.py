@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 import torch
 
 from sftlab.errors import UserError
+from sftlab.io import remove_tree
 from sftlab.models.cache import cache_root
 
 LOGIT_TOLERANCE = 1e-5
@@ -140,7 +139,7 @@ def convert_gguf(gguf_path: str | Path, log: bool = True) -> Path:
             if not _is_complete(out):
                 raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, out.parent, ignore_errors=True)
     return out
 
 

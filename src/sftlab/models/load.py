@@ -50,12 +50,49 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+# Weight files that are pickles: torch.load runs code a file names, so sftlab loads them only when the user
+# says the files are theirs (``allow_pickle``), and then with ``weights_only=True`` (transformers and peft do).
+PICKLED_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+
+
+def refuse_pickled_weights(path: str | Path, allow_pickle: bool) -> None:
+    """A UserError when the dir ``path`` holds its weights only as a pickle and ``allow_pickle`` is off."""
+    p = Path(path)
+    if allow_pickle or not p.is_dir() or any((p / name).is_file() for name in SAFE_WEIGHTS):
+        return
+    pickled = next((name for name in PICKLED_WEIGHTS if (p / name).is_file()), None)
+    if pickled:
+        raise UserError(
+            f"{p} holds its weights as a pickle ({pickled}), and unpickling a file can run code in it, so sftlab "
+            "loads safetensors only. Save the weights as safetensors (save_pretrained writes them by default), or, "
+            "if you made this file yourself, set allow_pickle: true in the config (train, audit) or pass "
+            "--allow-pickle (merge, interpolate, data distill); it is then read by torch.load with weights_only=True"
+        )
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict[str, Any]:
+    """An adapter dir's ``adapter_config.json`` as a mapping; a UserError when it is not one."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc}); the adapter dir is damaged: save the adapter again") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
 def adapter_base_path(adapter_dir: str | Path) -> str:
-    """The base model an adapter was trained on, as recorded in its ``adapter_config.json``."""
-    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    base = cfg.get("base_model_name_or_path")
-    if not base:
+    """The base model an adapter was trained on, as recorded in its ``adapter_config.json``; a recorded
+    local path that no longer exists is a UserError."""
+    base = read_adapter_config(adapter_dir).get("base_model_name_or_path")
+    if not base or not isinstance(base, str):
         raise UserError(f"{adapter_dir}: adapter_config.json names no base_model_name_or_path")
+    if base.startswith((".", "/", "~")) and not Path(base).expanduser().exists():
+        raise UserError(f"{adapter_dir}: the base model it was trained on, {base} (base_model_name_or_path in its "
+                        "adapter_config.json), is not found; put the base back there, or set that field to "
+                        "where it is now")
     return base
 
 
@@ -66,7 +103,7 @@ MERGEABLE = {"LORA", "IA3"}
 
 def adapter_peft_type(adapter_dir: str | Path) -> str:
     """The ``peft_type`` an adapter dir's ``adapter_config.json`` records ("?" when it names none)."""
-    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type", "?")
+    return read_adapter_config(adapter_dir).get("peft_type", "?")
 
 
 def adapter_is_mergeable(adapter_dir: str | Path) -> bool:
@@ -258,6 +295,7 @@ def load_model(
     merge_adapter: bool = False,
     dropout: float | None = None,
     attn_implementation: str | None = None,
+    allow_pickle: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM (or base + PEFT adapter) from safetensors weights, in eval mode on ``device``.
 
@@ -266,13 +304,16 @@ def load_model(
     ``attn_implementation`` picks the attention kernel (None: transformers' default).
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
     ``dtype: auto`` loads bf16 weights on a GPU that has bf16 and fp32 weights elsewhere.
+    ``allow_pickle`` lets a dir whose weights are only ``*.bin`` pickles load (see :func:`refuse_pickled_weights`).
     """
     name_or_path, adapter_base = _sources(name_or_path)
     _check_source(name_or_path)
+    refuse_pickled_weights(name_or_path, allow_pickle)
     adapter = adapter_base is not None
     base_source = adapter_base or name_or_path
     if adapter:
         _check_source(base_source)
+        refuse_pickled_weights(base_source, allow_pickle)
     try:
         config = AutoConfig.from_pretrained(base_source, trust_remote_code=trust_remote_code)
         overrides: dict[str, Any] = dropout_overrides(config, dropout) if dropout is not None else {}
@@ -282,7 +323,8 @@ def load_model(
         if attn_implementation is not None:
             overrides["attn_implementation"] = attn_implementation
         model = AutoModelForCausalLM.from_pretrained(
-            base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True, **overrides
+            base_source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True, **overrides
         )
     except (OSError, ValueError) as exc:
         if Path(base_source).exists():

@@ -45,6 +45,8 @@ from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids
 from sftlab.errors import UserError
+from sftlab.io import write_atomic
+from sftlab.models.device import resolve_device
 from sftlab.models.generate import generate
 from sftlab.models.load import (
     adapter_is_mergeable,
@@ -103,12 +105,6 @@ def _stem_names(paths: Sequence[str]) -> list[str]:
             unique, n = f"{stem}#{n}", n + 1
         names.append(unique)
     return names
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _check_vocab(base_tok: PreTrainedTokenizerBase, tok: PreTrainedTokenizerBase, path: str) -> None:
@@ -246,11 +242,12 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
         done = bars.step(f"{name}: {bench}", n)
         scores = cached_scores(
             cache_dir, {"kind": "choices", "model": fingerprint, "items": [asdict(i) for i in items],
-                        "batch_size": s.batch_size},
-            lambda: forgetting.choice_scores(model, tok, items, s.batch_size, done),
+                        "batch_size": s.batch_size, "max_length": max_length},
+            lambda: forgetting.choice_scores(model, tok, items, s.batch_size, done, max_length),
             lambda sc: [[asdict(c) for c in per] for per in sc],
             lambda d: [[forgetting.ChoiceScore(**c) for c in per] for per in d], lambda: done(n))
         run.mc_correct[bench] = forgetting.mc_correct(items, scores, cfg.mc_score)
+        run.mc_truncated[bench] = forgetting.mc_truncated(scores)
     return run
 
 
@@ -328,7 +325,7 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
     def load(path: str, merge_adapter: bool = False) -> torch.nn.Module:
         """A model in the audit's precision; dithered in fp32 first, then cast (exactly) when so asked."""
         model = load_model(path, torch.float32 if dithered else weights, device, cfg.trust_remote_code,
-                           merge_adapter=merge_adapter)
+                           merge_adapter=merge_adapter, allow_pickle=cfg.allow_pickle)
         if dithered:
             dither_in_place(model)
             model.to(weights)
@@ -379,7 +376,7 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
     models = model_names(cfg.base if cfg.gguf_file is None else base_ref.path, cfg.tuned)  # colliding labels fail before any data is read
     cfg = cfg.model_copy(update={"base": base_ref.path, "gguf_file": None})
     out = Path(cfg.out)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     chosen = registry.selected(measures)  # an unknown measure fails before any data is read too
     precision = audit_precision(cfg, device)
     if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:
@@ -449,17 +446,15 @@ def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors:
     (out / "plots").mkdir(exist_ok=True)
     for sec in sections:
         for name, png in sec.images.items():
-            (out / "plots" / name).write_bytes(png)
+            write_atomic(out / "plots" / name, png)
     html_text = render_html(sections, findings, ctx.models, ctx.base, colors, subtitle,
                             yaml.safe_dump(config, sort_keys=False), meta["sftlab_version"], meta["created"])
-    (out / "report.html").write_text(html_text, encoding="utf-8")
-    (out / "report.md").write_text(render_markdown(sections, findings, ctx.models, ctx.base, subtitle),
-                                   encoding="utf-8")
+    write_atomic(out / "report.html", html_text)
+    write_atomic(out / "report.md", render_markdown(sections, findings, ctx.models, ctx.base, subtitle))
     write_json(build_report(sections, findings, config, ctx.models, ctx.base, meta), out / "report.json")
     displayed = [m[-1].content for m in ctx.messages]
-    (out / "token_view.html").write_text(
-        token_view_page("Token shift under the base model", {m: (displayed, sh) for m, sh in shifts.items()}, tok),
-        encoding="utf-8")
+    write_atomic(out / "token_view.html",
+                 token_view_page("Token shift under the base model", {m: (displayed, sh) for m, sh in shifts.items()}, tok))
 
 
 def _version() -> str:

@@ -24,6 +24,7 @@ from rich.table import Table
 from sftlab.data.quality import build_report, token_lengths
 from sftlab.data.readers import ReadResult, Rejection, read_records
 from sftlab.errors import UserError
+from sftlab.io import write_atomic
 
 
 # Rejected records printed one per line; the rest are counted (all of them are in the quarantine file).
@@ -115,7 +116,7 @@ def run_data_check(
     if eval_result is not None:
         report["eval_overlap"]["eval_file"] = eval_file
         report["eval_overlap"]["eval_rejected"] = len(eval_result.rejected)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     rejected, quarantines = list(result.rejected), [quarantine] if result.rejected else []
     if eval_result is not None and eval_result.rejected:
         rejected += eval_result.rejected

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from sftlab.config import PretrainConfig, SamplingSettings, SweepConfig, build_config
+from sftlab.io import remove_tree, write_atomic
 from sftlab.offline import set_offline
 from sftlab.recipes.demo_plan import DemoPlan, WorldStep, fill, mentions, plan_strategies
 from sftlab.world.generator import WorldSizes, generate_world, generator_fingerprint
@@ -30,8 +30,8 @@ def ensure_world(world_dir: Path, seed: int, sizes: WorldSizes, console: Console
     manifest = world_dir / "world.json"
     identity = json.dumps({"seed": seed, "sizes": asdict(sizes), "generator": generator_fingerprint()},
                           sort_keys=True)
-    if manifest.is_file():
-        meta = json.loads(manifest.read_text())
+    meta = _read_manifest(manifest)
+    if meta is not None:
         cached = json.dumps({k: meta.get(k) for k in ("seed", "sizes", "generator")}, sort_keys=True)
         if cached == identity:
             console.print(f"[dim]world: cached at {world_dir}[/dim]")
@@ -41,15 +41,24 @@ def ensure_world(world_dir: Path, seed: int, sizes: WorldSizes, console: Console
     return identity
 
 
+def _read_manifest(path: Path) -> dict | None:
+    """A world's manifest, or None when it is missing or torn (then the world is made again)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def ensure_base(base_dir: Path, cfg: PretrainConfig, world: str, console: Console) -> Path:
     """Pretrain the base unless a finished one with the same config, on the same world, is in ``base_dir``."""
-    from sftlab.config import read_yaml
     from sftlab.recipes.pretrain import run_pretrain
+    from sftlab.train.trainer import read_saved_config
 
     model_dir = base_dir / "model"
     saved = base_dir / "config.yaml"
     stamp = base_dir / "world.stamp"  # the corpus path alone would not notice a regenerated world
-    same = stamp.is_file() and stamp.read_text() == world and saved.is_file() and read_yaml(saved) == cfg.model_dump(
+    same = stamp.is_file() and stamp.read_text() == world and read_saved_config(saved) == cfg.model_dump(
         mode="json", by_alias=True)
     if same and (model_dir / "config.json").is_file():
         console.print(f"[dim]base: cached at {model_dir}[/dim]")
@@ -58,10 +67,10 @@ def ensure_base(base_dir: Path, cfg: PretrainConfig, world: str, console: Consol
         # A base from another world or recipe: its checkpoints must not be resumed. (The sweep runs made on it
         # become stale by themselves: their settings hash the base's files.)
         console.print(f"base: {base_dir} was made from another world or recipe, rebuilding it")
-        shutil.rmtree(base_dir)
+        remove_tree(base_dir, base_dir.parent)
     console.print("base: pretraining a tiny GPT-2 on the world's corpus")
     base_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(world)  # before training, so an interrupted pretraining resumes on this world
+    write_atomic(stamp, world)  # before training, so an interrupted pretraining resumes on this world
     return run_pretrain(cfg)
 
 
@@ -73,7 +82,7 @@ def audit_prompts(world_dir: Path, n_questions: int) -> Path:
     questions = [json.loads(line) for line in (world_dir / "sft/qa_known/test.jsonl").read_text().splitlines()]
     rows += questions[:n_questions]
     path = world_dir / "prompts" / "audit.jsonl"
-    path.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    write_atomic(path, "".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
     return path
 
 

@@ -26,9 +26,10 @@ base's and every strategy's answers to the same prompts.
 from __future__ import annotations
 
 import html
-import json
 from importlib.resources import files
 from pathlib import Path
+
+from sftlab.io import read_json_state, write_atomic
 
 
 def data_dir() -> Path:
@@ -40,7 +41,7 @@ def head_lines(path: Path, n: int, out_dir: Path) -> Path:
     """A copy of the first ``n`` lines of a data file in ``out_dir`` (a quick plan's ``audit_items``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / path.name
-    target.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    write_atomic(target, "".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:n]))
     return target
 
 
@@ -50,7 +51,7 @@ def side_by_side(sweep_dir: Path, out: Path) -> Path:
     columns: dict[str, list[str]] = {}
     prompts: list[str] = []
     for report in sorted(sweep_dir.glob("runs/*/seed0/audit/report.json")):
-        doc = json.loads(report.read_text(encoding="utf-8"))
+        doc = read_json_state(report, "a run's audit report")
         section = doc["sections"].get("scene_style")
         if not section:
             continue
@@ -76,5 +77,5 @@ def side_by_side(sweep_dir: Path, out: Path) -> Path:
             "the others have nothing to do with plays.</p>"
             f"<div class=wrap><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>")
     path = out / "side_by_side.html"
-    path.write_text(page, encoding="utf-8")
+    write_atomic(path, page)
     return path

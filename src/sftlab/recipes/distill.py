@@ -17,7 +17,6 @@ sweep trains on the result by naming it: ``train: {train_file: OUT}`` in a strat
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from sftlab.data.base_answers import answer_prompts, default_cache_dir, generati
 from sftlab.data.distill import DistillStats, distill_records, rewrite_prompt
 from sftlab.data.readers import read_records
 from sftlab.errors import UserError
+from sftlab.io import write_atomic
+from sftlab.models.device import resolve_device
 from sftlab.models.load import is_adapter_dir, load_model, load_tokenizer
 
 
@@ -51,6 +52,7 @@ def run_distill(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    allow_pickle: bool = False,
     console: Console | None = None,
 ) -> DistillStats:
     """Distil ``in_path`` into ``out_path`` with ``model``; returns (and writes) the stats.
@@ -66,6 +68,7 @@ def run_distill(
     if short_answer_words < 0:
         raise UserError(f"--short-answer-words must be >= 0, got {short_answer_words}")
     in_path, out_path = Path(in_path), Path(out_path)
+    device = generation_device() if device == "auto" else resolve_device(device, "--device")
     if out_path.resolve() == in_path.resolve():
         raise UserError(f"OUT must differ from IN ({in_path}): the originals are the fallback")
     read = read_records([in_path])
@@ -79,9 +82,9 @@ def run_distill(
     started = time.perf_counter()
     answer_tokens = 0
     if todo:
-        device = generation_device() if device == "auto" else device
         tokenizer = load_tokenizer(model, trust_remote_code)
-        base = load_model(model, dtype, device, trust_remote_code, merge_adapter=is_adapter_dir(model))
+        base = load_model(model, dtype, device, trust_remote_code, merge_adapter=is_adapter_dir(model),
+                          allow_pickle=allow_pickle)
         out = answer_prompts(
             base, tokenizer, model, [prompts[i] for i in todo], sampling, greedy=greedy, max_length=max_length,
             cache_dir=Path(cache_dir) if cache_dir else default_cache_dir("distill"),
@@ -99,17 +102,11 @@ def run_distill(
     stats.rule["model"] = model
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(out_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    write_atomic(out_path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     summary = {**stats.as_dict(), "input": str(in_path), "output": str(out_path), "rejected_input": len(read.rejected)}
-    _write_text(stats_path(out_path), json.dumps(summary, indent=2))
+    write_atomic(stats_path(out_path), json.dumps(summary, indent=2))
     _print_stats(console, stats, out_path, len(read.rejected))
     return stats
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _print_stats(console: Console, stats: DistillStats, out: Path, rejected: int) -> None:

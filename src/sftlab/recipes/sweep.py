@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from sftlab.config import (
     load_config,
 )
 from sftlab.errors import UserError
+from sftlab.io import read_json_state, remove_tree, write_atomic
 from sftlab.models.reference import ModelRef, resolve_model
 from sftlab.recipes.sweep_report import write_sweep_report
 from sftlab.recipes.sweep_table import COLUMNS, format_cell
@@ -114,7 +113,7 @@ def train_run(cfg: SweepConfig, spec: RunSpec) -> tuple[Path, dict[str, Any]]:
     from sftlab.recipes.train import run_train
 
     model_dir = run_train(train_config(cfg, spec))
-    summary = json.loads((spec.run_dir / "summary.json").read_text())
+    summary = read_json_state(spec.run_dir / "summary.json", "the training run's summary")
     return model_dir, {key: summary[key] for key in ("train_seconds", "peak_memory_mb", "trainable_params")}
 
 
@@ -222,14 +221,18 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, base: ModelRef, redo_stale: bo
     stamp = spec.run_dir / SETTINGS_FILE
     if stamp.is_file() and stamp.read_text() != run_settings(cfg, spec, base):
         if redo_stale:
-            shutil.rmtree(spec.run_dir)
+            remove_tree(spec.run_dir, Path(cfg.out) / "runs")
             return None
         raise UserError(
             f"sweep run {spec.label} in {spec.run_dir} was made with other settings than this config's. "
             f"Delete that directory to redo it, or set another `out` for this sweep."
         )
-    done = spec.run_dir / ROW_FILE
-    return json.loads(done.read_text()) if stamp.is_file() and done.is_file() else None
+    if not stamp.is_file():
+        return None
+    try:
+        return json.loads((spec.run_dir / ROW_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # missing, or torn by a crash before rows were written atomically: the run is redone
 
 
 def run_one(cfg: SweepConfig, spec: RunSpec, base: ModelRef, rows: dict[tuple[str, int], dict[str, Any]],
@@ -238,7 +241,7 @@ def run_one(cfg: SweepConfig, spec: RunSpec, base: ModelRef, rows: dict[tuple[st
     from sftlab.recipes.audit import run_audit
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec, base))
+    write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec, base))
     if spec.strategy.post_hoc is None:
         model_dir, cost = train_run(cfg, spec)
     elif spec.strategy.interpolate is not None:
@@ -249,17 +252,11 @@ def run_one(cfg: SweepConfig, spec: RunSpec, base: ModelRef, rows: dict[tuple[st
     # Labelled by strategy and seed: every run's model dir is called "model", which says nothing.
     tuned_name = spec.label
     run_audit(audit_config(cfg, {tuned_name: str(model_dir)}, str(audit_out), Path(cfg.out)), measures=measures)
-    report = json.loads((audit_out / "report.json").read_text())
+    report = read_json_state(audit_out / "report.json", "the run's audit report")
     row = {"strategy": spec.strategy.name, "seed": spec.seed, "model_dir": str(model_dir),
            "eval_loss": eval_loss(model_dir, cfg, cfg.train), **cost, **row_from_report(report, tuned_name)}
-    _write_atomic(spec.run_dir / ROW_FILE, json.dumps(row, indent=2))
+    write_atomic(spec.run_dir / ROW_FILE, json.dumps(row, indent=2))
     return row
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def resolve_base(cfg: SweepConfig) -> tuple[SweepConfig, ModelRef]:

@@ -19,6 +19,7 @@ from sftlab.audit.report.json_report import to_jsonable
 from sftlab.audit.report.section import Finding, Section, Table, image_html
 from sftlab.audit.measures.forgetting import PPL_THRESHOLD
 from sftlab.config import SweepConfig
+from sftlab.io import read_json_state, write_atomic
 from sftlab.recipes.sweep_forecast import forecast_section
 from sftlab.recipes.sweep_table import COLUMNS, GROUPS, Column, format_cell, pareto_front
 
@@ -138,7 +139,7 @@ def read_findings(out: Path, table: dict[str, Any]) -> list[Finding]:
         reports = []
         for seed in s["seeds"]:
             path = out / "runs" / name / f"seed{seed}" / "audit" / "report.json"
-            reports.append((seed, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None))
+            reports.append((seed, read_json_state(path, "a run's audit report") if path.is_file() else None))
         findings += seed_findings(name, reports)
     return findings
 
@@ -224,14 +225,14 @@ def write_sweep_report(out: Path, table: dict[str, Any], cfg: SweepConfig) -> Pa
                        "config": cfg.model_dump(mode="json"), "summary_rule": rule,
                        "summary": [asdict(f) for f in findings], **table,
                        **({"forecast": forecast.data} if forecast else {})})
-    (out / "sweep.json").write_text(json.dumps(doc, indent=2, allow_nan=False))
+    write_atomic(out / "sweep.json", json.dumps(doc, indent=2, allow_nan=False))
     forecast_md = f"\n\n## {forecast.title}\n\n{forecast.markdown}" if forecast else ""
-    (out / "sweep.md").write_text(f"# sftlab sweep\n\n{summary_markdown(findings, list(strategies), rule)}\n"
+    write_atomic(out / "sweep.md", f"# sftlab sweep\n\n{summary_markdown(findings, list(strategies), rule)}\n"
                                   f"## {section.title}\n\n{section.markdown}{forecast_md}\n")
     page = render_html(sections, findings, strategies, "", plots.model_colors(list(strategies), ""),
                        subtitle=f"sweep of {len(strategies)} strategies on {cfg.base_model}",
                        config_yaml=yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
                        version=__version__, created=created, title="sftlab sweep: strategies compared",
                        summary_rule=rule)
-    (out / "sweep.html").write_text(page, encoding="utf-8")
+    write_atomic(out / "sweep.html", page)
     return out / "sweep.html"

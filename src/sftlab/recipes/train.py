@@ -25,8 +25,6 @@ UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +41,11 @@ from sftlab.data.mix import mix_records
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records
 from sftlab.errors import UserError
+from sftlab.io import remove_tree, write_atomic
 from sftlab.models.load import (
     is_adapter_dir,
     load_config,
+    refuse_pickled_weights,
     load_model,
     load_tokenizer,
     resolve_dtype,
@@ -80,7 +80,7 @@ from sftlab.train.weight_rounding import resolve_rounding
 
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
 FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",
-                 "torch_compile", "keep_checkpoints"}
+                 "torch_compile", "keep_checkpoints", "allow_pickle"}
 # Keys a resumed run may change: they alter logging, saving, evaluation or how long it runs, not what it learns.
 RESUME_SAFE = FINISHED_SAFE | {
     "max_steps", "num_train_epochs", "eval_steps", "eval_strategy", "per_device_eval_batch_size",
@@ -138,13 +138,14 @@ def finished_output(cfg: TrainConfig) -> Path | None:
 
     A finished run is left alone rather than resumed from its last checkpoint: resuming would evaluate
     and save again, and a re-saved model dir looks new to anything that caches on it (audit samples).
-    ``summary.json`` is written last and removed when a run starts, so it marks a finished run.
+    ``summary.json`` is written last and removed when a run starts, so it marks a finished run. A missing or
+    unreadable ``config.yaml`` makes the run's config unknown, so the run does not count as finished.
     """
     run_dir = Path(cfg.output_dir)
     if cfg.resume != "auto" or not (run_dir / "summary.json").is_file():
         return None
     if config_changes(run_dir / "config.yaml", cfg.model_dump(mode="json", by_alias=True), FINISHED_SAFE,
-                      resolve_saved_config):
+                      resolve_saved_config) != []:
         return None
     finished = [run_dir / "model" / "config.json", run_dir / "adapter" / "adapter_config.json"]
     return next((marker.parent for marker in finished if marker.is_file()), None)
@@ -171,6 +172,9 @@ def prepare_train(
     base = _resolve_base(resolve_model(cfg.model_name_or_path, cfg.gguf_file).path)
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
+    for weights_dir in (base, checkpoint):  # before the data is read: a refusal should come first
+        if weights_dir:
+            refuse_pickled_weights(weights_dir, cfg.allow_pickle)
     precision = training_precision(cfg, load_config(base, cfg.trust_remote_code))
     if cfg.bf16_weight_rounding == "dithered" and precision != "bf16":
         raise UserError(f"bf16_weight_rounding: dithered applies to bf16 steps, and dtype: {cfg.dtype} trains "
@@ -183,7 +187,7 @@ def prepare_train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if cfg.resume == "never":
             # "never" means a fresh run: stale checkpoints would otherwise be picked by a later resume: auto.
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            remove_tree(run_dir / "checkpoints", run_dir, ignore_errors=True)
         if checkpoint:
             check_resume_config(run_dir, cfg.model_dump(mode="json", by_alias=True), checkpoint, RESUME_SAFE,
                                 resolve_saved_config)
@@ -202,6 +206,7 @@ def prepare_train(
         trust_remote_code=cfg.trust_remote_code,
         merge_adapter=is_adapter_dir(base),
         dropout=cfg.dropout,
+        allow_pickle=cfg.allow_pickle,
         attn_implementation=training_attention(precision, "cuda" if torch.cuda.is_available() else "cpu",
                                                cfg.max_length),
     )
@@ -265,7 +270,7 @@ def finish_train(session: TrainSession) -> Path:
         write_summary(session.run_dir / "summary.json", session, train_seconds)
         if not session.cfg.keep_checkpoints:
             # Only now: until summary.json exists the run is unfinished, and a rerun resumes from these.
-            shutil.rmtree(session.run_dir / "checkpoints", ignore_errors=True)
+            remove_tree(session.run_dir / "checkpoints", session.run_dir, ignore_errors=True)
         print_result(Console(), trainer, out, session.cfg.loss)
     return out
 
@@ -312,9 +317,7 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "regularizer_state_bytes_per_rank": trainer.regularizer_state_bytes,
         "records_per_file": session.data.records_per_file,  # with mix: what each train_file entry gave
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(summary, indent=2))
     return summary
 
 
@@ -484,4 +487,4 @@ def _write_stats(path: Path, data: TrainData) -> None:
         "eval": data.eval.stats.as_dict() if data.eval is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stats, indent=2, default=str))
+    write_atomic(path, json.dumps(stats, indent=2, default=str))

@@ -15,8 +15,6 @@ from sftlab.train.callbacks import summarize_logs
 from sftlab.train.remedies.registry import describe_remedies
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from sftlab.recipes.train import TrainSession
     from sftlab.train.trainer import SFTLabTrainer
 

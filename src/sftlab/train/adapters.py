@@ -29,6 +29,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from sftlab.errors import UserError
+from sftlab.io import replace_dir, staging_dir
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -215,10 +216,11 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, allow_pickle: bool = False) -> Path:
     """Fold a PEFT adapter into its base and save a full model dir (safetensors) with the tokenizer.
 
-    The merge runs in float32 and the result is cast back to the base checkpoint's dtype.
+    The merge runs in float32 and the result is cast back to the base checkpoint's dtype. ``allow_pickle``
+    lets ``*.bin`` pickled weights load (``--allow-pickle``).
     """
     from sftlab.models.load import (
         adapter_base_path,
@@ -240,11 +242,16 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} exists and is not empty; pick a new dir")
     base_dtype = AutoConfig.from_pretrained(adapter_base_path(adapter_dir)).dtype
-    model = load_model(str(adapter_dir), dtype="float32", merge_adapter=True)
+    model = load_model(str(adapter_dir), dtype="float32", merge_adapter=True, allow_pickle=allow_pickle)
     if isinstance(base_dtype, str):
         base_dtype = getattr(torch, base_dtype, None)
     if isinstance(base_dtype, torch.dtype):
         model = model.to(base_dtype)
-    model.save_pretrained(str(out))
-    load_tokenizer(str(adapter_dir)).save_pretrained(str(out))
-    return out
+    # Built aside and moved in whole: a merge killed half-way leaves no half model dir at --out.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staged = staging_dir(out)
+    model.save_pretrained(str(staged))
+    load_tokenizer(str(adapter_dir)).save_pretrained(str(staged))
+    if out.exists():
+        out.rmdir()  # empty (checked above): replace_dir would otherwise keep it aside for nothing
+    return replace_dir(staged, out)

@@ -25,6 +25,8 @@ from rich.progress import (
 )
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from sftlab.io import write_atomic
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
@@ -142,7 +144,7 @@ class MetricsJsonl(TrainerCallback):
             for line in self.path.read_text().splitlines()
             if state.global_step > 0 and line.strip() and json.loads(line).get("step", 0) <= state.global_step
         ]
-        self.path.write_text("".join(f"{line}\n" for line in kept))
+        write_atomic(self.path, "".join(f"{line}\n" for line in kept))
 
     def on_log(
         self,

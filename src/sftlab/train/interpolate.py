@@ -22,6 +22,7 @@ import torch
 from rich.progress import Progress
 
 from sftlab.errors import UserError
+from sftlab.io import replace_dir, restore_aside, staging_dir
 from sftlab.models.load import load_model, load_tokenizer
 from sftlab.train.callbacks import disable_library_bars
 
@@ -59,11 +60,13 @@ def alpha_dir_name(alpha: float) -> str:
     return f"alpha_{alpha:g}"
 
 
-def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path) -> list[Path]:
+def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path,
+                     allow_pickle: bool = False) -> list[Path]:
     """Write one model dir per alpha under ``out`` (``out/alpha_<a>``), with the tokenizer; returns them.
 
     ``tuned`` is a full model dir or a PEFT adapter dir (merged into its base first). Each dir also
-    holds ``interpolation.json`` naming its base, tuned and alpha.
+    holds ``interpolation.json`` naming its base, tuned and alpha. ``allow_pickle`` lets ``*.bin`` pickled
+    weights load (``--allow-pickle``).
     """
     if not alphas:
         raise UserError("give at least one alpha (for example --alphas 0.25,0.5,0.75)")
@@ -72,8 +75,8 @@ def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path
         raise UserError(f"alphas must be finite numbers, got {bad[0]}")
     alphas = list(dict.fromkeys(alphas))
     disable_library_bars()
-    base_model = load_model(base, dtype=torch.float32)
-    tuned_model = load_model(tuned, dtype=torch.float32, merge_adapter=True)
+    base_model = load_model(base, dtype=torch.float32, allow_pickle=allow_pickle)
+    tuned_model = load_model(tuned, dtype=torch.float32, merge_adapter=True, allow_pickle=allow_pickle)
     # Float32 upcasts are exact, so alpha 0 and 1 cast back to the saved dtype reproduce the inputs.
     target_dtype = _saved_dtype(base)
     # Cloned: the state dict shares storage with base_model, which each alpha overwrites.
@@ -88,13 +91,16 @@ def interpolate_dirs(base: str, tuned: str, alphas: list[float], out: str | Path
             mixed = interpolate_state_dicts(base_sd, tuned_sd, alpha)
             base_model.load_state_dict(mixed)
             target = out / alpha_dir_name(alpha)
-            base_model.to(target_dtype).save_pretrained(str(target))
+            # Built aside and moved in whole: a sweep reads these dirs, and a kill must not leave half of one.
+            restore_aside(target)
+            staged = staging_dir(target)
+            base_model.to(target_dtype).save_pretrained(str(staged))
             base_model.to(torch.float32)
-            tokenizer.save_pretrained(str(target))
-            (target / "interpolation.json").write_text(
+            tokenizer.save_pretrained(str(staged))
+            (staged / "interpolation.json").write_text(
                 json.dumps({"method": "wise-ft", "base": str(base), "tuned": str(tuned), "alpha": alpha}, indent=2)
             )
-            written.append(target)
+            written.append(replace_dir(staged, target))
             progress.advance(task)
     for path in written:
         print(f"wrote {path}")

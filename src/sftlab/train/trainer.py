@@ -39,7 +39,6 @@ import contextlib
 import functools
 import json
 import os
-import shutil
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +59,7 @@ from transformers.trainer_utils import (
 from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
+from sftlab.io import fsync_dir, fsync_tree, remove_tree, replace_dir, restore_aside, staging_dir
 from sftlab.models.tokens import IGNORE_INDEX
 from sftlab.train.distributed import enable_fsdp_on_cpu, full_state_dict, is_fsdp2, local_bytes, per_rank, reshard
 from sftlab.train.losses import LossFn, cross_entropy
@@ -376,7 +376,7 @@ class SFTLabTrainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staged, final = run_dir / STAGING_DIR / name, run_dir / name
         if self.args.should_save:
-            shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)  # left by a save that was killed
+            remove_tree(run_dir / STAGING_DIR, run_dir, ignore_errors=True)  # left by a save that was killed
         self.accelerator.wait_for_everyone()
         self._staging = True
         try:
@@ -389,13 +389,13 @@ class SFTLabTrainer(Trainer):
             self._point_best_at_final(run_dir)
             self.state.save_to_json(str(staged / "trainer_state.json"))
             (staged / TRAIN_TIME_FILE).write_text(json.dumps({"train_seconds": self.train_seconds()}))
-            _fsync_tree(staged)
+            fsync_tree(staged)
             if final.exists():  # the same step saved twice: replace it, never leave a step without one
                 os.rename(final, run_dir / TRASH_DIR)
             os.rename(staged, final)
-            _fsync_dir(run_dir)
-            shutil.rmtree(run_dir / TRASH_DIR, ignore_errors=True)
-            shutil.rmtree(run_dir / STAGING_DIR, ignore_errors=True)
+            fsync_dir(run_dir)
+            remove_tree(run_dir / TRASH_DIR, run_dir, ignore_errors=True)
+            remove_tree(run_dir / STAGING_DIR, run_dir, ignore_errors=True)
             rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()
 
@@ -458,18 +458,6 @@ def scored_positions_only(head: torch.nn.Module, labels: torch.Tensor) -> Iterat
         handle.remove()
 
 
-def _fsync_tree(path: Path) -> None:
-    """Flush every file under ``path`` to disk, so the rename never publishes data still in the page cache."""
-    for file in path.rglob("*"):
-        if file.is_file():
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(path)
-
-
 def _share_permissions(path: Path) -> None:
     """Give files the permissions the umask allows (safetensors writes them 0600 through a temp file)."""
     umask = os.umask(0)
@@ -477,14 +465,6 @@ def _share_permissions(path: Path) -> None:
     for file in path.rglob("*"):
         if file.is_file():
             file.chmod(0o666 & ~umask)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def last_complete_checkpoint(checkpoints_dir: str | Path) -> str | None:
@@ -552,21 +532,31 @@ ConfigNormalizer = Callable[[dict[str, Any]], dict[str, Any]]
 
 def config_changes(
     saved_yaml: Path, current: dict[str, Any], ignore: set[str], normalize: ConfigNormalizer | None = None
-) -> list[str]:
-    """Top-level keys whose value differs between a run dir's saved ``config.yaml`` and ``current``.
+) -> list[str] | None:
+    """Top-level keys whose value differs between a run dir's saved ``config.yaml`` and ``current``; None when
+    the saved config is missing or unreadable, which means "unknown", never "unchanged".
 
     ``normalize`` resolves the saved config as the current version would (keys added since it was
     written take their defaults), so a run dir from before a new config key is not taken for another run.
     """
-    import yaml
-
-    if not saved_yaml.is_file():
-        return []
-    saved = yaml.safe_load(saved_yaml.read_text()) or {}
+    saved = read_saved_config(saved_yaml)
+    if saved is None:
+        return None
     if normalize is not None:
         saved = normalize(saved)
     keys = (set(saved) | set(current)) - ignore
     return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def read_saved_config(path: Path) -> dict[str, Any] | None:
+    """A run dir's saved config as a mapping, or None when it is missing, torn or not a mapping."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def check_resume_config(
@@ -576,8 +566,17 @@ def check_resume_config(
     ignore: set[str],
     normalize: ConfigNormalizer | None = None,
 ) -> None:
-    """Refuse to resume ``checkpoint`` under a config that changes what the run trains."""
-    changed = config_changes(run_dir / "config.yaml", current, ignore, normalize)
+    """Refuse to resume ``checkpoint`` under a config that changes what the run trains, or under a config
+    that cannot be compared because the run's ``config.yaml`` is missing or unreadable."""
+    saved = run_dir / "config.yaml"
+    changed = config_changes(saved, current, ignore, normalize)
+    if changed is None:
+        state = "is missing" if not saved.exists() else "is unreadable (cut short by a crash, or edited)"
+        raise UserError(
+            f"{run_dir} holds checkpoints ({checkpoint}) but its {saved.name} {state}, so sftlab cannot tell "
+            "whether they were trained under this config. Set resume: never to start over in this dir, use a new "
+            "output_dir, or put back the config.yaml the run was started with."
+        )
     if changed:
         raise UserError(
             f"{run_dir} holds checkpoints of a run with a different config (changed: {', '.join(changed)}), "
@@ -596,11 +595,14 @@ def save_final(trainer: Trainer, out_dir: Path) -> Path:
     """Save the trained model (full dir, or adapter dir for PEFT) with its tokenizer, atomically.
 
     ``trainer.save_model`` runs on every rank (FSDP/DeepSpeed gather there); the main process then
-    renames the finished dir into place.
+    renames the finished dir into place. A previous model dir is renamed aside first and deleted only once
+    the new one is in place, so a crash at any point leaves a whole model dir (the old one, or the new one,
+    or the old one under ``.<name>.old`` next to a finished ``.<name>.partial``, which the next save sorts out).
     """
     staged = out_dir.parent / f".{out_dir.name}.partial"
     if trainer.args.should_save:
-        shutil.rmtree(staged, ignore_errors=True)
+        restore_aside(out_dir)  # a crash inside an earlier replace_dir: the old model comes back first
+        staging_dir(out_dir)
     trainer.accelerator.wait_for_everyone()
     with full_state_dict(trainer.accelerator):  # a plain model dir even when FSDP checkpoints are sharded
         trainer.save_model(str(staged))
@@ -610,9 +612,6 @@ def save_final(trainer: Trainer, out_dir: Path) -> Path:
         # and a model dir meant for sharing should hold nothing that needs unpickling.
         (staged / "training_args.bin").unlink(missing_ok=True)
         _share_permissions(staged)
-        _fsync_tree(staged)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.rename(staged, out_dir)
+        replace_dir(staged, out_dir)
     trainer.accelerator.wait_for_everyone()
     return out_dir

@@ -52,6 +52,7 @@ from sftlab.errors import UserError
 from sftlab.world.entities import FACTS, Entity, cloze, make_entities, questions
 from sftlab.world.genres import GENRES, MIXTURE
 from sftlab.world.grammar import DocState, Document, Genre, render, sample_document
+from sftlab.io import write_atomic
 
 T = TypeVar("T")
 NARROW_GENRE = "movie_review"
@@ -93,6 +94,9 @@ def generate_world(out: str | Path, seed: int = 0, sizes: WorldSizes | None = No
     root = Path(out)
     if root.exists() and not root.is_dir():
         raise UserError(f"--out must be a directory: {root} is a file")
+    # The manifest marks a whole world: gone while the files are rewritten, so a kill never leaves the old
+    # manifest vouching for half-new files.
+    (root / "world.json").unlink(missing_ok=True)
     stream = _streams(seed)
 
     people = make_entities(stream("people"), sizes.known_people + sizes.new_people)
@@ -161,7 +165,7 @@ def generate_world(out: str | Path, seed: int = 0, sizes: WorldSizes | None = No
         },
     }
     path = root / "world.json"
-    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(manifest, indent=2) + "\n")  # last: it marks a whole world
     return path
 
 

@@ -57,6 +57,7 @@ class ModelRun:
     eval_greedy: list[str] = field(default_factory=list)
     perplexity: dict[str, Perplexity] = field(default_factory=dict)
     mc_correct: dict[str, list[bool]] = field(default_factory=dict)
+    mc_truncated: dict[str, int] = field(default_factory=dict)  # questions whose context was cut to fit
     forecast_kl: list[list[AnswerKL]] = field(default_factory=list)  # per SFT prompt, its scored answers
     own_samples: dict[str, list[list[str]]] = field(default_factory=dict)  # measure -> K samples per own prompt
 

@@ -108,8 +108,11 @@ def forgetting_section(data: dict[str, Any], base: str, colors: dict[str, Any],
             tones.append(row_t)
         t = Table(["benchmark", "questions", base_label(base)] + [m for m in models if m != base], rows, tones)
         title = f"Multiple choice ({MC_RULES.get(data.get('mc_score', 'mean_token'), data.get('mc_score'))})"
-        parts_html.append(f"<h3>{title}</h3>" + t.to_html())
-        parts_md.append(f"### {title}\n\n" + t.to_markdown())
+        cut = [f"{bench}: {m} {per[m]['truncated']}" for bench, per in mc.items() for m in models if per[m].get("truncated")]
+        cut_note = ("Questions whose context lost its start to fit the model's positions: " + ", ".join(cut) + "."
+                    if cut else "")
+        parts_html.append(f"<h3>{title}</h3>" + t.to_html() + (paragraph(cut_note) if cut else ""))
+        parts_md.append(f"### {title}\n\n" + t.to_markdown() + (f"\n\n{cut_note}" if cut else ""))
     images = {}
     if ppl or mc:
         png = plots.forgetting_bars({c: {m: v["perplexity"] for m, v in per.items()} for c, per in ppl.items()},
@@ -130,7 +133,8 @@ def _section(ctx: AuditContext) -> Section | None:
         return None
     data = forgetting_table({c: {m: r.perplexity[c] for m, r in runs.items()} for c in inputs.references},
                             {b: {m: r.mc_correct[b] for m, r in runs.items()} for b in inputs.benchmarks},
-                            ctx.base, cfg.bootstrap_samples, cfg.sampling.seed, mc_score=cfg.mc_score)
+                            ctx.base, cfg.bootstrap_samples, cfg.sampling.seed, mc_score=cfg.mc_score,
+                            mc_truncated={b: {m: r.mc_truncated[b] for m, r in runs.items()} for b in inputs.benchmarks})
     return forgetting_section(data, ctx.base, ctx.colors, sft_style_corpora(ctx.results.get("style", {})))
 
 

@@ -36,11 +36,6 @@ CORPUS_STYLE_THRESHOLD = 0.5
 WEAK_CLASSIFIER = 0.6
 
 
-def points(d: dict[str, Any]) -> str:
-    """A share's delta in percentage points with its interval: ``+59.0 pt [+48.1, +68.8]``."""
-    return fmt_delta(100 * d["delta"], 1, (100 * d["ci_low"], 100 * d["ci_high"])) + " pt"
-
-
 def _share_ci(v: dict[str, Any]) -> str:
     if v["value"] is None or math.isnan(v["value"]):
         return "–"

@@ -28,6 +28,7 @@ from sftlab.audit.measures.context import AuditContext
 from sftlab.audit.measures.task import TASK_SCORE
 from sftlab.audit.report.section import Finding, Section, Table, fmt, fmt_delta
 from sftlab.audit.stats import paired_bootstrap_ci
+from sftlab.io import read_json_state
 from sftlab.world.genres import GENRES, MIXTURE
 from sftlab.world.judge import INVALID, fact_correct, judge_text, mode_coverage
 
@@ -48,7 +49,7 @@ def world_section(world_dir: str | Path, n_boot: int = 1000) -> Callable[[AuditC
     """The section of outputs judged in ``world_dir``'s terms, as a function of the audit context (None when
     no prompt of the audit is one of the world's)."""
     root = Path(world_dir)
-    manifest = json.loads((root / "world.json").read_text(encoding="utf-8"))
+    manifest = read_json_state(root / "world.json", "the world's manifest")
     mixture = manifest.get("mixture", dict(MIXTURE))
     kinds = _prompt_kinds(root, manifest)
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from sftlab.audit.report.section import Finding, Section
+from sftlab.io import write_atomic
 
 
 def to_jsonable(value: Any) -> Any:
@@ -50,4 +51,4 @@ def build_report(
 
 def write_json(doc: dict[str, Any], path: Path) -> None:
     """Write strict JSON (``allow_nan=False`` proves no NaN slipped through)."""
-    path.write_text(json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False), encoding="utf-8")
+    write_atomic(path, json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False))
