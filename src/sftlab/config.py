@@ -255,6 +255,9 @@ class AuditConfig(StrictModel):
     )
     prompts: str
     out: str = "runs/audit"
+    measures: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="opt-in measures to run, each with its own settings ({} for the "
+        "defaults), e.g. safety: {harmful_sample: 100}; `sftlab audit --list-measures` names them")
     sft_data: str | None = None
     reference: list[str] = Field(default_factory=list, description="text corpora for perplexity")
     benchmark: list[str] = Field(default_factory=list, description="multiple-choice jsonl files")

@@ -223,9 +223,9 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
         out = generate(model, tok, eval_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
                        fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: eval set", len(eval_ids)))
         run.eval_greedy = [g[0] for g in out.texts]
-    for measure, prompts in inputs.own_prompts.items():  # a measure's own prompt set, sampled like the audit's
+    for measure, (prompts, greedy_own) in inputs.own_prompts.items():  # a measure's own prompt set
         own_ids = [encode_prompt(tok, m) for m in prompts]
-        own = generate(model, tok, own_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
+        own = generate(model, tok, own_ids, s, greedy=greedy_own, max_length=max_length, cache_dir=cache_dir,
                        fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: {measure} prompts", len(own_ids)))
         run.own_samples[measure] = own.texts
     # A sweep's audits all score the same base on the same corpora and benchmarks: those scores are cached.
@@ -377,7 +377,9 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
     cfg = cfg.model_copy(update={"base": base_ref.path, "gguf_file": None})
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    chosen = registry.selected(measures)  # an unknown measure fails before any data is read too
+    chosen = registry.selected([*measures, *cfg.measures])  # an unknown measure fails before any data is read too
+    for measure in chosen:
+        registry.settings_of(measure, cfg)  # each measure's own settings, checked before any model loads
     precision = audit_precision(cfg, device)
     if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:
         raise UserError(f"bf16_weight_rounding: dithered applies to a bf16 audit, and dtype: {cfg.dtype} audits "
@@ -388,7 +390,7 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
     # Every model dir and every prompt's room, checked before the base is sampled (minutes on a real model).
     notes = validate_inputs(cfg, models, {cfg.prompts: inputs.messages, **(
         {cfg.eval_set: [it.messages for it in inputs.eval_items]} if cfg.eval_set else {})})
-    inputs.own_prompts = {m.name: m.prompts(cfg) for m in chosen if m.prompts is not None}
+    inputs.own_prompts = {m.name: (m.prompts(cfg), m.own_decoding == "greedy") for m in chosen if m.prompts is not None}
     console = Console(stderr=True)
     for note in notes:
         console.print(f"[yellow]{note}[/yellow]")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sftlab.audit.gate_value import GateValue
 from sftlab.audit.measures.context import AuditContext
 from sftlab.audit.report.section import Section
 from sftlab.config import AuditConfig
 from sftlab.data.records import Message
+from sftlab.settings import StrictModel
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,11 @@ class Measure:
     - ``opt_in``: it runs only when asked for by name (``run_audit(cfg, measures=[name])``), e.g. the
       synthetic world's judge, which only means something on a world's prompts.
     - ``prompts``: a prompt set of its own, read from the config before any model loads; the audit samples
-      K answers per prompt from every model and hands them over as ``ctx.own_samples(name)``.
+      K answers per prompt from every model and hands them over as ``ctx.own_samples(name)``; with
+      ``own_decoding: greedy``, one greedy answer per prompt instead (refusal judges read greedy answers,
+      as HarmBench does).
+    - ``settings``: the model of its own settings, given in the audit config as ``measures: {name: {...}}``
+      and validated before any model loads (:func:`~sftlab.audit.measures.registry.settings_of`).
     """
 
     name: str
@@ -73,6 +78,8 @@ class Measure:
     gates: Gates | None = None
     opt_in: bool = False
     prompts: Callable[[AuditConfig], list[list[Message]]] | None = None
+    own_decoding: Literal["sampled", "greedy"] = "sampled"
+    settings: type[StrictModel] | None = None
 
 
 def delta_gate(name: str, delta: dict[str, Any] | None, unit: str, description: str, scale: float = 1.0,

@@ -41,7 +41,8 @@ class Inputs:
     sft_examples: list[SFTExample]
     sft_rejected: int = 0
     sft_prompts: list[list[Message]] = field(default_factory=list)  # for the forgetting forecast
-    own_prompts: dict[str, list[list[Message]]] = field(default_factory=dict)  # measure -> its own prompt set
+    # measure -> its own prompt set, and whether it wants one greedy answer per prompt (else K samples)
+    own_prompts: dict[str, tuple[list[list[Message]], bool]] = field(default_factory=dict)
 
 
 @dataclass

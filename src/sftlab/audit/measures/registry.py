@@ -20,7 +20,9 @@ from sftlab.audit.gate_value import GateValue
 from sftlab.audit.measures.base import Column, Measure
 from sftlab.audit.measures.context import AuditContext
 from sftlab.audit.report.section import Section
+from sftlab.config import AuditConfig, build_config
 from sftlab.errors import UserError
+from sftlab.settings import StrictModel
 
 
 @cache
@@ -62,6 +64,16 @@ def selected(extra: Sequence[str | Measure] = ()) -> list[Measure]:
         measure = get(item) if isinstance(item, str) else item
         chosen[measure.name] = measure
     return sorted(chosen.values(), key=lambda m: m.order)
+
+
+def settings_of(measure: Measure, cfg: AuditConfig) -> StrictModel | None:
+    """``measure``'s settings from the config's ``measures: {name: {...}}`` (its defaults when absent),
+    validated by the measure's own model: a bad key is a user error naming ``measures.NAME``."""
+    if measure.settings is None:
+        if cfg.measures.get(measure.name):
+            raise UserError(f"measures.{measure.name}: this measure takes no settings; write {measure.name}: {{}}")
+        return None
+    return build_config(measure.settings, cfg.measures.get(measure.name) or {}, source=f"measures.{measure.name}")
 
 
 def build_sections(ctx: AuditContext, measures: Sequence[Measure],
