@@ -138,6 +138,42 @@ class KLToBaseSettings(StrictModel):
         return data
 
 
+DEFAULT_DEMO_TEMPLATE = (
+    "{prompt}\n\nHere is an example answer to this request:\n{demonstration}\n\n"
+    "Now write an answer of your own."
+)
+
+
+class OnPolicyDistillSettings(StrictModel):
+    """On-policy self-distillation (Shenfeld et al. 2026, sftlab.train.onpolicy_distill): the student answers
+    each SFT prompt itself and is trained toward the teacher, the model shown the record's answer as an example."""
+
+    teacher: Literal["base", "live"] = Field(
+        "base", description="base: the starting weights (TRL's default); live: the current weights")
+    mode: Literal["full_logits", "topk_logits", "sampled_token"] = Field(
+        "full_logits", description="full_logits: KL over the vocabulary (the paper); topk_logits: over the "
+        "student's top_k tokens, renormalised (TRL's default); sampled_token: the reverse KL's one-sample estimator")
+    direction: Literal["reverse", "forward"] = Field(
+        "reverse", description="reverse: KL(student || teacher), the paper's; forward: KL(teacher || student)")
+    top_k: int = Field(100, ge=1, description="tokens per position in mode topk_logits")
+    resample_every: int = Field(
+        1, ge=1, description="optimizer steps a record's sampled answer is reused for; 1 samples at every step")
+    max_new_tokens: int = Field(64, ge=1, description="longest sampled answer")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the student's answers")
+    demo_template: str = Field(
+        DEFAULT_DEMO_TEMPLATE, description="the teacher's last user turn: {prompt} is the user's request, "
+        "{demonstration} the record's answer")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OnPolicyDistillSettings:
+        missing = [p for p in ("{prompt}", "{demonstration}") if p not in self.demo_template]
+        if missing:
+            raise ValueError(f"demo_template must contain {' and '.join(missing)}")
+        if self.mode == "sampled_token" and self.direction != "reverse":
+            raise ValueError("mode sampled_token estimates the reverse KL only: set direction: reverse")
+        return self
+
+
 class AdversarialSettings(StrictModel):
     """Adversarial perturbation of the input embeddings of real tokens (``sftlab.train.adversarial``)."""
 
@@ -370,6 +406,7 @@ class TrainConfig(StrictModel):
     l2sp: L2SPSettings | None = None
     kl_to_base: KLToBaseSettings | None = None
     augment: AugmentSettings | None = None
+    on_policy_distill: OnPolicyDistillSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -405,7 +442,26 @@ class TrainConfig(StrictModel):
             raise ValueError("early_stopping_patience needs eval_strategy: steps or epoch")
         if self.loss == "label_smoothing" and self.label_smoothing_factor == 0:
             raise ValueError("loss: label_smoothing needs label_smoothing_factor > 0")
+        if self.on_policy_distill is not None:
+            _check_on_policy_distill(self)
         return self
+
+
+def _check_on_policy_distill(cfg: TrainConfig) -> None:
+    """on_policy_distill replaces the training batch (prompts, not SFT rows) and the loss: what reads
+    either is not combined with it (yet)."""
+    others = {
+        "loss": cfg.loss != "cross_entropy", "preset": cfg.preset is not None,
+        "neftune_noise_alpha": cfg.neftune_noise_alpha is not None, "adversarial": cfg.adversarial is not None,
+        "replay": cfg.replay is not None, "ewc": cfg.ewc is not None, "l2sp": cfg.l2sp is not None,
+        "kl_to_base": cfg.kl_to_base is not None, "augment": cfg.augment is not None,
+        "fsdp": cfg.fsdp is not None, "deepspeed": cfg.deepspeed is not None, "torch_compile": cfg.torch_compile,
+        "method": cfg.method in ("prefix", "prompt"),
+    }
+    clash = [k for k, on in others.items() if on]
+    if clash:
+        raise ValueError(f"on_policy_distill trains on the model's own answers with its own loss, and is not "
+                         f"combined with {', '.join(clash)}: drop {'it' if len(clash) == 1 else 'them'}")
 
 
 class TokenizerSettings(StrictModel):

@@ -69,6 +69,7 @@ from sftlab.train.compile import compile_blocks
 from sftlab.train.distributed import engine_arguments
 from sftlab.train.losses import LossFn, build_loss
 from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
+from sftlab.train.onpolicy_distill import attach_on_policy_distill
 from sftlab.train.regularizers import Anchor, Regularizer, build_regularizers
 from sftlab.train.trainer import (
     SFTLabTrainer,
@@ -226,6 +227,9 @@ def prepare_train(
     # anchors, EWC's Fisher and the KL base must be the starting weights, and live beside the model.
     with args.main_process_first(desc="regularizers (EWC Fisher)"):
         trainer.regularizers = build_regularizers(cfg, trainer.model, run_dir, tokenizer) + list(regularizers)
+    if cfg.on_policy_distill is not None:
+        # Before any hook: the base teacher's frozen copy must carry none.
+        attach_on_policy_distill(trainer, cfg.on_policy_distill, tokenizer, cfg.seed, cfg.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if cfg.neftune_noise_alpha is not None:
         # Ours, never transformers' (args.neftune_noise_alpha stays None): its hook scales by the padded
@@ -578,6 +582,10 @@ def describe_remedies(cfg: TrainConfig) -> list[str]:
     if cfg.kl_to_base is not None:
         kl = cfg.kl_to_base
         parts.append(f"KL-to-base beta {kl.beta} ({kl.direction}, on {kl.on})")
+    if cfg.on_policy_distill is not None:
+        od = cfg.on_policy_distill
+        parts.append(f"on-policy self-distillation ({od.teacher} teacher, {od.mode}, {od.direction} KL; "
+                     f"resampled every {od.resample_every} step(s), up to {od.max_new_tokens} tokens)")
     return parts
 
 
