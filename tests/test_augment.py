@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.config import AugmentSettings, EdaSettings
+from sftlab.train.remedies.augment import AugmentSettings, EdaSettings
 from sftlab.data.augment import augment_record, random_deletion, random_insertion, random_swap
 from sftlab.data.dataset import SFTDataset
 from sftlab.data.readers import read_records

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from sftlab.config import TrainConfig
-from sftlab.train.losses import IGNORE_INDEX, build_loss, cross_entropy, dft_loss, gem_loss
+from sftlab.train.losses import IGNORE_INDEX, cross_entropy, dft_loss, gem_loss
+from sftlab.train.remedies.registry import build_loss
 
 # One target token: position 0 of a 2-position sequence predicts label[1] = 0 over a 3-token vocabulary.
 Z = [1.0, 2.0, 0.5]

@@ -108,6 +108,15 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_intruders(args: argparse.Namespace) -> int:
+    from sftlab.train.intruders import reduce_intruders
+
+    out = reduce_intruders(args.adapter, args.out, top_k=args.top_k, threshold_epsilon=args.threshold_epsilon,
+                           mitigation_lambda=args.mitigation_lambda)
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_models_list(args: argparse.Namespace) -> int:
     from sftlab.recipes.models import print_models
 
@@ -172,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", required=True, help="full model dir or PEFT adapter dir")
     p.add_argument("--alphas", default="0.25,0.5,0.75")
     p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
+
+    p = add("intruders", _cmd_intruders, "reduce a LoRA adapter's intruder dimensions (PEFT's post-hoc fix)")
+    p.add_argument("--adapter", required=True, help="LoRA adapter dir")
+    p.add_argument("--out", required=True, help="where to write the reduced adapter dir")
+    p.add_argument("--top-k", dest="top_k", type=int, default=10, help="singular vectors examined per layer")
+    p.add_argument("--threshold-epsilon", dest="threshold_epsilon", type=float, default=0.5,
+                   help="an intruder's best cosine with the base's singular vectors is below this")
+    p.add_argument("--mitigation-lambda", dest="mitigation_lambda", type=float, default=0.75,
+                   help="scale each intruder dimension keeps (1 keeps it whole, 0 removes it)")
 
     p = add("audit", _cmd_audit, "compare a base with tuned models: diversity, shift, copying, forgetting")
     p.add_argument("config", nargs="?", help="YAML audit config (flags and KEY=VALUE override it)")

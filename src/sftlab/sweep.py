@@ -71,15 +71,21 @@ def load_sweep(path: str, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read and validate a sweep config, including every strategy's train config (errors come before any run)."""
     cfg = load_config(SweepConfig, path, list(overrides))
     for spec in plan(cfg):
-        if spec.strategy.interpolate is None:
+        if spec.strategy.post_hoc is None:
             train_config(cfg, spec)
+        elif spec.strategy.intruders is not None:
+            source = next(s for s in cfg.strategies if s.name == spec.strategy.intruders.source)
+            if train_config(cfg, RunSpec(source, spec.seed, spec.run_dir)).method != "lora":
+                raise UserError(f"strategy {spec.strategy.name!r} reduces the intruders of {source.name!r}, "
+                                "which is not a LoRA strategy (method: lora)")
     audit_config(cfg, {"-": cfg.base_model}, "-", Path(cfg.out))
     return cfg
 
 
 def plan(cfg: SweepConfig) -> list[RunSpec]:
-    """Every run, trained strategies before the interpolations that read their models."""
-    ordered = sorted(cfg.strategies, key=lambda s: s.interpolate is not None)
+    """Every run, trained strategies before the post-hoc steps (interpolations, intruder reduction) that read
+    their models."""
+    ordered = sorted(cfg.strategies, key=lambda s: s.post_hoc is not None)
     return [RunSpec(s, seed, Path(cfg.out) / "runs" / s.name / f"seed{seed}") for seed in cfg.seeds for s in ordered]
 
 
@@ -125,6 +131,21 @@ def interpolate_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int],
         "trainable_params": source["trainable_params"],
     }
     return Path(model_dir), cost
+
+
+def intruders_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """The source strategy's LoRA adapter (same seed) with its intruder dimensions reduced; its cost is the
+    source's plus the reduction."""
+    from sftlab.train.intruders import reduce_intruders
+
+    step = spec.strategy.intruders
+    assert step is not None
+    source = rows[(step.source, spec.seed)]
+    started = time.perf_counter()
+    model_dir = reduce_intruders(source["model_dir"], spec.run_dir / "adapter", top_k=step.top_k,
+                                 threshold_epsilon=step.threshold_epsilon, mitigation_lambda=step.mitigation_lambda)
+    cost = {key: source[key] for key in ("peak_memory_mb", "trainable_params")}
+    return model_dir, {"train_seconds": source["train_seconds"] + time.perf_counter() - started, **cost}
 
 
 def eval_loss(model_dir: str | Path, cfg: SweepConfig, base_train: dict[str, Any]) -> float | None:
@@ -208,11 +229,11 @@ def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
     """
     from sftlab.recipes.train import FINISHED_SAFE
 
-    mix = spec.strategy.interpolate
+    mix = spec.strategy.post_hoc
     if mix is None:
         made: dict[str, Any] = train_config(cfg, spec).model_dump(mode="json", by_alias=True, exclude=FINISHED_SAFE)
     else:
-        # A mix is as new as the model it mixes: a redone source makes it stale too.
+        # A post-hoc step is as new as the model it reads: a redone source makes it stale too.
         source = next(s for s in cfg.strategies if s.name == mix.source)
         made = {**mix.model_dump(mode="json"), "source": run_settings(cfg, RunSpec(source, spec.seed, spec.run_dir))}
     settings = {"base": model_fingerprint(cfg.base_model), "made": made, "audit": cfg.audit}
@@ -242,15 +263,17 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> d
 
 def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]],
             extra_sections: Sequence[SectionProvider]) -> dict[str, Any]:
-    """Train (or interpolate), evaluate and audit one run; writes and returns its row."""
+    """Train (or run a post-hoc step), evaluate and audit one run; writes and returns its row."""
     from sftlab.recipes.audit import run_audit
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec))
-    if spec.strategy.interpolate is None:
+    if spec.strategy.post_hoc is None:
         model_dir, cost = train_run(cfg, spec)
-    else:
+    elif spec.strategy.interpolate is not None:
         model_dir, cost = interpolate_run(cfg, spec, rows)
+    else:
+        model_dir, cost = intruders_run(cfg, spec, rows)
     audit_out = spec.run_dir / "audit"
     # Labelled by strategy and seed: every run's model dir is called "model", which says nothing.
     tuned_name = spec.label

@@ -30,7 +30,8 @@ from typing import Any, Literal
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from sftlab.config import AugmentSettings, TrainConfig
+from sftlab.config import TrainConfig
+from sftlab.train.remedies.augment import AugmentSettings
 from sftlab.data.augment import augment_record, pick_format
 from sftlab.data.mixing import ReplayPool, SelfReplayPool, replay_target_tokens
 from sftlab.data.packing import pack_examples, real_token_fraction

@@ -54,7 +54,7 @@ from sftlab.train.neftune import ForwardInputs, base_model, document_ids, neftun
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY
 
 if TYPE_CHECKING:
-    from sftlab.config import AdversarialSettings
+    from sftlab.train.remedies.adversarial import AdversarialSettings
 
 Norm = Literal["l2", "linf"]
 
