@@ -22,7 +22,8 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from sftlab.config import OnPolicyDistillSettings, SamplingSettings, TrainConfig
+from sftlab.audit.generate import generate
+from sftlab.config import SamplingSettings, TrainConfig
 from sftlab.data.records import Message, Origin, Record
 from sftlab.data.tokenize import encode_prompt
 from sftlab.errors import UserError
@@ -37,11 +38,8 @@ from sftlab.train.onpolicy_distill import (
     fill_template,
     token_divergence,
 )
+from sftlab.train.remedies.on_policy_distill import OnPolicyDistillSettings
 
-try:
-    from sftlab.models.generate import generate
-except ImportError:
-    from sftlab.audit.generate import generate
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,7 +256,8 @@ def test_sftlab_train_runs_end_to_end(tiny_model_dir, sft_file, tmp_path) -> Non
 
 @pytest.mark.parametrize("extra, message", [
     ({"kl_to_base": {"beta": 0.1}}, "kl_to_base"),
-    ({"loss": "dft"}, "loss"),
+    ({"loss": "dft"}, "dft"),
+    ({"fsdp": {}}, "fsdp"),
     ({"on_policy_distill": {"demo_template": "{prompt} only"}}, "demonstration"),
     ({"on_policy_distill": {"mode": "sampled_token", "direction": "forward"}}, "reverse"),
 ])
@@ -266,3 +265,5 @@ def test_clashing_settings_are_config_errors(tiny_model_dir, sft_file, extra, me
     base = {"model_name_or_path": str(tiny_model_dir), "train_file": [str(sft_file)], "on_policy_distill": {}}
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{**base, **extra})
+    if "on_policy_distill" not in extra:  # the same keys without on_policy_distill are fine
+        TrainConfig(**{**base, "on_policy_distill": None, **extra})

@@ -55,7 +55,7 @@ from sftlab.data.tokenize import encode_prompt
 from sftlab.errors import UserError
 
 if TYPE_CHECKING:
-    from sftlab.config import OnPolicyDistillSettings
+    from sftlab.train.remedies.on_policy_distill import OnPolicyDistillSettings
 
 Mode = Literal["full_logits", "topk_logits", "sampled_token"]
 Direction = Literal["reverse", "forward"]
@@ -267,7 +267,7 @@ class OnPolicyDistiller:
         """Fresh answers of ``model`` (eval mode, no gradient) to the student prompts ``indices``; an answer
         that stopped on its own ends with EOS."""
         from sftlab.audit.generate import generate
-        from sftlab.config import SamplingSettings
+        from sftlab.settings import SamplingSettings
 
         s = self.settings
         sampling = SamplingSettings(num_samples=1, temperature=s.temperature, top_p=1.0, top_k=0,
@@ -335,5 +335,4 @@ def attach_on_policy_distill(trainer: Any, settings: OnPolicyDistillSettings, to
     trainer.train_dataset = PromptDataset(len(records))
     trainer.data_collator = PromptCollator(trainer.data_collator)
     trainer.objective = distiller
-    trainer.log_sources.append(distiller.log_values)
     return distiller
