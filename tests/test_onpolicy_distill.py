@@ -129,7 +129,8 @@ def test_teacher_equal_to_student_gives_zero_loss_and_gradient(tiny_model_dir, t
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()  # no dropout: one network, one function
     # Prompts of different lengths: the shorter one is left-padded.
     records = [_record("Write a long line about the sea, the wind and the rain, please.", "x"), _record("Hi.", "x")]
-    prompts = [DistillPrompt(p.student, p.student) for p in build_prompts(records, tiny_tokenizer, "{prompt}{demonstration}")]
+    built = build_prompts(records, tiny_tokenizer, "{prompt}{demonstration}")
+    prompts = [DistillPrompt(p.student, p.student) for p in built]
     settings = OnPolicyDistillSettings(teacher=kind, mode=mode, max_new_tokens=6, top_k=5)
     distiller = OnPolicyDistiller(settings, prompts, tiny_tokenizer, Teacher(kind, model), seed=0, max_length=256)
     loss = distiller(model, {RECORD_INDEX_KEY: torch.tensor([0, 1])}, step=0)
@@ -185,10 +186,12 @@ def _record_samples(distiller: OnPolicyDistiller) -> list[tuple[int, list[int], 
 
 
 def _direct_samples(model, tokenizer, distiller: OnPolicyDistiller, indices: list[int], step: int) -> list[list[int]]:
-    """What the audit's sampler gives for these prompts with the seed of ``step`` (EOS appended as the distiller does)."""
+    """What the audit's sampler gives for these prompts with the seed of ``step`` (EOS appended as the
+    distiller does)."""
     s = distiller.settings
     sampling = SamplingSettings(num_samples=1, temperature=s.temperature, top_p=1.0, top_k=0,
-                                max_new_tokens=s.max_new_tokens, batch_size=len(indices), seed=distiller.sample_seed(step))
+                                max_new_tokens=s.max_new_tokens, batch_size=len(indices),
+                                seed=distiller.sample_seed(step))
     out = generate(model, tokenizer, [distiller.prompts[i].student for i in indices], sampling, greedy=False,
                    max_length=128)
     eos = tokenizer.eos_token_id

@@ -301,8 +301,11 @@ class OnPolicyDistiller:
             tokens[row, : len(answer)] = torch.tensor(answer, dtype=torch.long)
             mask[row, : len(answer)] = True
         tokens, mask = tokens.to(device), mask.to(device)
-        student_batch = _batch([self.prompts[i].student[-self.max_prompt :] for i in indices], answers, self.pad_id, device)
-        teacher_batch = _batch([self.prompts[i].teacher[-self.max_prompt :] for i in indices], answers, self.pad_id, device)
+        # Prompts cut as the sampler cut them: the last max_length - max_new_tokens tokens.
+        student_prompts = [self.prompts[i].student[-self.max_prompt :] for i in indices]
+        teacher_prompts = [self.prompts[i].teacher[-self.max_prompt :] for i in indices]
+        student_batch = _batch(student_prompts, answers, self.pad_id, device)
+        teacher_batch = _batch(teacher_prompts, answers, self.pad_id, device)
         with self.autocast():
             teacher = self.teacher.logits(self.unwrap(model), teacher_batch, width)
         student = answer_logits(model, student_batch, width)
