@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from sftlab.config import TrainConfig, build_config
 from sftlab.errors import UserError
-from sftlab.train.losses import IGNORE_INDEX, cross_entropy, eaft_loss
+from sftlab.models.tokens import IGNORE_INDEX
+from sftlab.train.losses import cross_entropy, eaft_loss
 from sftlab.train.remedies.registry import build_loss, describe_remedies
 
 

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from sftlab.cli import main
 from sftlab.errors import UserError
 from sftlab.models.load import load_model
+from sftlab.models.reference import ModelRef
 from sftlab.train.intruders import RECORD_FILE, reduce_intruders
 
 MODULES = ["q_proj", "v_proj"]
@@ -100,7 +101,7 @@ def _sweep_file(tmp_path: Path, strategies: list[dict]) -> Path:
 def test_a_sweep_strategy_reduces_its_lora_source(lora_adapter: Path, tmp_path: Path, monkeypatch) -> None:
     """``intruders: {source: lora}`` runs after its source, reads the source's adapter and audits the result."""
     import sftlab.recipes.audit as audit_recipe
-    import sftlab.sweep as sweep
+    import sftlab.recipes.sweep as sweep
 
     strategies = [{"name": "fix", "intruders": {"source": "lora", "top_k": 4, "mitigation_lambda": 0.25}},
                   {"name": "lora", "train": {"method": "lora"}}]
@@ -118,14 +119,15 @@ def test_a_sweep_strategy_reduces_its_lora_source(lora_adapter: Path, tmp_path: 
     monkeypatch.setattr(audit_recipe, "run_audit", fake_audit)
     monkeypatch.setattr(sweep, "row_from_report", lambda report, name: {})
     source_row = {"model_dir": str(lora_adapter), "train_seconds": 2.0, "peak_memory_mb": 3.0, "trainable_params": 4}
-    row = sweep.run_one(cfg, fixed, {("lora", 0): source_row}, ())
+    base = ModelRef("base", "base", "fingerprint")
+    row = sweep.run_one(cfg, fixed, base, {("lora", 0): source_row}, ())
     assert audited == {"fix/seed0": str(fixed.run_dir / "adapter")}
     assert json.loads((fixed.run_dir / "adapter" / RECORD_FILE).read_text())["mitigation_lambda"] == 0.25
     assert row["train_seconds"] > 2.0 and row["trainable_params"] == 4
     # Its settings hash covers the step's settings and its source's.
     other = sweep.load_sweep(str(_sweep_file(tmp_path, [{**strategies[0], "intruders": {"source": "lora"}},
                                                         strategies[1]])))
-    assert sweep.run_settings(cfg, fixed) != sweep.run_settings(other, sweep.plan(other)[1])
+    assert sweep.run_settings(cfg, fixed, base) != sweep.run_settings(other, sweep.plan(other)[1], base)
 
 
 @pytest.mark.parametrize(("strategies", "message"), [
@@ -134,7 +136,7 @@ def test_a_sweep_strategy_reduces_its_lora_source(lora_adapter: Path, tmp_path: 
     ([{"name": "fix", "intruders": {"source": "a"}, "train": {"method": "lora"}}, {"name": "a"}], "no `train` overlay"),
 ])
 def test_bad_intruder_strategies_are_user_errors(tmp_path: Path, strategies: list[dict], message: str) -> None:
-    import sftlab.sweep as sweep
+    import sftlab.recipes.sweep as sweep
 
     with pytest.raises(UserError, match=message):
         sweep.load_sweep(str(_sweep_file(tmp_path, strategies)))

@@ -102,9 +102,9 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         alphas = [float(a) for a in args.alphas.split(",")]
     except ValueError:
         raise UserError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-    from sftlab.models.builtin import resolve_model_source
+    from sftlab.models.reference import resolve_model
 
-    interpolate_dirs(resolve_model_source(args.base, args.gguf_file), args.tuned, alphas, args.out)
+    interpolate_dirs(resolve_model(args.base, args.gguf_file).path, args.tuned, alphas, args.out)
     return 0
 
 
@@ -132,23 +132,25 @@ def _cmd_world_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sftlab.sweep import run_sweep_file
+    from sftlab.recipes.sweep import run_sweep_file
 
     run_sweep_file(args.config, args.overrides)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftlab.demo import run_demo
+    from sftlab.recipes.demo import run_demo
+    from sftlab.recipes.demo_plan import builtin_plan, load_plan
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.real:
-        from sftlab.demo_real import run_demo_real
-
-        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds, strategies=args.strategies)
-        return 0
-    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds, strategies=args.strategies)
+    if args.plan is not None:
+        if args.real or args.quick:
+            raise UserError("--plan names the whole plan: drop --real and --quick (copy a built-in plan to change it)")
+        plan, out = load_plan(args.plan), args.out or f"runs/demo_{Path(args.plan).stem}"
+    else:
+        plan, out = builtin_plan(args.real, args.quick), args.out or ("runs/demo_real" if args.real else "runs/demo")
+    run_demo(plan, out=out, seeds=args.seeds, strategies=args.strategies)
     return 0
 
 
@@ -213,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", action="store_true",
                    help="the seeds' experiment on the built-in real model (Shakespeare SFT; about 25 minutes)")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
-    p.add_argument("--out", default=None, help="default runs/demo (runs/demo_real with --real)")
+    p.add_argument("--plan", default=None, metavar="FILE",
+                   help="run your own plan (copy one of sftlab/recipes/plans/*.yaml to start)")
+    p.add_argument("--out", default=None,
+                   help="default runs/demo (runs/demo_real with --real, runs/demo_STEM with --plan STEM.yaml)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
     p.add_argument("--strategies", default=None, metavar="A,B,...",
                    help="only these of the demo's strategies (a rerun in the same --out reuses finished runs)")

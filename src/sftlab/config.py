@@ -18,9 +18,8 @@ import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
 from sftlab.errors import UserError
-
-# SamplingSettings and StrictModel are imported from here by the rest of the package.
-from sftlab.settings import SamplingSettings, StrictModel, format_validation_error  # noqa: F401
+from sftlab.settings import SamplingSettings, StrictModel, format_validation_error  # noqa: F401  (re-exported)
+from sftlab.train.remedies.augment import AugmentSettings  # noqa: F401  (data/ reads it from here)
 from sftlab.train.remedies.registry import check_remedies, expand_presets, remedy_fields
 
 

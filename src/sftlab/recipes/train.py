@@ -42,8 +42,6 @@ from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_data
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records
 from sftlab.errors import UserError
-from sftlab.models.builtin import resolve_model_source
-from sftlab.recipes.train_console import precision_name, print_result, print_setup
 from sftlab.models.load import (
     is_adapter_dir,
     load_config,
@@ -52,6 +50,8 @@ from sftlab.models.load import (
     resolve_dtype,
     training_attention,
 )
+from sftlab.models.reference import resolve_model
+from sftlab.recipes.train_console import precision_name, print_result, print_setup
 from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
 from sftlab.train.callbacks import (
     DatasetEpoch,
@@ -166,7 +166,7 @@ def prepare_train(
         quiet_packed_padding_warning()
     reset_peak_memory()
     run_dir = Path(cfg.output_dir)
-    base = _resolve_base(resolve_model_source(cfg.model_name_or_path, cfg.gguf_file))
+    base = _resolve_base(resolve_model(cfg.model_name_or_path, cfg.gguf_file).path)
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
     precision = training_precision(cfg, load_config(base, cfg.trust_remote_code))

@@ -15,16 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-IGNORE_INDEX = -100
-# Logits per slice of the cross-entropy: 12.6 MB of float32, 64 rows of SmolLM2's 49,152-token vocabulary,
-# inside glibc's reused heap (its mmap threshold grows to 32 MB) and the last-level cache of most CPUs.
-# Logits that fit in one slice keep F.cross_entropy (see cross_entropy).
-SLICE_ELEMENTS = 64 * 49152
-
-
-def rows_per_slice(vocab: int) -> int:
-    """How many rows of ``vocab``-wide logits one slice of the cross-entropy takes."""
-    return max(1, SLICE_ELEMENTS // vocab)
+from sftlab.models import tokens
+from sftlab.models.tokens import IGNORE_INDEX, rows_per_slice
 
 
 class LossFn(Protocol):
@@ -73,12 +65,12 @@ def cross_entropy(
     """Mean next-token cross-entropy over target tokens, optionally label-smoothed.
 
     Label smoothing (Szegedy et al. 2016): the target distribution is (1-eps) * onehot + eps / V.
-    Logits larger than one slice (:data:`SLICE_ELEMENTS`) go through :class:`SlicedCrossEntropy`, the same
-    value and gradient a slice at a time; smaller ones (a tiny model's) through ``F.cross_entropy``, whose
-    temporaries are then small and whose kernels are faster there (2.2x on 4,096 x 512 float32 logits;
-    bench/cross_entropy.py). The sliced path reads the logits unshifted (:func:`next_token_targets`).
+    Logits larger than one slice (:data:`~sftlab.models.tokens.SLICE_ELEMENTS`) go through
+    :class:`SlicedCrossEntropy`, the same value and gradient a slice at a time; smaller ones (a tiny
+    model's) through ``F.cross_entropy``, whose temporaries are then small and whose kernels are faster there
+    (2.2x on 4,096 x 512 float32 logits; bench/cross_entropy.py). The sliced path reads the logits unshifted (:func:`next_token_targets`).
     """
-    if logits.numel() > SLICE_ELEMENTS:
+    if logits.numel() > tokens.SLICE_ELEMENTS:
         targets = next_token_targets(labels)
         return SlicedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets,
                                         _denominator(targets, num_items_in_batch), label_smoothing)
@@ -91,7 +83,8 @@ def cross_entropy(
 
 class SlicedCrossEntropy(torch.autograd.Function):
     """Next-token cross-entropy summed over targets and divided by ``denom``, with its gradient computed in
-    the forward, a slice of :data:`SLICE_ELEMENTS` logits (:func:`rows_per_slice` rows) at a time.
+    the forward, a slice of :data:`~sftlab.models.tokens.SLICE_ELEMENTS` logits
+    (:func:`~sftlab.models.tokens.rows_per_slice` rows) at a time.
 
     Per row with logits z (in float32), target y and p = softmax(z): loss = logsumexp(z) - z_y, gradient
     p - onehot(y); with label smoothing eps, loss = (1-eps) (lse - z_y) + eps (lse - mean(z)) and gradient

@@ -37,6 +37,7 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from sftlab.errors import UserError
+from sftlab.models.tokens import IGNORE_INDEX
 from sftlab.train.distributed import (
     count_over_ranks,
     is_fsdp2,
@@ -46,7 +47,7 @@ from sftlab.train.distributed import (
     shard_module_like,
     sum_over_shards,
 )
-from sftlab.train.losses import IGNORE_INDEX, cross_entropy
+from sftlab.train.losses import cross_entropy
 from sftlab.train.neftune import packed_padding
 
 if TYPE_CHECKING:
