@@ -22,11 +22,11 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from sftlab.audit.generate import generate
 from sftlab.config import SamplingSettings, TrainConfig
 from sftlab.data.records import Message, Origin, Record
 from sftlab.data.tokenize import encode_prompt
 from sftlab.errors import UserError
+from sftlab.models.generate import generate
 from sftlab.recipes.train import finish_train, prepare_train
 from sftlab.train.onpolicy_distill import (
     RECORD_INDEX_KEY,

@@ -5,7 +5,7 @@ The paper calls it SDFT, "Self-Distillation Fine-Tuning". It is not the offline 
 Here the targets are never trained on directly. At each step:
 
 1. **sample**: the student (the model being trained, in eval mode, no gradient) answers each SFT prompt
-   of the micro-batch with the audit's sampler (:func:`sftlab.audit.generate.generate`);
+   of the micro-batch with the shared sampler (:func:`sftlab.models.generate.generate`);
 2. **score**: a teacher reads the same answer after the prompt with the record's demonstration added as
    privileged context (``demo_template`` rewrites the last user turn), and gives its next-token
    distribution at every answer position. The teacher is the same network: ``base`` is the weights
@@ -266,7 +266,7 @@ class OnPolicyDistiller:
     def sample(self, model: torch.nn.Module, indices: Sequence[int], step: int) -> list[list[int]]:
         """Fresh answers of ``model`` (eval mode, no gradient) to the student prompts ``indices``; an answer
         that stopped on its own ends with EOS."""
-        from sftlab.audit.generate import generate
+        from sftlab.models.generate import generate
         from sftlab.settings import SamplingSettings
 
         s = self.settings
