@@ -6,6 +6,8 @@
 - The samples are the student's own: with resample_every 1, the answers of step 2 are what a direct
   sampling call on the weights after step 1 gives with that step's seed (and not what the starting
   weights give); with resample_every 2 they are step 1's, reused.
+- The base teacher keeps scoring as the starting model after updates (full FT: a frozen copy; LoRA: the
+  adapter switched off).
 - Prompts: the demonstration lands in the teacher's last user turn only.
 - `sftlab train` with an on_policy_distill section runs end to end; clashing keys are config errors.
 """
@@ -270,3 +272,27 @@ def test_clashing_settings_are_config_errors(tiny_model_dir, sft_file, extra, me
         TrainConfig(**{**base, **extra})
     if "on_policy_distill" not in extra:  # the same keys without on_policy_distill are fine
         TrainConfig(**{**base, "on_policy_distill": None, **extra})
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_base_teacher_keeps_the_starting_weights(tiny_model_dir, tiny_tokenizer, sft_file, tmp_path, method) -> None:
+    """After updates, the base teacher scores as the starting model does (a frozen copy; with LoRA, the model
+    with its adapter off), while the trained student has moved."""
+    from sftlab.train.onpolicy_distill import _batch, answer_logits
+
+    cfg = _config(tiny_model_dir, sft_file, tmp_path / "run", teacher="base")
+    if method == "lora":
+        cfg = TrainConfig(**{**cfg.model_dump(by_alias=True), "method": "lora",
+                             "lora": {"r": 4, "alpha": 8, "target_modules": ["c_attn", "c_fc"]}})
+    session = prepare_train(cfg)
+    distiller = session.trainer.objective
+    finish_train(session)
+    start = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    model = session.trainer.model.eval()
+    batch = _batch([p.teacher for p in distiller.prompts[:2]], [[5, 6, 7], [8]], tiny_tokenizer.pad_token_id,
+                   torch.device("cpu"))
+    with torch.no_grad():
+        expected = answer_logits(start, batch, 3)
+        student = answer_logits(model, batch, 3)
+    assert torch.allclose(distiller.teacher.logits(model, batch, 3), expected, atol=1e-5)
+    assert not torch.allclose(student, expected, atol=1e-3), "the student must have moved for the check to tell"
