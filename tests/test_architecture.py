@@ -1,7 +1,9 @@
 """The shape of the package: layers that import only downward, no cycle between packages, small files.
 
 Each module's imports are read with ``ast`` (nothing is imported), including imports inside functions,
-since a lazy import is still a dependency. A module belongs to the package named by its first component
+since a lazy import is still a dependency. Imports under ``if TYPE_CHECKING:`` are left out: they name a type
+for the reader and the type checker and never run (the remedies' builders are typed with the composed
+``TrainConfig`` that config.py builds from their own settings). A module belongs to the package named by its first component
 under ``sftlab`` (``sftlab.audit.report.html`` is in ``audit``); a top-level module is its own package
 (``config``, ``cli``).
 """
@@ -21,9 +23,9 @@ LAYERS: list[set[str]] = [
     {"sftlab", "errors", "offline", "settings"},  # the package root (version), the error type, the offline switch,
     # the base of every config section (settings.py: StrictModel, shared sections; pydantic only)
     {"models"},  # ground floor: loading, built-ins, GGUF, generation, fingerprint, cache root, token constants
-    {"config"},  # typed configs; may name a model, so it stands above models
     {"data"},
     {"train"},
+    {"config"},  # typed configs, composed from each remedy's settings (train/remedies), so above train
     {"audit"},  # the audit never trusts the trainer, but may share a formula kept in train/
     {"world"},  # the synthetic world and its judge, a measure over audit's pieces
     {"recipes"},  # what users run: train, audit, sweep, demo
@@ -62,7 +64,12 @@ def imported_modules(path: Path, src: Path = SRC) -> set[str]:
     here = module_name(path, src).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    type_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node.test)
+                 for stmt in node.body for inner in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -72,6 +79,12 @@ def imported_modules(path: Path, src: Path = SRC) -> set[str]:
             submodules = {f"{target}.{alias.name}" for alias in node.names}
             found.update(submodules & known or {target})
     return {name for name in found if name == "sftlab" or name.startswith("sftlab.")}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
 def package_imports(src: Path) -> dict[str, dict[str, list[str]]]:
@@ -177,6 +190,7 @@ def test_the_checks_catch_an_upward_import_a_lazy_one_and_a_cycle(tmp_path):
         "models/gen.py": "def f():\n    from sftlab.data import tokenize\n",  # lazy, and upward
         "data/__init__.py": "",
         "data/tokenize.py": "from ..models import gen\n",  # relative, downward
+        "data/hints.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sftlab.train import x\n",
     })
     edges = package_imports(src)
     assert upward_imports(edges) == ["sftlab.models.gen -> sftlab.data.tokenize"]

@@ -17,7 +17,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.config import SamplingSettings
+from sftlab.settings import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
 from sftlab.errors import UserError
