@@ -17,6 +17,11 @@ Contenders (remedy settings are typical values; the step cost hardly depends on 
   dft             loss: dft (DFT, Wu et al. 2025)
   eaft            loss: eaft (EAFT, Diao et al. 2026: top-20 entropy weight, alpha 1)
   tofu            loss: tofu (TOFU, Klypa & Cherednichenko 2026: gamma 3, beta 0.8)
+  onpolicy        on-policy self-distillation (Shenfeld et al. 2026; base teacher, full-vocabulary reverse KL):
+                  each step samples a 32-token answer per prompt (KV cache), runs the teacher's forward
+                  (prompt + example answer + the sample) and the student's forward and backward on its
+                  sample. Its batch is one prompt per record, so compare it with --no-packing, where the
+                  plain step also trains one record per row
   asft            preset: asft (DFT + KL-to-base on responses, forward, beta 0.1; a frozen base copy)
   replay          + replay, 20% of trained tokens from plain text (more tokens are trained per step)
   lora            LoRA r 8 on every attention and MLP matrix, no adapter dropout (the default; the
@@ -37,9 +42,10 @@ backward is shared with the task loss), and GEM, DFT, EAFT and TOFU against cros
 plain full fine-tuning step.
 
 Memory: the bytes of tensors each trainer holds, split into the model (weights and buffers), the
-regularizers' own state (anchors, Fisher, base copy; tensors the model already holds are not counted
-again) and the optimizer state, plus the peak memory of the run (CUDA's peak allocation on a GPU;
-on a CPU the process's peak RSS since the contender was built, which allocator caching blurs).
+regularizers' own state (anchors, Fisher, base copy, the on-policy teacher's copy; tensors the model
+already holds are not counted again) and the optimizer state, plus the peak memory of the run (CUDA's
+peak allocation on a GPU; on a CPU the process's peak RSS since the contender was built, which
+allocator caching blurs).
 
 Run:  .venv/bin/python bench/remedy_overhead.py [--steps 10] [--warmup 3] [--rounds 3] [--threads 1]
 """
@@ -100,6 +106,7 @@ def contenders(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "lora drop0.05": {**lora, "lora": {**lora["lora"], "dropout": 0.05}},
         **{f"freelb {k}": {"adversarial": {"steps": k, "step_size": 0.1, "epsilon": 1.0}} for k in (1, 2)},
         "smart 1": {"adversarial": {"method": "smart", "steps": 1, "step_size": 0.01, "epsilon": 0.1, "init": 0.01}},
+        "onpolicy": {"on_policy_distill": {"max_new_tokens": 32}},
     }
 
 
@@ -230,7 +237,8 @@ def held_bytes_mb(trainer: Any) -> dict[str, float]:
         return count / 2**20
 
     model = total(list(trainer.model.parameters()) + list(trainer.model.buffers()))
-    regs = total(t for reg in trainer.regularizers for t in _tensors(reg))
+    # The on-policy teacher's frozen copy (trainer.objective) counts as regularizer state.
+    regs = total(t for reg in [*trainer.regularizers, trainer.objective] for t in _tensors(reg))
     optim = total(t for state in trainer.optimizer.state.values() for t in _tensors(state))
     return {"model_mb": model, "regularizers_mb": regs, "optimizer_mb": optim}
 

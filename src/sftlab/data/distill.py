@@ -21,6 +21,10 @@ A rewrite is kept only when it agrees with the reference, by this rule (checked 
 
 Otherwise the original response is kept. Only single-exchange records (one user turn and its answer,
 optionally after a system turn) are rewritten; plain text and multi-turn conversations pass through.
+
+This is the offline SDFT: the targets are rewritten once, before training. The on-policy method of the same
+name (Shenfeld et al. 2026), where the model answers the prompts itself at every step and is trained toward
+its demonstration-conditioned self, is ``on_policy_distill`` (``sftlab.train.onpolicy_distill``).
 """
 
 from __future__ import annotations

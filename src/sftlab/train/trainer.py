@@ -118,6 +118,9 @@ class SFTLabTrainer(Trainer):
         self.adversary: Any = None
         # Dithered bf16 weights for the training forward and backward (sftlab.train.weight_rounding), or None.
         self.weight_dither: DitheredBf16 | None = None
+        # Replaces the training loss when set: called as objective(model, inputs, global_step) -> the micro-batch's
+        # mean loss (on-policy distillation, sftlab.train.onpolicy_distill, whose batches are prompts).
+        self.objective: Callable[[torch.nn.Module, dict[str, Any], int], torch.Tensor] | None = None
 
     def create_accelerator_and_postprocess(self) -> None:
         """The Trainer's accelerator; FSDP2 switched on for a multi-process CPU run, where accelerate
@@ -175,6 +178,11 @@ class SFTLabTrainer(Trainer):
             self._bind_regularizers(model)
         # At every call, not once: an evaluation before training prepares (and wraps) the model on its own.
         keep_autocast_outputs(model)
+        if model.training and self.objective is not None:
+            # A mean per micro-batch: each of the G micro-batches of an optimizer step weighs 1/G.
+            steps = max(getattr(self, "current_gradient_accumulation_steps", 1), 1)
+            loss = self.objective(model, inputs, self.state.global_step) / steps
+            return (loss, None) if return_outputs else loss
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k not in NOT_MODEL_INPUTS}
         head = self._scoring_head(model)

@@ -23,6 +23,7 @@ from sftlab.train.remedies import (
     l2sp,
     label_smoothing,
     neftune,
+    on_policy_distill,
     presets,
     replay,
     tofu,
@@ -48,6 +49,7 @@ REMEDIES: tuple[Remedy, ...] = (
     l2sp.REMEDY,
     ewc.REMEDY,
     kl_to_base.REMEDY,  # before the hooks below: its frozen copy of the model must carry none of them
+    on_policy_distill.REMEDY,  # before the hooks below, as kl_to_base: its base teacher is a frozen copy
     neftune.REMEDY,
     adversarial.REMEDY,
     weight_rounding.REMEDY,
