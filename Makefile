@@ -10,6 +10,11 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
+# The browser tests render report.html in headless Chromium (Debian's `chromium`). The set-up installs it once,
+# as root with apt-get, when it is missing; without root or apt it says so, and the browser tests then skip
+# on a user's machine and fail under CI=true.
+BROWSER := $(VENV)/.chromium
+
 .PHONY: venv demo demo-world test bench clean
 
 venv: $(STAMP)
@@ -27,11 +32,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sftlab demo --real
 
+$(BROWSER):
+	@mkdir -p $(VENV)
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then touch $@; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-cache policy chromium | grep -q 'Candidate: [0-9]' || apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium && touch $@; \
+	else echo "make: no Chromium, and installing it needs root and apt-get (apt-get install -y chromium);" \
+		"the browser tests skip here and fail under CI=true"; fi
+
 # The synthetic world, whose genres and facts are known exactly (a tiny base pretrained from scratch).
 demo-world: $(STAMP)
 	$(VENV)/bin/sftlab demo
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER)
 	$(PY) -m pytest tests --durations=15
 
 bench: $(STAMP)

@@ -103,7 +103,6 @@ def main() -> None:
     from sftlab.config import SweepConfig, build_config
     from sftlab.recipes.demo import placeholder_values, sweep_data
     from sftlab.recipes.demo_plan import builtin_plan, select_strategies
-    from sftlab.recipes.demo_real import scene_style_section
     from sftlab.recipes.sweep import run_sweep
 
     plan = builtin_plan(real=True, quick=False)
@@ -113,8 +112,7 @@ def main() -> None:
         data = sweep_data(plan, select_strategies(plan.strategies, args.strategy), out, placeholder_values(plan, out))
         data["train"] = {**data["train"], **train}
         data["audit"] = {**data["audit"], **audit}
-        run_sweep(build_config(SweepConfig, data, source="bf16_demo"), extra_sections=[scene_style_section()],
-                  redo_stale=True)
+        run_sweep(build_config(SweepConfig, data, source="bf16_demo"), measures=plan.sections, redo_stale=True)
         return out / "sweep" / "runs" / args.strategy / "seed0"
 
     if args.bf16_weight_rounding is not None:

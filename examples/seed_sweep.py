@@ -170,8 +170,12 @@ def main() -> None:
     if not args.table_only:
         from sftlab.errors import UserError
 
+        from sftlab.audit.measures.base import Measure
+
+        # A measure of this script's own, run by every audit of the sweep beside the package's measures.
+        answer_length = Measure("answer_length", "mean answer length in words", 95, answer_length_section)
         try:
-            run_sweep(cfg, extra_sections=[answer_length_section])
+            run_sweep(cfg, measures=[answer_length])
         except UserError as exc:  # as the sftlab CLI does: the message, not a traceback
             raise SystemExit(f"seed_sweep: {exc}") from None
     out = Path(cfg.out)

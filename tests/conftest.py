@@ -19,6 +19,23 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def in_ci() -> bool:
+    """Whether the suite runs under CI (``CI=true``, as GitHub Actions and most CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def needs_on_this_machine(what: str, how: str) -> None:
+    """Stop a test that needs something this machine lacks: a skip on a user's machine, a failure under CI.
+
+    Only for what a user's machine may legitimately lack (a browser, a compiler, a kernel file); the CI
+    image is set up to have all of it (``make test`` installs the browser), so there it is a broken set-up.
+    """
+    message = f"{what} is not available here ({how})"
+    if in_ci():
+        pytest.fail(f"CI=true: {message}")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared real public data sets (see each SOURCE.md), found by :func:`locate_shared_data`."""

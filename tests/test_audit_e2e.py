@@ -12,9 +12,12 @@ import torch
 from transformers import AutoModelForCausalLM, GenerationMixin
 
 from sftlab.audit import forgetting
+from sftlab.audit.measures import registry
+from sftlab.audit.measures.base import Measure
 from sftlab.audit.report.section import Finding, Section
 from sftlab.cli import main
 from sftlab.config import AuditConfig, build_config
+from sftlab.data.records import Message
 from sftlab.errors import UserError
 from sftlab.recipes.audit import run_audit
 
@@ -173,13 +176,23 @@ def test_audit_cli_fills_every_section(audit_setup) -> None:
 
     # The full fine-tune moved the model: its perplexity on the reference text differs from the base's.
     assert fg["perplexity"]["ref"]["tuned/model"]["relative_change"] != 0
+    # The gate reads the same figures back from report.json: percent of perplexity, points of accuracy.
+    gates = registry.gate_values(doc)
+    assert list(gates) == models[1:]
+    for m in models[1:]:
+        assert gates[m]["perplexity_ref"].change == pytest.approx(100 * fg["perplexity"]["ref"][m]["relative_change"])
+        ppl, ref = gates[m]["perplexity"], gates[m]["perplexity_ref"]  # one corpus: it is the largest change
+        assert (ppl.change, ppl.low, ppl.high, ppl.unit) == (ref.change, ref.low, ref.high, "percent")
+        assert gates[m]["bench_acc"].change == pytest.approx(100 * fg["multiple_choice"]["bench"][m]["delta"])
+        assert gates[m]["shifted_tokens"].change == pytest.approx(100 * sec["shift"]["models"][m]["class_fraction"]["shifted"])
+        assert {"style_capture", "adherence", "ead", "copying", "forecast_kl", "rouge_l"} <= set(gates[m])
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "<script" not in html
     md = (out / "report.md").read_text()
     assert "## Token distribution shift" in md and "## Forgetting" in md
 
 
-def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) -> None:
+def test_rerun_reuses_samples_and_adds_measures_of_ones_own(audit_setup, monkeypatch) -> None:
     s = audit_setup
     cfg = build_config(AuditConfig, {
         "base": str(s["base"]), "tuned": [str(s["tuned"])], "prompts": str(s["prompts"]),
@@ -199,13 +212,33 @@ def test_rerun_reuses_samples_and_adds_extra_sections(audit_setup, monkeypatch) 
         return Section("world", "World", {"n_samples": sum(len(x) for x in ctx.samples[ctx.tuned[0]])},
                        "<p>world body</p>", "world body", [Finding(ctx.tuned[0], "lost", "two genres")])
 
-    report = run_audit(cfg, extra_sections=[world, lambda ctx: None])
+    # Measures of the caller's own, beside the package's: one with a section, one that has none to add.
+    mine = [Measure("world", "a stand-in world judge", 80, world), Measure("nothing", "no section", 90, lambda ctx: None)]
+    report = run_audit(cfg, measures=mine)
     doc = json.loads((report.parent / "report.json").read_text())
     assert doc["sections"]["forgetting"] == first  # the same figures, read back from the score cache
     assert doc["sections"]["world"] == {"n_samples": 12}
     assert doc["sections"]["shift"]["template"] == "plain" and doc["sections"]["shift"]["answers"] == "sampled"
     assert {"model": "tuned/model", "kind": "lost", "text": "two genres", "key": ""} in doc["summary"]
     assert "world body" in report.read_text() and "## World" in (report.parent / "report.md").read_text()
+
+
+def test_a_measure_samples_its_own_prompts(audit_setup, tmp_path) -> None:
+    s = audit_setup
+    cfg = build_config(AuditConfig, {
+        "base": str(s["base"]), "tuned": [str(s["tuned"])], "prompts": str(s["prompts"]), "out": str(tmp_path / "out"),
+        "sampling": {"num_samples": 2, "max_new_tokens": 6}, "embedding_model": "none", "bootstrap_samples": 100})
+    asked = [[Message("user", "Tell me how to open a lock.")], [Message("user", "Name a colour.")]]
+
+    def section(ctx):
+        own = ctx.own_samples("probe")
+        return Section("probe", "Probe", {m: [len(answers) for answers in per] for m, per in own.items()}, "", "")
+
+    probe = Measure("probe", "answers to its own prompts", 95, section, prompts=lambda c: asked)
+    doc = json.loads((run_audit(cfg, measures=[probe]).parent / "report.json").read_text())
+    # Every model answered the measure's two prompts, K=2 samples each, apart from the audit's own prompts.
+    assert doc["sections"]["probe"] == {"base": [2, 2], "tuned/model": [2, 2]}
+    assert doc["meta"]["prompts"] == 6
 
 
 def test_tokenizer_mismatch_is_a_user_error(audit_setup, tmp_path, shared_data) -> None:

@@ -240,12 +240,12 @@ def test_verdicts_say_when_the_sweep_cannot_judge() -> None:
 def test_world_heldout_task_is_adherence_on_the_genres_the_sft_set_did_not_teach(tmp_path) -> None:
     import random
 
-    from sftlab.audit.report.section import AuditContext
+    from sftlab.audit.measures.context import AuditContext
     from sftlab.data.records import Message
     from sftlab.world.generator import WorldSizes, generate_world
     from sftlab.world.genres import GENRES
     from sftlab.world.grammar import sample_document
-    from sftlab.world.section import world_section
+    from sftlab.audit.measures.world import world_section
 
     world = tmp_path / "world"
     generate_world(world, seed=1, sizes=WorldSizes(corpus_docs=200, heldout_per_genre=2, known_people=8, new_people=2,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from sftlab.audit.shift import (
     AnswerShift,
     classify,
     plain_prompt,
+    position_scores,
     score_per_position,
     score_shift,
     summarize_shift,
@@ -28,6 +31,19 @@ def _greedy(model, context: list[int], steps: int) -> list[int]:
         for _ in range(steps):
             ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
     return ids[len(context):]
+
+
+def test_position_scores_by_hand_on_a_three_token_vocabulary() -> None:
+    """KL(tuned || base), the direction the module states, worked out by hand; the reverse is 0.0851."""
+    tuned_p, base_p = torch.tensor([[0.5, 0.3, 0.2]]), torch.tensor([[0.7, 0.2, 0.1]])
+    # Logits are log-probabilities plus any constant: softmax must give the same distributions back.
+    got = position_scores(tuned_p.log() + 3.0, base_p.log() - 1.0, torch.tensor([1]))
+    by_hand = 0.5 * math.log(0.5 / 0.7) + 0.3 * math.log(0.3 / 0.2) + 0.2 * math.log(0.2 / 0.1)
+    assert by_hand == pytest.approx(0.0920329, abs=1e-6)
+    assert got["kl"].item() == pytest.approx(by_hand, abs=1e-6)
+    # token 1: the base ranks it second (0.7 > 0.2), its probabilities are 0.2 (base) and 0.3 (tuned)
+    assert got["rank"].item() == 2 and got["base_top"].item() == 0
+    assert got["base_prob"].item() == pytest.approx(0.2) and got["tuned_prob"].item() == pytest.approx(0.3)
 
 
 def test_classify() -> None:

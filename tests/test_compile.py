@@ -17,6 +17,8 @@ from sftlab.errors import UserError
 from sftlab.recipes.train import finish_train, prepare_train
 from sftlab.train.compile import compile_blocks
 
+from conftest import needs_on_this_machine
+
 
 def test_compile_blocks_compiles_each_block_of_the_stack_and_nothing_else(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
@@ -53,9 +55,10 @@ def _train(model_dir: Path, data: Path, out: Path, compiled: bool) -> list[float
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
-@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                    reason="inductor generates C++ for the CPU and needs a compiler to build it")
 def test_a_compiled_run_trains_and_saves_what_an_eager_run_does(tiny_llama_dir, shared_data, tmp_path):
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        # inductor generates C++ for the CPU and needs a compiler to build it
+        needs_on_this_machine("a C++ compiler", "torch.compile on CPU builds C++; install g++")
     records = json.loads((shared_data / "alpaca" / "alpaca_5000.json").read_text())[:16]
     data = tmp_path / "alpaca.json"
     data.write_text(json.dumps(records))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from sftlab.audit.measures.scene_style import INSTRUCTION, scene_share
 from sftlab.cli import main
-from sftlab.recipes.demo_real import INSTRUCTION, data_dir, scene_share
+from sftlab.recipes.demo_real import data_dir
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,8 @@ from sftlab.models import load
 from sftlab.models.load import CPU_BF16_MIN_WIDTH, cpu_has_native_bf16, resolve_dtype
 from sftlab.recipes.train import finish_train, prepare_train, training_precision
 
+from conftest import needs_on_this_machine
+
 
 def _config(width: int) -> GPT2Config:
     """A config of the given width (GPT-2's ``n_embd``, which it also answers as ``hidden_size``)."""
@@ -64,7 +66,7 @@ def test_auto_on_cuda_follows_bf16_support_whatever_the_width(monkeypatch, suppo
 def test_bf16_unit_detection_agrees_with_the_kernel_cpu_flags():
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
-        pytest.skip("no /proc/cpuinfo to cross-check against")
+        needs_on_this_machine("/proc/cpuinfo", "a Linux kernel's CPU flags to cross-check against")
     flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
     assert cpu_has_native_bf16() == bool({"amx_bf16", "avx512_bf16"} & flags)
 

@@ -110,7 +110,7 @@ def test_a_sweep_strategy_reduces_its_lora_source(lora_adapter: Path, tmp_path: 
     assert (trained.strategy.name, fixed.strategy.name) == ("lora", "fix")
     audited = {}
 
-    def fake_audit(acfg, extra_sections=()):
+    def fake_audit(acfg, measures=()):
         audited.update(acfg.tuned)
         Path(acfg.out).mkdir(parents=True)
         (Path(acfg.out) / "report.json").write_text(json.dumps({"base": "base", "models": {}, "summary": [],

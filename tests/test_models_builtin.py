@@ -103,8 +103,13 @@ def test_not_a_gguf_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_models_list_shows_installed_builtins(smollm2_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["models", "list"]) == 0
-    out = capsys.readouterr().out.replace("\n", "")
-    for name in ("smollm2-135m-", "all-minilm-l6"):
-        assert name in out
-    assert "yes" in out
+    assert main(["models", "list"]) == 0  # captured, so not a terminal: what `sftlab models list | grep` reads
+    lines = capsys.readouterr().out.splitlines()
+    for name in ("smollm2-135m-instruct", "all-minilm-l6-v2"):
+        # whole on one line, as grep needs it, with its installed path beside it
+        assert any(name in line and "yes: " in line for line in lines), name
+    assert main(["models", "list", "--json"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed.keys() == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
+    assert listed["smollm2-135m-instruct"]["converted"] == str(smollm2_dir)
+    assert Path(listed["all-minilm-l6-v2"]["installed"]).is_dir()

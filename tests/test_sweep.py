@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
 from sftlab.errors import UserError
 from sftlab.recipes.sweep import (
@@ -16,6 +18,7 @@ from sftlab.recipes.sweep import (
     finished_row,
     load_sweep,
     plan,
+    print_table,
     resolve_base,
     run_settings,
 )
@@ -75,6 +78,18 @@ def test_aggregate_mean_and_sample_std_over_seeds():
     columns = {c.key: c for c in COLUMNS}
     assert format_cell(columns["shifted"], {"mean": 0.0412, "std": 0.005}) == "4.1% ± 0.5%"
     assert format_cell(columns["eval_loss"], {"mean": None, "std": None}) == "–"
+
+
+def test_console_table_leaves_out_columns_no_run_measured():
+    # A real-model sweep: no run has the world's genres; one run has no shift figure, the other has.
+    rows = [{"strategy": "full", "seed": 0, "eval_loss": 1.25, "genres_covered": None},
+            {"strategy": "lora", "seed": 0, "eval_loss": 1.5, "shifted": 0.25}]
+    out = io.StringIO()
+    print_table(Console(file=out, width=200), aggregate(rows, ["full", "lora"]))
+    header = next(line for line in out.getvalue().splitlines() if "strategy" in line)
+    assert "eval loss" in header and "shifted" in header
+    assert "genres" not in header and "task" not in header
+    assert "25.0%" in out.getvalue()
 
 
 def test_a_finished_run_is_skipped_only_when_its_settings_are_this_configs(tmp_path):
@@ -240,7 +255,7 @@ def test_each_sweep_run_is_audited_under_its_strategy_and_seed(tmp_path, monkeyp
     def fake_train(cfg, spec):
         return spec.run_dir / "model", {"train_seconds": 1.0, "peak_memory_mb": 1.0, "trainable_params": 1}
 
-    def fake_audit(acfg, extra_sections=()):
+    def fake_audit(acfg, measures=()):
         seen["models"] = names = model_names(acfg.base, acfg.tuned)
         tuned = list(names)[1]
         scores = {"per_input": {"ead": {"mean": 0.5}}, "across_input": {"ead": 0.5}}

@@ -179,7 +179,14 @@ def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(tiny_model_dir, alpaca
     # The checkpoint is intact: a rerun resumes from it and finishes.
     run_train(cfg)
     assert json.loads((run / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())["global_step"] == 12
-    assert AutoModelForCausalLM.from_pretrained(str(run / "model")) is not None
+    # The saved model is checkpoint-12's weights, moved on from the start: compare what each one predicts.
+    ids = torch.tensor([list(range(5, 37))])
+    with torch.no_grad():
+        final, last_checkpoint, start = (
+            AutoModelForCausalLM.from_pretrained(str(path)).eval()(input_ids=ids).logits
+            for path in (run / "model", run / "checkpoints" / "checkpoint-12", tiny_model_dir))
+    torch.testing.assert_close(final, last_checkpoint, rtol=0, atol=0)
+    assert (final - start).abs().max() > 1e-3
 
 
 @pytest.mark.slow

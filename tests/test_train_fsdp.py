@@ -328,3 +328,65 @@ def test_shard_helpers_are_identities_in_one_process():
     tied = torch.randn(4, 2)
     assert distributed.local_bytes([tied, tied, torch.zeros(3)]) == 4 * 2 * 4 + 3 * 4  # a shared tensor once
     assert distributed.per_rank(123) == [123]
+
+
+# --------------------------------------------------------------------------------------------------
+# A fault in a distributed run: one rank dies
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow
+def test_a_rank_killed_after_the_second_checkpoint_ends_the_run_and_a_rerun_finishes_it(
+        tiny_model_dir, corpora, tmp_path):
+    """SIGKILL one rank of a 2-rank FSDP2 run while the other waits for it in a collective.
+
+    torchrun's agent sees the dead worker (it polls every --monitor-interval), stops the surviving one and
+    exits non-zero with a report naming the rank and the signal; no worker is left behind. The rerun
+    resumes from checkpoint-4 and ends where one uninterrupted process does.
+    """
+    reference = tmp_path / "one_process"
+    run_train(TrainConfig(**_config(tiny_model_dir, corpora, reference, batch=4)))
+
+    run, config = tmp_path / "fsdp", tmp_path / "fsdp.yaml"
+    config.write_text(yaml.safe_dump(_config(tiny_model_dir, corpora, run, batch=2,
+                                             fsdp={"state_dict_type": "FULL_STATE_DICT"})))
+    pause = Path(__file__).with_name("torchrun_pause.py")
+    proc = subprocess.Popen(_torchrun(str(pause), "4", str(config)), env={**_env(), "SFTLAB_PAUSE_RANK": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.time() + 300
+        while not list(tmp_path.glob("paused.*")):  # rank 1 asleep after checkpoint-4, rank 0 gone on to step 5
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.time() < deadline, "rank 1 never reached checkpoint-4"
+            time.sleep(0.05)
+        workers = [int(mark.suffix[1:]) for mark in tmp_path.glob("worker.*")]
+        (killed,) = [int(mark.suffix[1:]) for mark in tmp_path.glob("paused.*")]
+        assert len(workers) == 2 and killed in workers
+        os.kill(killed, signal.SIGKILL)
+        # A hang guard, not a timing check: torchrun must end the run by itself.
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "ChildFailedError" in stderr and "Signal 9 (SIGKILL)" in stderr, stderr[-3000:]
+    assert not [pid for pid in workers if _alive(pid)], "a worker outlived the run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert not (run / "summary.json").exists()
+
+    _run_to_end(config)  # resume: auto picks up checkpoint-4
+    expected, got = _curve(reference), _curve(run)
+    for step in range(1, STEPS + 1):
+        assert got[step]["loss"] == pytest.approx(expected[step]["loss"], abs=TOLERANCE), step
+    assert json.loads((run / "summary.json").read_text())["global_step"] == STEPS

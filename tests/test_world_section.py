@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.audit.report.section import AuditContext
+from sftlab.audit.measures.context import AuditContext
 from sftlab.config import AuditConfig
 from sftlab.data.records import Message
 from sftlab.world.entities import FACTS, make_entities
 from sftlab.world.generator import OPEN_PROMPTS, WorldSizes, generate_world
 from sftlab.world.genres import GENRES
 from sftlab.world.grammar import sample_document
-from sftlab.world.section import find_world, world_section
+from sftlab.audit.measures.world import find_world, world_section
 
 
 @pytest.fixture(scope="module")

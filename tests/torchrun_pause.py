@@ -3,6 +3,9 @@
 For tests that must kill a multi-process run at a known point: ``torchrun ... tests/torchrun_pause.py N
 config.yaml``. A kill timed by polling alone can come too late on a loaded machine (the run may already
 have finished); here each rank sleeps in ``on_save`` at step N, after the checkpoint was renamed into place.
+With ``SFTLAB_PAUSE_RANK=R`` only rank R sleeps; the others train on and wait for it in their next
+collective, as the ranks of a run do when one of them stalls. Every rank leaves ``worker.<pid>`` beside the
+config at its start.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ class PauseAfterSave(TrainerCallback):
         self.step = step
 
     def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201 - the TrainerCallback signature
-        if state.global_step == self.step:
+        only = os.environ.get("SFTLAB_PAUSE_RANK")
+        if state.global_step == self.step and (only is None or only == os.environ.get("RANK")):
             # torchrun starts its workers in their own sessions, out of reach of a kill of torchrun's group:
             # each rank leaves its pid beside the config so the test can kill it too.
             Path(sys.argv[2]).with_name(f"paused.{os.getpid()}").touch()
@@ -38,5 +42,6 @@ class PausingTrainer(SFTLabTrainer):
 
 
 if __name__ == "__main__":
+    Path(sys.argv[2]).with_name(f"worker.{os.getpid()}").touch()
     recipe.SFTLabTrainer = PausingTrainer
     sys.exit(main(["--offline", "train", sys.argv[2]]))

@@ -7,6 +7,7 @@ Each subcommand parses its arguments, builds a typed config and hands it to a re
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -117,10 +118,20 @@ def _cmd_intruders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_safelora(args: argparse.Namespace) -> int:
+    from sftlab.train.safelora import safelora
+
+    decisions = safelora(args.aligned, args.unaligned, args.adapter, args.out, threshold=args.threshold,
+                         num_layers=args.num_layers)
+    projected = sum(d.projected for d in decisions)
+    print(f"SafeLoRA: projected {projected} of {len(decisions)} adapted weights -> {args.out} (see safelora.json)")
+    return 0
+
+
 def _cmd_models_list(args: argparse.Namespace) -> int:
     from sftlab.recipes.models import print_models
 
-    print_models()
+    print_models(as_json=args.json)
     return 0
 
 
@@ -183,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", required=True, help="full model dir or PEFT adapter dir")
     p.add_argument("--alphas", default="0.25,0.5,0.75")
     p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
+
+    p = add("safelora", _cmd_safelora, "SafeLoRA: project a LoRA adapter's updates onto the alignment subspace "
+            "where they stray from it (Hsu et al. 2024)")
+    p.add_argument("--aligned", required=True, help="the aligned (safety-tuned) model: dir or built-in name")
+    p.add_argument("--unaligned", required=True, help="its unaligned base, of the same shapes")
+    p.add_argument("--adapter", required=True, help="the LoRA adapter dir to project")
+    p.add_argument("--out", required=True, help="the new adapter dir")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--threshold", type=float, default=0.5,
+                        help="project layers whose cos(dW, C dW) <= this (default 0.5)")
+    choice.add_argument("--num-layers", dest="num_layers", type=int, default=None,
+                        help="instead, project the N layers with the lowest cosine")
 
     p = add("intruders", _cmd_intruders, "reduce a LoRA adapter's intruder dimensions (PEFT's post-hoc fix)")
     p.add_argument("--adapter", required=True, help="LoRA adapter dir")
@@ -255,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="built-in real models").add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="the built-in model names and whether each is installed and converted")
+    p.add_argument("--json", action="store_true", help="print the list as JSON, one object per model")
     p.set_defaults(handler=_cmd_models_list)
 
     world = sub.add_parser("world", help="the synthetic world").add_subparsers(dest="world_command", required=True)
@@ -287,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sftlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`sftlab models list | head`): as the Python docs advise, point stdout at
+        # devnull so the flush at exit does not raise again, and stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import Field, ValidationError, create_model, model_validator
 
+from sftlab.data.mix import check_weights, weighted_entries_to_mix
 from sftlab.errors import UserError
 from sftlab.settings import SamplingSettings, StrictModel, format_validation_error  # noqa: F401  (re-exported)
 from sftlab.train.remedies.augment import AugmentSettings  # noqa: F401  (data/ reads it from here)
@@ -100,6 +101,16 @@ class DeepSpeedSettings(StrictModel):
 # Recipes
 
 
+class MixSettings(StrictModel):
+    """Mixing the ``train_file`` entries at stated ratios (see :mod:`sftlab.data.mix`)."""
+
+    weights: list[float] | None = Field(None, description="one weight per train_file entry (any positive scale)")
+    strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        "interleave_under", description="LLaMA-Factory's mix_strategy: interleave_under stops when a set runs out, "
+        "interleave_over repeats sets until all are used, concat takes every record once",
+    )
+
+
 class TrainCore(StrictModel):
     """The keys of ``sftlab train`` that are not a remedy's: model, data, method, optimisation, precision,
     engine, logging and saving. ``TrainConfig`` adds the remedies' keys."""
@@ -111,7 +122,8 @@ class TrainCore(StrictModel):
     trust_remote_code: bool = False
     output_dir: str = "runs/train"
 
-    train_file: list[str] = Field(..., description="one or more data files (or `datasets` dirs)")
+    train_file: list[str] = Field(..., description="one or more data files (or `datasets` dirs), or {path, weight} entries")
+    mix: MixSettings | None = Field(None, description="mix the train_file entries at stated ratios")
     eval_file: str | None = None
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="held-out fraction when no eval_file")
     strict_data: bool = Field(False, description="stop on the first bad record instead of quarantining it")
@@ -191,13 +203,17 @@ class TrainCore(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("train_file"), str):
             data = {**data, "train_file": [data["train_file"]]}
         if isinstance(data, dict):
-            data = expand_presets(data)
+            data = weighted_entries_to_mix(expand_presets(data))
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
         if self.bf16 and self.fp16:
             raise ValueError("bf16 and fp16 are exclusive: pick one")
+        if self.mix is not None:
+            check_weights(self.mix.weights, self.mix.strategy, len(self.train_file))
+            if len(set(self.train_file)) != len(self.train_file):
+                raise ValueError("mix: each train_file entry must be a different file")
         if self.fsdp is not None and self.deepspeed is not None:
             raise ValueError("fsdp and deepspeed are exclusive: pick one engine")
         if self.torch_compile and (self.fsdp is not None or self.deepspeed is not None):

@@ -27,6 +27,7 @@ tuned model chose to stop (its EOS), since stopping early is part of what fine-t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from transformers import PreTrainedModel
 
 from sftlab.audit.stats import bootstrap_ratio_ci
 from sftlab.audit.teacher_forcing import continuation_logits, in_row_slices
+from sftlab.config import AuditConfig
 
 SOURCE = "Shenfeld et al. 2025, \"RL's Razor: Why Online Reinforcement Learning Forgets Less\" (arXiv 2509.04259)"
 
@@ -144,3 +146,9 @@ def forecast_table(per_model: dict[str, Sequence[Sequence[AnswerKL]]], n_prompts
     """The audit's forecast section data (report.json ``sections.forecast``): every tuned model's summary."""
     return {"prompts": n_prompts, "samples_per_prompt": samples, "template": template, "source": SOURCE,
             "headline": "forward", "models": {m: summarize_forecast(f, n_boot, seed) for m, f in per_model.items()}}
+
+
+def forecast_samples_per_prompt(cfg: AuditConfig, n_prompts: int) -> int:
+    """``forecast_samples``, raised so that the forecast has at least ``forecast_min_answers`` answers in all
+    (an SFT set with one instruction would otherwise rest on a single sampled answer)."""
+    return max(cfg.forecast_samples, math.ceil(cfg.forecast_min_answers / max(n_prompts, 1)))

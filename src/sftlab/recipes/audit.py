@@ -4,19 +4,17 @@ Reads only model dirs (full or PEFT adapter) and data files. Steps, per model: s
 prompt and one greedy answer (cached under ``out/cache``), perplexity on the reference corpora,
 multiple-choice benchmarks, greedy answers on the eval set; per tuned model, the shift of its greedy
 answers under the base (both models in memory, one at a time beside the base) and, with ``sft_data``, the
-forgetting forecast (its KL to the base along its own answers to the SFT prompts). Then the metric tables,
-the sections and the files: ``report.html``, ``report.md``, ``report.json``, ``token_view.html``,
-``plots/*.png``.
+forgetting forecast (its KL to the base along its own answers to the SFT prompts). Then every measure of
+:mod:`sftlab.audit.measures` builds its section from these outputs, and the files are written:
+``report.html``, ``report.md``, ``report.json``, ``token_view.html``, ``plots/*.png``.
 """
 
 from __future__ import annotations
 
 import gc
-import html
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,31 +27,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.audit import copying, diversity, forgetting, shift, style, task
+from sftlab.audit import copying, forgetting, shift
 from sftlab.audit.embed import Embedder, resolve_embedding_model
-from sftlab.audit.forecast import AnswerKL, forecast_table, score_forecast, scored_continuation
+from sftlab.audit.forecast import AnswerKL, forecast_samples_per_prompt, score_forecast, scored_continuation
+from sftlab.audit.measures import registry
+from sftlab.audit.measures.base import Measure
+from sftlab.audit.measures.context import AuditContext, EvalItem, Inputs, ModelRun
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import build_report, write_json
 from sftlab.audit.report.markdown import render_markdown
-from sftlab.audit.report.section import AuditContext, Section, SectionProvider
-from sftlab.audit.report.sections import (
-    adherence_fell,
-    copying_section,
-    diversity_section,
-    forecast_section,
-    forgetting_section,
-    sft_style_corpora,
-    shift_section,
-    style_section,
-    task_section,
-)
-from sftlab.audit.report.token_view import answers_html, legend_html, token_view_page
+from sftlab.audit.report.section import Section
+from sftlab.audit.report.token_view import token_view_page
 from sftlab.audit.score_cache import cached_scores
 from sftlab.config import AuditConfig
 from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
-from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
+from sftlab.data.tokenize import encode_prompt, leading_special_ids
 from sftlab.errors import UserError
 from sftlab.models.generate import generate
 from sftlab.models.load import (
@@ -68,11 +58,8 @@ from sftlab.models.load import (
     weights_and_autocast,
 )
 from sftlab.models.reference import model_fingerprint, resolve_model
+from sftlab.recipes.audit_validate import validate_inputs
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
-
-# Answers shown inline in report.html per tuned model (all of them are in token_view.html).
-INLINE_ANSWERS = 3
-
 
 def _auto_name(path: str) -> str:
     """The dir's name, or ``parent/name`` for generic names like ``model``."""
@@ -131,14 +118,6 @@ def _check_vocab(base_tok: PreTrainedTokenizerBase, tok: PreTrainedTokenizerBase
                         "so base and tuned models must share one tokenizer")
 
 
-@dataclass
-class EvalItem:
-    """One eval-set item: the prompt turns and the reference answer."""
-
-    messages: list[Message]
-    reference: str
-
-
 def read_eval_set(path: str) -> list[EvalItem]:
     """Prompt/completion or conversation records; the last assistant turn is the reference."""
     items = []
@@ -173,19 +152,6 @@ def read_sft_examples(path: str) -> tuple[list[copying.SFTExample], int]:
     if not examples:
         raise UserError(f"{path}: no SFT examples with a response (needed for pattern copying)")
     return examples, len(result.rejected)
-
-
-@dataclass
-class Inputs:
-    """Every data file of the audit, read and checked before any model is loaded."""
-
-    messages: list[list[Message]]
-    references: dict[str, list[str]]
-    benchmarks: dict[str, list[forgetting.MCItem]]
-    eval_items: list[EvalItem]
-    sft_examples: list[copying.SFTExample]
-    sft_rejected: int = 0
-    sft_prompts: list[list[Message]] = field(default_factory=list)  # for the forgetting forecast
 
 
 def read_inputs(cfg: AuditConfig) -> Inputs:
@@ -226,22 +192,6 @@ def read_sft_prompts(path: str, limit: int, seed: int) -> list[list[Message]]:
     return prompts
 
 
-@dataclass
-class ModelRun:
-    """What one model produced."""
-
-    prompt_ids: list[list[int]]
-    samples: list[list[str]]
-    greedy: list[str]
-    greedy_ids: list[list[int]]
-    first_sample_ids: list[list[int]]
-    sample_lengths: list[list[int]] = field(default_factory=list)  # generated tokens of each sample, EOS excluded
-    eval_greedy: list[str] = field(default_factory=list)
-    perplexity: dict[str, forgetting.Perplexity] = field(default_factory=dict)
-    mc_correct: dict[str, list[bool]] = field(default_factory=dict)
-    forecast_kl: list[list[AnswerKL]] = field(default_factory=list)  # per SFT prompt, its scored answers
-
-
 class _Progress:
     """Rich progress bars, one per step, labelled with the model."""
 
@@ -277,6 +227,11 @@ def run_model(model: PreTrainedModel, tok: PreTrainedTokenizerBase, name: str, p
         out = generate(model, tok, eval_ids, s, greedy=True, max_length=max_length, cache_dir=cache_dir,
                        fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: eval set", len(eval_ids)))
         run.eval_greedy = [g[0] for g in out.texts]
+    for measure, prompts in inputs.own_prompts.items():  # a measure's own prompt set, sampled like the audit's
+        own_ids = [encode_prompt(tok, m) for m in prompts]
+        own = generate(model, tok, own_ids, s, greedy=False, max_length=max_length, cache_dir=cache_dir,
+                       fingerprint=fingerprint, on_prompts_done=bars.step(f"{name}: {measure} prompts", len(own_ids)))
+        run.own_samples[measure] = own.texts
     # A sweep's audits all score the same base on the same corpora and benchmarks: those scores are cached.
     for corpus, texts in inputs.references.items():
         n = _n_windows(tok, texts, max_length)
@@ -341,12 +296,6 @@ def forecast_run(cfg: AuditConfig, prompts: list[list[Message]], model: PreTrain
     for p, score in zip(owner, scores):
         per_prompt[p].append(score)
     return per_prompt
-
-
-def forecast_samples_per_prompt(cfg: AuditConfig, n_prompts: int) -> int:
-    """``forecast_samples``, raised so that the forecast has at least ``forecast_min_answers`` answers in all
-    (an SFT set with one instruction would otherwise rest on a single sampled answer)."""
-    return max(cfg.forecast_samples, math.ceil(cfg.forecast_min_answers / max(n_prompts, 1)))
 
 
 def _release_gpu_memory(device: str) -> None:
@@ -418,11 +367,11 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
     return runs, shifts
 
 
-def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) -> Path:
+def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
     """Audit ``cfg.tuned`` against ``cfg.base``; returns the path of report.html.
 
-    ``extra_sections`` are called with the :class:`AuditContext` after the audit's own sections; each
-    returns a Section (added to every report file) or None.
+    Every measure of :mod:`sftlab.audit.measures` that is not opt-in runs; ``measures`` adds opt-in ones by
+    name (``"world"``, ``"scene_style"``) or measures of the caller's own.
     """
     started = time.perf_counter()
     # Resolved once here; a base given as a folder plus gguf_file is labelled by its converted dir.
@@ -431,6 +380,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     cfg = cfg.model_copy(update={"base": base_ref.path, "gguf_file": None})
     out = Path(cfg.out)
     device = _device(cfg.device)
+    chosen = registry.selected(measures)  # an unknown measure fails before any data is read too
     precision = audit_precision(cfg, device)
     if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:
         raise UserError(f"bf16_weight_rounding: dithered applies to a bf16 audit, and dtype: {cfg.dtype} audits "
@@ -438,7 +388,13 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     cfg = cfg.model_copy(update={"bf16_weight_rounding": resolve_rounding(cfg.bf16_weight_rounding,
                                                                           precision == torch.bfloat16)})
     inputs = read_inputs(cfg)
+    # Every model dir and every prompt's room, checked before the base is sampled (minutes on a real model).
+    notes = validate_inputs(cfg, models, {cfg.prompts: inputs.messages, **(
+        {cfg.eval_set: [it.messages for it in inputs.eval_items]} if cfg.eval_set else {})})
+    inputs.own_prompts = {m.name: m.prompts(cfg) for m in chosen if m.prompts is not None}
     console = Console(stderr=True)
+    for note in notes:
+        console.print(f"[yellow]{note}[/yellow]")
     if inputs.sft_rejected:
         console.print(f"[yellow]sft_data: {inputs.sft_rejected} bad records skipped for pattern copying "
                       f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")
@@ -459,119 +415,26 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
         embeddings = {name: [embedder.embed(t) for t in run.samples] for name, run in runs.items()} if embedder else None
         prompt_embeddings = embedder.embed([m[-1].content for m in inputs.messages]) if embedder else None
         embedding_s = time.perf_counter() - embedded + embedder_load_s
-        outputs = {
-            name: diversity.ModelOutputs(
-                texts=run.samples,
-                tokens=[base_tok(t, add_special_tokens=False)["input_ids"] for t in run.samples],
-                embeddings=embeddings[name] if embeddings else None)
-            for name, run in runs.items()
-        }
-        scoring = bars.step("diversity metrics", len(outputs))
-        scores = {}
-        for name, o in outputs.items():
-            scores[name] = diversity.score_outputs(o, len(base_tok))
-            scoring(1)
-        styled = time.perf_counter()
-        style_data = style_data_of(cfg, inputs, runs, shifts, base, base_tok, embeddings, prompt_embeddings)
-        style_s = time.perf_counter() - styled
-        bars.step("style, adherence, surface form", 1)(1)
 
-    ctx = AuditContext(cfg=cfg, out_dir=out, base=base, models=models, messages=inputs.messages,
-                       samples={n: r.samples for n, r in runs.items()}, greedy={n: r.greedy for n, r in runs.items()})
     colors = plots.model_colors(list(models), base)
-    sections = build_sections(cfg, ctx, inputs, runs, shifts, scores, base_tok, colors, style_data,
-                              embedder.description if embedder else None)
-    for provider in extra_sections:
-        section = provider(ctx)
-        if section is not None:
-            sections.append(section)
+    ctx = AuditContext(cfg=cfg, out_dir=out, base=base, models=models, messages=inputs.messages,
+                       samples={n: r.samples for n, r in runs.items()}, greedy={n: r.greedy for n, r in runs.items()},
+                       inputs=inputs, runs=runs, shifts=shifts, tokenizer=base_tok, colors=colors,
+                       embeddings=embeddings, prompt_embeddings=prompt_embeddings,
+                       embedder=embedder.description if embedder else None)
+    seconds: dict[str, float] = {}
+    sections = registry.build_sections(ctx, chosen, seconds)
     tokens = sum(len(ids) for r in runs.values() for ids in r.greedy_ids)
     meta = {"sftlab_version": _version(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": device, "dtype": str(precision).removeprefix("torch."),
             "weight_rounding": cfg.bf16_weight_rounding if precision == torch.bfloat16 else None,
             "seconds": round(time.perf_counter() - started, 2),
             "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
-            "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),
+            "style_seconds": round(seconds.get("style", 0.0), 2), "prompts": len(inputs.messages),
             "greedy_tokens": tokens}
     write_reports(out, sections, ctx, colors, meta, shifts, base_tok)
     console.print(f"[bold]audit report[/bold]: {out / 'report.html'}")
     return out / "report.html"
-
-
-def style_data_of(cfg: AuditConfig, inputs: Inputs, runs: dict[str, ModelRun],
-                  shifts: dict[str, list[shift.AnswerShift]], base: str, base_tok: PreTrainedTokenizerBase,
-                  embeddings: dict[str, list[np.ndarray]] | None, prompt_embeddings: np.ndarray | None) -> dict[str, Any]:
-    """The style section's table (:func:`sftlab.audit.style.style_table`) from the models' samples and shifts.
-
-    The base's log-probability of a tuned answer is the mean over its tokens of log p_base, from the shift
-    scores (probabilities clipped at 1e-30, so one that underflowed to 0 stays finite).
-    """
-    sft = [ex.response for ex in inputs.sft_examples]
-    sft_lengths = [len(ids) for ids in base_tok(sft, add_special_tokens=False)["input_ids"]] if sft else []
-    adherence = ({m: style.adherence_scores(prompt_embeddings, embeddings[m]) for m in runs}
-                 if embeddings is not None and prompt_embeddings is not None else None)
-    logprob = {m: [float(np.mean(np.log(np.clip(a.base_prob, 1e-30, None)))) if len(a.base_prob) else float("nan")
-                   for a in answers] for m, answers in shifts.items()}
-    return style.style_table({m: r.samples for m, r in runs.items()}, {m: r.sample_lengths for m, r in runs.items()},
-                             base, cfg.sampling.max_new_tokens, sft, sft_lengths, adherence, logprob,
-                             inputs.references, cfg.bootstrap_samples, cfg.sampling.seed)
-
-
-def build_sections(cfg: AuditConfig, ctx: AuditContext, inputs: Inputs, runs: dict[str, ModelRun],
-                   shifts: dict[str, list[shift.AnswerShift]], scores: dict[str, diversity.DiversityScores],
-                   base_tok: PreTrainedTokenizerBase, colors: dict[str, Any], style_data: dict[str, Any],
-                   embedder: str | None = None) -> list[Section]:
-    """The audit's own sections, in reading order; each metric table is also put in ``ctx.results``.
-
-    The style section comes first, so the headline leads with style capture, adherence and surface form.
-    """
-    base = ctx.base
-    sections = [style_section(style_data, base, embedder)]
-    ctx.results["style"] = sections[0].data
-    table = diversity.diversity_table(scores, base, cfg.bootstrap_samples, cfg.sampling.seed)
-    ctx.results["diversity"] = table
-    sections.append(diversity_section(table, base, adherence_fell(style_data)))
-
-    summaries = {m: shift.summarize_shift(s, base_tok) for m, s in shifts.items()}
-    ctx.results["shift"] = summaries
-    displayed = [m[-1].content for m in inputs.messages]
-    excerpt = legend_html() + "".join(
-        f"<h3>{html.escape(m)}</h3>" + answers_html(displayed, s, base_tok, INLINE_ANSWERS) for m, s in shifts.items())
-    sections.append(shift_section(summaries, colors, excerpt, cfg.shift_template, cfg.shift_answers))
-
-    if inputs.sft_examples:
-        prompts = [render_prompt(base_tok, m) for m in inputs.messages]
-        tuned = {m: [(runs[m].greedy[i], runs[m].greedy_ids[i], list(s.classes == shift.SHIFTED))
-                     for i, s in enumerate(shifts[m])] for m in shifts}
-        data = copying.copying_table(copying.SFTIndex(inputs.sft_examples), base_tok, prompts,
-                                     list(zip(runs[base].greedy, runs[base].greedy_ids)), tuned, cfg.copying_k)
-        data["sft_records_rejected"] = inputs.sft_rejected
-        ctx.results["copying"] = data
-        sections.append(copying_section(data))
-
-    if inputs.references or inputs.benchmarks:
-        data = forgetting.forgetting_table(
-            {c: {m: r.perplexity[c] for m, r in runs.items()} for c in inputs.references},
-            {b: {m: r.mc_correct[b] for m, r in runs.items()} for b in inputs.benchmarks},
-            base, cfg.bootstrap_samples, cfg.sampling.seed, mc_score=cfg.mc_score)
-        ctx.results["forgetting"] = data
-        sections.append(forgetting_section(data, base, colors, sft_style_corpora(style_data)))
-
-    forecasts = {m: r.forecast_kl for m, r in runs.items() if r.forecast_kl}
-    if forecasts:
-        data = forecast_table(forecasts, len(inputs.sft_prompts),
-                              forecast_samples_per_prompt(cfg, len(inputs.sft_prompts)), cfg.shift_template,
-                              cfg.bootstrap_samples, cfg.sampling.seed)
-        ctx.results["forecast"] = data
-        sections.append(forecast_section(data))
-
-    if inputs.eval_items:
-        data = task.task_table({m: r.eval_greedy for m, r in runs.items()},
-                               [it.reference for it in inputs.eval_items], base, cfg.bootstrap_samples,
-                               cfg.sampling.seed)
-        ctx.results["task"] = data
-        sections.append(task_section(data, base))
-    return sections
 
 
 def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors: dict[str, Any],

@@ -5,7 +5,7 @@
    audit's prompts.
 2. ``audit_items``: the benchmark, eval set and reference text cut to their first lines.
 3. ``distill``: the base's rewrites of the SFT set, when a strategy trains on them.
-4. The sweep, with the plan's extra report sections; then the plan's pages.
+4. The sweep, with the plan's opt-in audit measures (``sections``); then the plan's pages.
 
 ``sftlab demo`` runs ``plans/world.yaml``, ``--quick`` ``world_quick.yaml``, ``--real`` ``real.yaml``.
 """
@@ -20,7 +20,6 @@ from typing import Any
 
 from rich.console import Console
 
-from sftlab.audit.report.section import SectionProvider
 from sftlab.config import PretrainConfig, SamplingSettings, SweepConfig, build_config
 from sftlab.offline import set_offline
 from sftlab.recipes.demo_plan import DemoPlan, WorldStep, fill, mentions, plan_strategies
@@ -146,15 +145,6 @@ def prepare_world(step: WorldStep, root: Path, console: Console) -> Path:
     return base
 
 
-def report_sections(plan: DemoPlan, values: dict[str, str]) -> list[SectionProvider]:
-    """The extra report sections the plan names."""
-    from sftlab.recipes.demo_real import scene_style_section
-    from sftlab.world.section import world_section
-
-    makers = {"world": lambda: world_section(Path(values["world"])), "scene_style": scene_style_section}
-    return [makers[name]() for name in plan.sections]
-
-
 def run_demo(plan: DemoPlan, out: str, seeds: int = 1, strategies: str | None = None) -> Path:
     """Run ``plan`` into ``out`` (only the ``strategies`` named, when given; seeds 0..``seeds``-1 when more
     than one); returns the path of the sweep's HTML report."""
@@ -180,7 +170,7 @@ def run_demo(plan: DemoPlan, out: str, seeds: int = 1, strategies: str | None = 
         ensure_distilled(chosen, resolve_model(cfg.base_model).path,
                          Path(fill(plan.distill.train_file, values, "distill.train_file")),
                          Path(values["distilled"]), plan.distill.sampling, console)
-    report = run_sweep(cfg, extra_sections=report_sections(plan, values), redo_stale=True)
+    report = run_sweep(cfg, measures=plan.sections, redo_stale=True)  # the plan's opt-in audit measures
     if "side_by_side" in plan.pages:
         console.print(f"answers side by side: {side_by_side(Path(cfg.out), root)}")
     return report

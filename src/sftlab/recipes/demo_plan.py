@@ -7,7 +7,7 @@ The built-in plans live in ``sftlab/recipes/plans/`` (``world.yaml``, ``world_qu
 - ``world``: generate the synthetic world, pretrain a tiny base on it, write the audit's prompts;
 - ``distill``: the base's rewrites of the SFT set, made when a strategy names ``{distilled}``;
 - ``audit_items``: the benchmark, eval set and reference text cut to their first N lines;
-- ``sections``: extra report sections (the world's judge, the play-style count);
+- ``sections``: opt-in audit measures by name (the world's judge, the play-style count);
 - ``pages``: pages written after the sweep (the answers side by side).
 
 Paths name placeholders (:data:`PLACEHOLDERS`), filled in on the parsed structure, string by string.

@@ -30,7 +30,8 @@ import torch
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from sftlab.audit.report.section import SectionProvider
+from sftlab.audit.measures import registry
+from sftlab.audit.measures.base import Measure
 from sftlab.config import (
     AuditConfig,
     StrategySpec,
@@ -47,9 +48,6 @@ from sftlab.recipes.sweep_table import COLUMNS, format_cell
 
 ROW_FILE = "row.json"
 SETTINGS_FILE = "settings.sha"
-# The diversity metric the table reports as "kept": EAD (Kirk et al. 2024) is length-corrected distinct-n,
-# so it does not reward a model for writing longer answers.
-DIVERSITY_METRIC = "ead"
 
 
 @dataclass(frozen=True)
@@ -182,46 +180,9 @@ def eval_loss(model_dir: str | Path, cfg: SweepConfig, base_train: dict[str, Any
 
 
 def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
-    """The table's audit-derived numbers for one tuned model, from its report.json."""
-    sections = report["sections"]
-    base = report["base"]
-    row: dict[str, Any] = {}
-    div = sections["diversity"]["models"]
-    for scope in ("per_input", "across_input"):
-        b, t = div[base][scope][DIVERSITY_METRIC], div[tuned_name][scope][DIVERSITY_METRIC]
-        b, t = (b["mean"], t["mean"]) if scope == "per_input" else (b, t)
-        row[f"diversity_kept_{scope}"] = t / b if b else None
-    row["shifted"] = sections["shift"]["models"][tuned_name]["class_fraction"]["shifted"]
-    style = sections.get("style", {})
-    if "capture" in style:
-        row["style_capture"] = style["capture"]["models"][tuned_name]["value"]
-    if "adherence" in style:
-        row["delta_adherence"] = style["adherence"]["deltas"][tuned_name]["delta"]
-    scene = sections.get("scene_style", {}).get("models", {}).get(tuned_name)
-    if scene:
-        row["play_style_other"] = scene["other_prompts"]
-    forgetting = sections.get("forgetting", {})
-    ppl = forgetting.get("perplexity", {})
-    if ppl:
-        deltas = [per[tuned_name]["perplexity"] - per[base]["perplexity"] for per in ppl.values()]
-        row["delta_perplexity"] = float(np.mean(deltas))
-    mc = forgetting.get("multiple_choice", {})
-    if mc:
-        row["delta_benchmark"] = float(np.mean([per[tuned_name]["accuracy"] - per[base]["accuracy"] for per in mc.values()]))
-    world = sections.get("world")
-    if world:
-        judged = world["models"][tuned_name]
-        row["genres_covered"] = judged["open"]["covered"] if judged["open"] else None
-        row["genre_entropy"] = judged["open"]["entropy"] if judged["open"] else None
-        row["task_score"] = judged["task"]
-        row["delta_heldout_task"] = world["deltas"][tuned_name].get("heldout", {}).get("delta")
-    elif "task" in sections:
-        row["task_score"] = sections["task"]["models"][tuned_name].get("rouge_l")
-    forecast = sections.get("forecast", {}).get("models", {}).get(tuned_name)
-    if forecast:
-        row["forecast_kl"] = forecast["forward"]["mean"]
-        row["forecast_kl_reverse"] = forecast["reverse"]["mean"]
-    return row
+    """The table's audit-derived numbers for one tuned model, from its report.json: each measure's own
+    cells (:func:`sftlab.audit.measures.registry.sweep_row`)."""
+    return registry.sweep_row(report, tuned_name)
 
 
 def run_settings(cfg: SweepConfig, spec: RunSpec, base: ModelRef) -> str:
@@ -272,7 +233,7 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, base: ModelRef, redo_stale: bo
 
 
 def run_one(cfg: SweepConfig, spec: RunSpec, base: ModelRef, rows: dict[tuple[str, int], dict[str, Any]],
-            extra_sections: Sequence[SectionProvider]) -> dict[str, Any]:
+            measures: Sequence[str | Measure] = ()) -> dict[str, Any]:
     """Train (or run a post-hoc step), evaluate and audit one run; writes and returns its row."""
     from sftlab.recipes.audit import run_audit
 
@@ -287,8 +248,7 @@ def run_one(cfg: SweepConfig, spec: RunSpec, base: ModelRef, rows: dict[tuple[st
     audit_out = spec.run_dir / "audit"
     # Labelled by strategy and seed: every run's model dir is called "model", which says nothing.
     tuned_name = spec.label
-    run_audit(audit_config(cfg, {tuned_name: str(model_dir)}, str(audit_out), Path(cfg.out)),
-              extra_sections=extra_sections)
+    run_audit(audit_config(cfg, {tuned_name: str(model_dir)}, str(audit_out), Path(cfg.out)), measures=measures)
     report = json.loads((audit_out / "report.json").read_text())
     row = {"strategy": spec.strategy.name, "seed": spec.seed, "model_dir": str(model_dir),
            "eval_loss": eval_loss(model_dir, cfg, cfg.train), **cost, **row_from_report(report, tuned_name)}
@@ -315,8 +275,10 @@ def resolve_base(cfg: SweepConfig) -> tuple[SweepConfig, ModelRef]:
     return cfg, base
 
 
-def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), redo_stale: bool = False) -> Path:
+def run_sweep(cfg: SweepConfig, measures: Sequence[str | Measure] = (), redo_stale: bool = False) -> Path:
     """Run every strategy x seed not yet done, then write the comparison; returns the path of sweep.html.
+
+    ``measures``: opt-in audit measures every run's audit adds (see :func:`sftlab.recipes.audit.run_audit`).
 
     ``redo_stale``: redo finished runs made with other settings instead of stopping (see :func:`finished_row`).
     """
@@ -333,7 +295,7 @@ def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), 
             console.print(f"[dim]sweep {i}/{len(specs)}: {spec.label} done earlier, skipped[/dim]")
             continue
         console.rule(f"sweep {i}/{len(specs)}: {spec.label}")
-        rows[(spec.strategy.name, spec.seed)] = run_one(cfg, spec, base, rows, extra_sections)
+        rows[(spec.strategy.name, spec.seed)] = run_one(cfg, spec, base, rows, measures)
     table = aggregate([rows[(s.strategy.name, s.seed)] for s in specs], [s.name for s in cfg.strategies])
     html_path = write_sweep_report(out, table, cfg)
     print_table(console, table)
@@ -364,15 +326,17 @@ def aggregate(rows: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any
         mine = [r for r in rows if r["strategy"] == name]
         stats = {c.key: dict(zip(("mean", "std"), _mean_std([r.get(c.key) for r in mine]))) for c in COLUMNS}
         strategies[name] = {"seeds": [r["seed"] for r in mine], "columns": stats}
-    return {"columns": [c.__dict__ for c in COLUMNS], "strategies": strategies, "rows": rows}
+    return {"columns": [c.to_json() for c in COLUMNS], "strategies": strategies, "rows": rows}
 
 
 def print_table(console: Console, table: dict[str, Any]) -> None:
-    """A short console table: the headline columns only."""
+    """A short console table: the headline columns that some run measured."""
     short = {"eval_loss": "eval loss", "task_score": "task", "style_capture": "SFT style",
              "diversity_kept_per_input": "div. kept",
              "genres_covered": "genres", "delta_perplexity": "Δ ppl", "shifted": "shifted", "train_seconds": "train s"}
-    cols = [c for c in COLUMNS if c.key in short]
+    # As on the HTML page, a column no run measured (the world's genres on a real model) is left out.
+    cols = [c for c in COLUMNS if c.key in short
+            and any(s["columns"][c.key]["mean"] is not None for s in table["strategies"].values())]
     rich_table = RichTable(title="sweep (mean ± std over seeds)")
     rich_table.add_column("strategy", no_wrap=True)
     for c in cols:

@@ -17,7 +17,7 @@ from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import to_jsonable
 from sftlab.audit.report.section import Finding, Section, Table, image_html
-from sftlab.audit.report.sections import PPL_THRESHOLD
+from sftlab.audit.measures.forgetting import PPL_THRESHOLD
 from sftlab.config import SweepConfig
 from sftlab.recipes.sweep_forecast import forecast_section
 from sftlab.recipes.sweep_table import COLUMNS, GROUPS, Column, format_cell, pareto_front

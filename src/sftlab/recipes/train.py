@@ -39,6 +39,7 @@ from transformers import EarlyStoppingCallback, PretrainedConfig, PreTrainedToke
 
 from sftlab.config import TrainConfig, dump_config
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
+from sftlab.data.mix import mix_records
 from sftlab.data.packing import SFTCollator
 from sftlab.data.readers import ReadResult, read_records
 from sftlab.errors import UserError
@@ -92,6 +93,7 @@ class TrainData:
     eval_read: ReadResult | None
     n_train_records: int
     n_eval_records: int
+    records_per_file: dict[str, int] | None = None  # with mix: records trained from each train_file entry
 
 
 @dataclass
@@ -303,6 +305,7 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
         "eval_objective_last": objective_last,
         # Per-parameter regularizer state (anchors, Fisher, frozen base) held on each rank, in bytes.
         "regularizer_state_bytes_per_rank": trainer.regularizer_state_bytes,
+        "records_per_file": session.data.records_per_file,  # with mix: what each train_file entry gave
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2))
@@ -430,9 +433,12 @@ def load_data(
         train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
     else:
         train_records, eval_records = records, []
+    per_file = None
+    if cfg.mix is not None:
+        train_records, per_file = mix_records(train_records, cfg.train_file, cfg.mix.weights, cfg.mix.strategy, cfg.seed)
     train = build_train_dataset(train_records, tokenizer, cfg, **dataset_arguments(remedies))
     evaluation = build_eval_dataset(eval_records, tokenizer, cfg) if eval_records else None
-    return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records))
+    return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records), per_file)
 
 
 def _resolve_base(name_or_path: str) -> str:
@@ -466,6 +472,7 @@ def _evaluated_at(trainer: SFTLabTrainer, step: int) -> bool:
 def _write_stats(path: Path, data: TrainData) -> None:
     stats: dict[str, Any] = {
         "records": {"train": data.n_train_records, "eval": data.n_eval_records},
+        "records_per_file": data.records_per_file,
         "rejected": dict(data.read.counts),
         "rejected_eval": dict(data.eval_read.counts) if data.eval_read else {},
         "train_epochs": [data.train.history[e].as_dict() for e in sorted(data.train.history)],

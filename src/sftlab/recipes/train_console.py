@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -43,7 +44,9 @@ def print_setup(console: Console, session: TrainSession) -> None:
     table.add_row(
         "records",
         f"{data.n_train_records:,} train, {data.n_eval_records:,} eval; {rejected:,} quarantined"
-        + (f" ({detail}) -> {run_dir / 'data'}" if rejected else ""),
+        + (f" ({detail}) -> {run_dir / 'data'}" if rejected else "")
+        + (f"; mixed {cfg.mix.strategy}: " + ", ".join(f"{Path(f).name} {n:,}" for f, n in data.records_per_file.items())
+           if cfg.mix is not None and data.records_per_file else ""),
     )
     st = data.train.stats
     table.add_row(

@@ -43,50 +43,56 @@ def _nan_to_zero(x: float | None) -> float:
     return 0.0 if x is None or math.isnan(x) else x
 
 
-def diversity_bars(table: dict[str, Any], base: str, labels: dict[str, str]) -> bytes:
-    """Per-input change of every diversity metric for each tuned model, as % of the base's mean.
+def diversity_figure(table: dict[str, Any], base: str, labels: dict[str, str]) -> Any:
+    """One panel per diversity measure: each tuned model's per-prompt change vs the base, in the measure's units.
 
-    Signs are oriented so that right is always *more diverse* (Self-BLEU and compression ratio are
-    negated, since for them higher means more repetitive). Whiskers are the paired-bootstrap 95%
-    interval of the delta, on the same scale.
+    Each measure keeps its own axis, because their scales differ by orders of magnitude and a change as a
+    share of the base's value explodes where the base is near 0 (Self-BLEU): on one shared axis its bar
+    flattens all others. Every axis is centred on 0 and oriented so that right is *more diverse*: the axis
+    of a measure where higher means more repetitive (Self-BLEU, compression ratio) runs from high to low,
+    so its tick labels still read as true changes. Whiskers are the paired-bootstrap 95% interval.
     """
     names: list[str] = table["metrics"]
     tuned = [m for m in table["models"] if m != base]
     colors = model_colors(list(table["models"]), base)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.42 * len(names) * max(1, len(tuned)) ** 0.5), layout="constrained")
-    height = 0.8 / max(len(tuned), 1)
-    skipped: set[int] = set()
-    for j, model in enumerate(tuned):
-        ys, xs, lows, highs = [], [], [], []
-        for i, name in enumerate(names):
-            ref = abs(table["models"][base]["per_input"][name]["mean"])
+    cols = 2 if len(names) > 1 else 1
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False, layout="constrained",
+                             figsize=(8, 0.6 + rows * (0.75 + 0.22 * max(len(tuned), 1))))
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        higher_is_diverse = table["higher_is_diverse"][name]
+        ax.set_title(f"{labels.get(name, name)}  ({'↑' if higher_is_diverse else '↓'} is more diverse)", fontsize=8.5)
+        reach = 0.0
+        for j, model in enumerate(tuned):
             d = table["deltas"][model]["per_input"][name]
-            sign = 1.0 if table["higher_is_diverse"][name] else -1.0
-            if not ref or any(v is None or math.isnan(v) for v in (d["delta"], d["ci_low"], d["ci_high"])):
-                skipped.add(i)
+            if any(v is None or math.isnan(v) for v in (d["delta"], d["ci_low"], d["ci_high"])):
+                ax.text(0, j, " undefined: see the table", va="center", fontsize=7.5, color="#666")
                 continue
-            x = sign * 100 * d["delta"] / ref
-            lo, hi = sorted((sign * 100 * d["ci_low"] / ref, sign * 100 * d["ci_high"] / ref))
-            ys.append(i + (j - (len(tuned) - 1) / 2) * height)
-            xs.append(x)
-            lows.append(max(x - lo, 0.0))
-            highs.append(max(hi - x, 0.0))
-        ax.barh(ys, xs, height=height * 0.9, color=colors[model], label=model)
-        ax.errorbar(xs, ys, xerr=[lows, highs], fmt="none", ecolor="#222", capsize=2.5, linewidth=1)
-    ax.axvline(0, color="#333", linewidth=0.8)
-    for i in sorted(skipped):  # a base mean of 0 (or an undefined delta) has no relative change
-        ax.text(0, i, "  no relative change (base is 0 or undefined): see the table", va="center", fontsize=7.5,
-                color="#666")
-    ax.set_yticks(range(len(names)), [labels.get(n, n) for n in names], fontsize=9)
-    ax.invert_yaxis()
-    ax.set_xlabel("change vs base, % of the base's value   (← less diverse · more diverse →)", fontsize=9)
-    ax.set_title("Diversity per prompt: tuned vs base, with 95% bootstrap intervals", fontsize=10)
-    ax.tick_params(axis="x", labelsize=8)
-    ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
-    ax.set_axisbelow(True)
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(fontsize=8, frameon=False, loc="best")
-    return _png(fig)
+            lo, hi = sorted((d["ci_low"], d["ci_high"]))
+            ax.barh(j, d["delta"], height=0.7, color=colors[model], label=model)
+            ax.errorbar(d["delta"], j, xerr=[[max(d["delta"] - lo, 0.0)], [max(hi - d["delta"], 0.0)]],
+                        fmt="none", ecolor="#222", capsize=2.5, linewidth=1)
+            reach = max(reach, abs(lo), abs(hi), abs(d["delta"]))
+        reach = reach * 1.15 or 1.0
+        # A symmetric axis keeps 0 in the middle of every panel, so left and right mean the same everywhere.
+        ax.set_xlim((-reach, reach) if higher_is_diverse else (reach, -reach))
+        ax.axvline(0, color="#333", linewidth=0.8)
+        ax.set_yticks(range(len(tuned)), tuned, fontsize=7.5)
+        ax.set_ylim(len(tuned) - 0.5, -0.5)
+        ax.tick_params(axis="x", labelsize=7.5)
+        ax.grid(axis="x", color="#e6e6e6", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.suptitle("Diversity per prompt: change vs base in each measure's own units, with 95% bootstrap intervals\n"
+                 "← less diverse · more diverse →", fontsize=9)
+    return fig
+
+
+def diversity_bars(table: dict[str, Any], base: str, labels: dict[str, str]) -> bytes:
+    """:func:`diversity_figure` as PNG bytes."""
+    return _png(diversity_figure(table, base, labels))
 
 
 def shift_classes(summaries: dict[str, dict[str, Any]], reference: float) -> bytes:

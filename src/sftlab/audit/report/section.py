@@ -1,10 +1,7 @@
-"""The unit of the audit report: a section (data + HTML + Markdown) and its headline findings.
+"""The unit of the audit report: a section (data + HTML + Markdown) and its headline findings, and the
+small rendering helpers the sections share.
 
-The report is a list of sections. The audit's own sections (diversity, shift, copying, forgetting,
-task) are built in :mod:`sftlab.audit.report.sections`; anything else (e.g. a synthetic-world judge)
-plugs in as a :data:`SectionProvider`: a function of the :class:`AuditContext` that returns a
-:class:`Section`, or None to skip. ``run_audit(cfg, extra_sections=[...])`` calls each provider after
-the audit's own sections.
+The report is a list of sections, one per measure (:mod:`sftlab.audit.measures`).
 """
 
 from __future__ import annotations
@@ -12,12 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-
-from sftlab.config import AuditConfig
 
 
 @dataclass
@@ -43,33 +37,6 @@ class Section:
     markdown: str
     findings: list[Finding] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)  # PNGs, also saved under plots/
-
-
-@dataclass
-class AuditContext:
-    """What a section provider can read: the config, the models and every model's outputs.
-
-    ``samples[model][p]`` are the K sampled texts for prompt p, ``greedy[model][p]`` the greedy answer;
-    ``messages[p]`` is prompt p as chat messages. ``results`` holds the computed metric tables by
-    section key, so a provider can build on them.
-    """
-
-    cfg: AuditConfig
-    out_dir: Path
-    base: str
-    models: dict[str, str]  # display name -> path, base first
-    messages: list[list[Any]]
-    samples: dict[str, list[list[str]]]
-    greedy: dict[str, list[str]]
-    results: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tuned(self) -> list[str]:
-        """Display names of the tuned models, in the order given."""
-        return [m for m in self.models if m != self.base]
-
-
-SectionProvider = Callable[[AuditContext], "Section | None"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,3 +125,23 @@ def sequence_to_text(items: Sequence[str], limit: int = 12) -> str:
     """A short comma-separated list, with a count of what was left out."""
     shown = ", ".join(items[:limit])
     return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def paragraph(text: str) -> str:
+    """A ``<p>`` of escaped text."""
+    return f"<p>{html.escape(text)}</p>"
+
+
+def pct(value: float | None) -> str:
+    """A share as a percentage with one decimal: ``12.5%``; '–' for missing or NaN."""
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def base_label(base: str) -> str:
+    """The base's name as a table shows it: ``NAME (base)``, or ``base`` when that is its name."""
+    return base if base == "base" else f"{base} (base)"
+
+
+def points(d: dict[str, Any]) -> str:
+    """A share's delta in percentage points with its interval: ``+59.0 pt [+48.1, +68.8]``."""
+    return fmt_delta(100 * d["delta"], 1, (100 * d["ci_low"], 100 * d["ci_high"])) + " pt"

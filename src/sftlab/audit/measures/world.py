@@ -1,4 +1,5 @@
-"""The audit report's world section: what the judge says about every model's outputs on world prompts.
+"""Measure (opt-in, ``world``): what the synthetic world's judge says about every model's outputs on
+world prompts.
 
 When the audit's prompts come from a world (:func:`find_world` finds its ``world.json``), each prompt is
 recognised as an open prompt, a request for one genre, or a question on a fact, and per model the section
@@ -6,20 +7,26 @@ reports: the validity and consistency of all samples; on open prompts the genre 
 covered, the entropy and the KL to the pretraining mixture (:func:`sftlab.world.judge.mode_coverage`); on
 genre prompts the share of samples of the requested genre; on questions the fact accuracy of the greedy
 answers. Changes against the base are called lost or gained only when their bootstrap 95% interval
-(resampling prompts) excludes zero.
+(resampling prompts) excludes zero. The judge's formulas are the pure functions of
+:mod:`sftlab.world.judge`. The demo asks for this measure (``run_audit(cfg, measures=["world"])``); the
+world is the one the audit's prompts file lies in.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sftlab.audit.report.section import AuditContext, Finding, Section, SectionProvider, Table, fmt, fmt_delta
+from sftlab.audit.gate_value import GateValue
+from sftlab.audit.measures.base import Column, Measure, delta_gate
+from sftlab.audit.measures.context import AuditContext
+from sftlab.audit.measures.task import TASK_SCORE
+from sftlab.audit.report.section import Finding, Section, Table, fmt, fmt_delta
 from sftlab.audit.stats import paired_bootstrap_ci
 from sftlab.world.genres import GENRES, MIXTURE
 from sftlab.world.judge import INVALID, fact_correct, judge_text, mode_coverage
@@ -30,14 +37,16 @@ def find_world(*paths: str | Path | None) -> Path | None:
     for path in paths:
         if path is None:
             continue
-        for parent in Path(path).resolve().parents:
+        # The path's own parents first, so the dir keeps the form it was given in (the report records it).
+        for parent in [*Path(path).parents, *Path(path).resolve().parents]:
             if (parent / "world.json").is_file():
                 return parent
     return None
 
 
-def world_section(world_dir: str | Path, n_boot: int = 1000) -> SectionProvider:
-    """A section provider for ``run_audit(cfg, extra_sections=[...])`` judging outputs in ``world_dir``'s terms."""
+def world_section(world_dir: str | Path, n_boot: int = 1000) -> Callable[[AuditContext], Section | None]:
+    """The section of outputs judged in ``world_dir``'s terms, as a function of the audit context (None when
+    no prompt of the audit is one of the world's)."""
     root = Path(world_dir)
     manifest = json.loads((root / "world.json").read_text(encoding="utf-8"))
     mixture = manifest.get("mixture", dict(MIXTURE))
@@ -202,3 +211,49 @@ def _render(table: dict[str, Any], base: str, tuned: list[str]) -> Section:
     html_body = f"<p>{html.escape(intro)}</p>" + summary.to_html() + changes.to_html()
     markdown = intro + "\n\n" + summary.to_markdown() + "\n\n" + changes.to_markdown()
     return Section("world", "Synthetic world: genres, validity, facts", table, html_body, markdown, findings)
+
+
+def _section(ctx: AuditContext) -> Section | None:
+    world = find_world(ctx.cfg.prompts)
+    return world_section(world)(ctx) if world is not None else None
+
+
+# What the sweep's table calls the judge's figures.
+GENRES_COVERED = Column("genres_covered", "genres covered (open prompts)", True, digits=1, rank=70)
+GENRE_ENTROPY = Column("genre_entropy", "genre entropy (nats)", True, rank=80)
+DELTA_HELDOUT_TASK = Column("delta_heldout_task", "Δ held-out task score", True, percent=True, group="forgetting",
+                            rank=110)
+GATE_UNITS = {"valid": "points", "adherence": "points", "task": "points", "heldout": "points", "fact": "points",
+              "entropy": "value"}
+
+
+def sweep_row(data: dict[str, Any], base: str, tuned: str) -> dict[str, Any]:
+    """Genres covered and their entropy on open prompts, the judged task score (it replaces ROUGE-L: the
+    world's task is a genre, which the judge reads exactly) and the change on held-out tasks."""
+    judged = data["models"][tuned]
+    return {"genres_covered": judged["open"]["covered"] if judged["open"] else None,
+            "genre_entropy": judged["open"]["entropy"] if judged["open"] else None,
+            "task_score": judged["task"],
+            "delta_heldout_task": data["deltas"][tuned].get("heldout", {}).get("delta")}
+
+
+def gates(data: dict[str, Any], base: str, tuned: str) -> list[GateValue]:
+    """``world_<figure>``: the change of every judged figure (``world_task``, ``world_heldout``,
+    ``world_fact``, ...), shares in points, the open-prompt genre entropy in nats."""
+    out: list[GateValue] = []
+    for key, d in data.get("deltas", {}).get(tuned, {}).items():
+        unit = GATE_UNITS.get(key, "value")
+        out += delta_gate(f"world_{key}", d, unit, f"synthetic world: {key}", scale=100.0 if unit == "points" else 1.0)
+    return out
+
+
+MEASURE = Measure(
+    name="world",
+    description="synthetic world's judge: genre validity, coverage, adherence and fact accuracy (world prompts)",
+    order=80,
+    section=_section,
+    columns=(TASK_SCORE, GENRES_COVERED, GENRE_ENTROPY, DELTA_HELDOUT_TASK),
+    row=sweep_row,
+    gates=gates,
+    opt_in=True,
+)

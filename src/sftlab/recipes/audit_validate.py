@@ -1,0 +1,62 @@
+"""What an audit checks before any model runs: every model dir, and room for each prompt and its answer.
+
+An audit samples the base first, for minutes on a real model; an unusable tuned dir or a prompt that cannot
+fit must fail before that, not after. Only configs and tokenizers are read here, never weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from transformers import PretrainedConfig
+
+from sftlab.config import AuditConfig
+from sftlab.data.records import Message
+from sftlab.data.tokenize import encode_prompt
+from sftlab.errors import UserError
+from sftlab.models.load import load_config, load_tokenizer
+
+
+def model_positions(config: PretrainedConfig) -> int | None:
+    """The positions a model knows (GPT-2's ``n_positions`` is mapped to this name), or None when unbounded."""
+    limit = getattr(config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def validate_inputs(cfg: AuditConfig, models: Mapping[str, str],
+                    prompt_sets: Mapping[str, Sequence[list[Message]]]) -> list[str]:
+    """Raise a UserError unless every model can run every prompt of ``prompt_sets`` (named by their file).
+
+    Each model must be a model dir or a PEFT adapter (whose recorded base must be one), and must have room
+    for a prompt and ``sampling.max_new_tokens``: with none, a model with learned position embeddings ends
+    in an IndexError. Generation cuts prompts from the left to the model's room (``max_length``, capped at
+    its positions, minus the new tokens). A cut the user asked for with ``max_length`` passes silently;
+    one that the model's positions force is returned as a note for the console, one per model, since it
+    drops the start of a prompt (often the template's header) unasked.
+    """
+    new = cfg.sampling.max_new_tokens
+    notes: list[str] = []
+    for name, path in models.items():
+        positions = model_positions(load_config(path, cfg.trust_remote_code))
+        if positions is None:
+            continue
+        room = min(cfg.max_length, positions)
+        if new >= room:
+            raise UserError(
+                f"model {name} ({path}) has {positions} positions and max_length is {cfg.max_length}: "
+                f"sampling.max_new_tokens {new} leaves no room for a prompt; set sampling.max_new_tokens "
+                f"below {room}, e.g. {room // 2}")
+        if positions >= cfg.max_length:
+            continue
+        tok = load_tokenizer(path, cfg.trust_remote_code)
+        lengths = [(len(encode_prompt(tok, messages)), source, i)
+                   for source, prompts in prompt_sets.items() for i, messages in enumerate(prompts)]
+        cut = [entry for entry in lengths if entry[0] + new > positions]
+        if cut:
+            longest, source, i = max(cut)
+            notes.append(
+                f"model {name} has {positions} positions: {len(cut)} of {len(lengths)} prompts are cut from the "
+                f"left to leave room for sampling.max_new_tokens {new} (the longest, {source} prompt {i + 1}, "
+                f"from {longest} to {positions - new} tokens). Set max_length: {positions} to make the cut your "
+                f"choice, or lower sampling.max_new_tokens to {max(positions - longest, 1)}")
+    return notes
