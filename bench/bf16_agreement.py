@@ -110,7 +110,7 @@ def profile_step(args: argparse.Namespace) -> None:
 
     from sftlab.models.load import load_model
     from sftlab.train.losses import cross_entropy
-    from sftlab.train.trainer import scored_positions_only
+    from sftlab.train.head_outputs import scored_positions_only
 
     model = load_model(args.model, dtype="float32").train()
     gen = torch.Generator().manual_seed(0)

@@ -33,7 +33,7 @@ def step_fn(model: Any, bf16: bool, batch: int = 8, seq: int = 96) -> Any:
     import torch
 
     from sftlab.train.losses import cross_entropy
-    from sftlab.train.trainer import scored_positions_only
+    from sftlab.train.head_outputs import scored_positions_only
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)

@@ -262,7 +262,7 @@ def component_costs(setup: dict[str, Any], args: argparse.Namespace, reps: int =
     from sftlab.train.losses import cross_entropy, dft_loss, eaft_loss, gem_loss, tofu_loss
     from sftlab.train.neftune import attach_neftune
     from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY
-    from sftlab.train.trainer import scored_positions_only
+    from sftlab.train.head_outputs import scored_positions_only
 
     specs = contenders(setup)
     trainers = {name: build(setup, args, name, specs[name]) for name in ("full", "l2sp", "ewc", "kl full")}

@@ -21,7 +21,7 @@ from sftlab.recipes.demo_plan import (
     plan_strategies,
     select_strategies,
 )
-from sftlab.recipes.sweep import RunSpec, train_config
+from sftlab.recipes.sweep import RunSpec, check_runs, train_config
 
 WORLD = builtin_plan(real=False, quick=False)
 REAL = builtin_plan(real=True, quick=False)
@@ -47,7 +47,7 @@ def test_strategies_named_are_kept_in_the_plans_order() -> None:
     defaults = [s["name"] for s in plan_strategies(WORLD, None)]
     assert defaults == ["full", "lora", "full+neftune5", "full+replay0.2", "full+ewc", "full+kl", "gem", "wise0.5"]
     assert [s["name"] for s in plan_strategies(WORLD, "dft,asft")] == ["dft", "asft"]
-    assert len(plan_strategies(WORLD, "all")) == len(WORLD.strategies) == 12
+    assert len(plan_strategies(WORLD, "all")) == len(WORLD.strategies) == 15
     assert [s["name"] for s in plan_strategies(builtin_plan(real=False, quick=True), None)] == ["full", "wise0.5"]
 
 
@@ -65,7 +65,7 @@ def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> Non
     assert [s["name"] for s in plan_strategies(REAL, None)] == ["full", "lora", "full+kl", "full+replay", "wise0.5"]
     cfg = _config(REAL, tmp_path, "all")
     trained = {s.name: train_config(cfg, RunSpec(s, 0, tmp_path / s.name)) for s in cfg.strategies
-               if s.interpolate is None}
+               if s.post_hoc is None}
     assert trained["dft"].loss == "dft" and trained["dft"].kl_to_base is None
     # ASFT is DFT plus a KL anchor, nothing else.
     assert trained["asft"].loss == "dft" and trained["asft"].kl_to_base is not None
@@ -73,6 +73,26 @@ def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> Non
     assert trained["sdft"].train_file == [str(tmp_path / "data" / "shakespeare_distilled.jsonl")]
     # YAML 1.1 reads a bare `on` key as true: the plan quotes it, and the KL anchor keeps its setting.
     assert trained["full+kl"].kl_to_base.on == "response"
+
+
+@pytest.mark.parametrize("plan_name", sorted(BUILTIN_PLANS))
+def test_the_2026_remedies_are_in_every_plan_for_strategies_only(tmp_path: Path, plan_name: str) -> None:
+    plan = load_plan(plan_path(plan_name))
+    # Not in the defaults: those keep the plans' time budgets.
+    assert not {"eaft", "tofu", "lora+intruders"} & {s["name"] for s in plan_strategies(plan, None)}
+    cfg = _config(plan, tmp_path, "eaft,tofu")
+    assert [s.name for s in cfg.strategies] == ["eaft", "tofu"]
+    losses = {s.name: train_config(cfg, RunSpec(s, 0, tmp_path / s.name)).loss for s in cfg.strategies}
+    assert losses == {"eaft": "eaft", "tofu": "tofu"}
+    cfg = _config(plan, tmp_path, "lora,lora+intruders")
+    step = next(s for s in cfg.strategies if s.name == "lora+intruders").intruders
+    assert step is not None and step.source == "lora" and step.mitigation_lambda == 0.75
+    check_runs(cfg)  # the source is a LoRA strategy, so the sweep accepts the step
+
+
+def test_intruder_reduction_needs_its_source() -> None:
+    with pytest.raises(UserError, match="lora[+]intruders reduces the intruders of lora; name lora too"):
+        select_strategies(WORLD.strategies, "full,lora+intruders")
 
 
 def test_world_sdft_trains_on_the_bases_own_rewrites(tmp_path: Path) -> None:

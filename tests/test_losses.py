@@ -203,7 +203,8 @@ def test_dft_loss_and_gradient_equal_trls(tiny_model_dir, tiny_tokenizer, tmp_pa
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from sftlab.train.trainer import SFTLabTrainer, make_training_arguments
+    from sftlab.train.trainer import SFTLabTrainer
+    from sftlab.train.training_args import make_training_arguments
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, len(tiny_tokenizer), (3, 20), generator=g)

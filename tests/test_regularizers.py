@@ -277,7 +277,7 @@ def test_penalties_from_config(tiny_model_dir: Path, tiny_tokenizer, tmp_path: P
 def test_kl_on_scored_logits_equals_kl_on_full_logits(tiny_model_dir: Path, on: str) -> None:
     """The trainer's fast path (head on scored positions only) gives the same KL and the same gradient."""
     from sftlab.train.regularizers import SCORED_POSITIONS_KEY
-    from sftlab.train.trainer import scored_positions_only
+    from sftlab.train.head_outputs import scored_positions_only
 
     model = _load(tiny_model_dir)
     reg = KLToBase(model, beta=0.3, on=on)

@@ -7,7 +7,7 @@ import yaml
 
 from sftlab.config import TrainConfig, dump_config
 from sftlab.recipes.train import RESUME_SAFE, finished_output, resolve_saved_config
-from sftlab.train.trainer import check_resume_config
+from sftlab.train.resume import check_resume_config
 
 
 def _old_run(tmp_path, drop_keys: dict[str, object]):

@@ -24,7 +24,8 @@ from sftlab.config import TrainConfig, dump_config
 from sftlab.errors import UserError
 from sftlab.io import check_inside, remove_tree, write_atomic
 from sftlab.recipes.train import RESUME_SAFE, finished_output, resolve_saved_config
-from sftlab.train.trainer import check_resume_config, save_final
+from sftlab.train.resume import check_resume_config
+from sftlab.train.run_dir import save_final
 
 
 class Crash(BaseException):
@@ -161,7 +162,7 @@ def test_save_final_crash_between_renames_leaves_a_model(tmp_path: Path, monkeyp
             raise Crash()  # killed after the old model moved aside, before the new one moved in
         real_rename(src, dst)
 
-    monkeypatch.setattr("sftlab.train.trainer.os.rename", rename_then_die)
+    monkeypatch.setattr("sftlab.io.os.rename", rename_then_die)
     with pytest.raises(Crash):
         save_final(_FakeTrainer(b"new"), out)
     monkeypatch.undo()
@@ -180,7 +181,8 @@ def test_summary_json_is_written_atomically(tmp_path: Path, monkeypatch) -> None
     trainer = SimpleNamespace(state=SimpleNamespace(log_history=[{"loss": 1.0}], global_step=3),
                               args=SimpleNamespace(bf16=False, fp16=False), weight_dither=None,
                               model=__import__("torch").nn.Linear(2, 2), regularizer_state_bytes=0)
-    session = SimpleNamespace(trainer=trainer, cfg=SimpleNamespace(method="full"))
+    session = SimpleNamespace(trainer=trainer, cfg=SimpleNamespace(method="full"),
+                              data=SimpleNamespace(records_per_file=None))
     path = tmp_path / "summary.json"
     path.write_text('{"global_step": 1}')
     _crash_at_fsync(monkeypatch)
@@ -216,7 +218,7 @@ def test_a_torn_world_json_is_a_clear_message_or_a_fresh_world(tmp_path: Path, m
     from rich.console import Console
 
     from sftlab.recipes import demo
-    from sftlab.world.section import world_section
+    from sftlab.audit.measures.world import world_section
 
     world = tmp_path / "world"
     world.mkdir()

@@ -220,7 +220,7 @@ def test_early_stopping_stops_when_eval_loss_stops_improving(tiny_model_dir, alp
 def test_scoring_only_labelled_positions_changes_nothing(arch, tiny_model_dir, tiny_llama_dir):
     """The output head run on scored positions only gives the same loss and gradients as full logits."""
     from sftlab.train.adapters import apply_method
-    from sftlab.train.trainer import scored_positions_only
+    from sftlab.train.head_outputs import scored_positions_only
 
     model_dir = tiny_llama_dir if arch == "llama" else tiny_model_dir
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))

@@ -25,7 +25,7 @@ from sftlab.config import TrainConfig, build_config
 from sftlab.errors import UserError
 from sftlab.recipes.train import run_train
 from sftlab.train import distributed
-from sftlab.train.trainer import make_training_arguments
+from sftlab.train.training_args import make_training_arguments
 
 STEPS = 6
 TOLERANCE = 1e-4

@@ -19,7 +19,8 @@ from sftlab.cli import main
 from sftlab.config import TrainConfig
 from sftlab.errors import UserError
 from sftlab.recipes.train import run_train
-from sftlab.train.trainer import recorded_train_seconds, resolve_resume
+from sftlab.train.resume import resolve_resume
+from sftlab.train.run_dir import recorded_train_seconds
 
 MAX_STEPS = 80
 

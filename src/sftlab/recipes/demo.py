@@ -53,7 +53,7 @@ def _read_manifest(path: Path) -> dict | None:
 def ensure_base(base_dir: Path, cfg: PretrainConfig, world: str, console: Console) -> Path:
     """Pretrain the base unless a finished one with the same config, on the same world, is in ``base_dir``."""
     from sftlab.recipes.pretrain import run_pretrain
-    from sftlab.train.trainer import read_saved_config
+    from sftlab.train.resume import read_saved_config
 
     model_dir = base_dir / "model"
     saved = base_dir / "config.yaml"

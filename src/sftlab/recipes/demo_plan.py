@@ -112,9 +112,10 @@ def select_strategies(strategies: list[dict[str, Any]], names: str | None) -> li
         raise UserError(f"--strategies: no strategy {', '.join(unknown)} in this demo; it has {', '.join(known)}")
     chosen = [s for s in strategies if s["name"] in wanted]
     for s in chosen:
-        source = s.get("interpolate", {}).get("source")
-        if source and source not in wanted:
-            raise UserError(f"--strategies: {s['name']} interpolates {source}; name {source} too")
+        for step, verb in (("interpolate", "interpolates"), ("intruders", "reduces the intruders of")):
+            source = s.get(step, {}).get("source")
+            if source and source not in wanted:
+                raise UserError(f"--strategies: {s['name']} {verb} {source}; name {source} too")
     return chosen
 
 

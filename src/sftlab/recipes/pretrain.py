@@ -19,13 +19,10 @@ from sftlab.models.load import load_tokenizer
 from sftlab.models.tiny import build_config, save_tokenizer, train_tokenizer
 from sftlab.train.callbacks import attach_callbacks, disable_library_bars, summarize_logs
 from sftlab.train.pretrain import BlockDataset, collate_blocks, make_blocks, split_documents, token_stream
-from sftlab.train.trainer import (
-    SFTLabTrainer,
-    check_resume_config,
-    last_complete_checkpoint,
-    make_training_arguments,
-    save_final,
-)
+from sftlab.train.resume import check_resume_config
+from sftlab.train.run_dir import last_complete_checkpoint, save_final
+from sftlab.train.trainer import SFTLabTrainer
+from sftlab.train.training_args import make_training_arguments
 
 # Keys a resumed run may change: they alter logging, saving or how long it runs, not what it learns.
 RESUME_SAFE = {"output_dir", "logging_steps", "save_steps", "max_steps", "num_train_epochs"}

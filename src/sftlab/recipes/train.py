@@ -67,15 +67,10 @@ from sftlab.train.losses import LossFn
 from sftlab.train.regularizers import Regularizer
 from sftlab.train.remedies.base import RemedyContext
 from sftlab.train.remedies.registry import attach_remedies, build_loss, dataset_arguments
-from sftlab.train.trainer import (
-    SFTLabTrainer,
-    check_resume_config,
-    config_changes,
-    make_training_arguments,
-    optimizer_choice,
-    resolve_resume,
-    save_final,
-)
+from sftlab.train.resume import check_resume_config, config_changes, resolve_resume
+from sftlab.train.run_dir import save_final
+from sftlab.train.trainer import SFTLabTrainer
+from sftlab.train.training_args import make_training_arguments, optimizer_choice
 from sftlab.train.weight_rounding import resolve_rounding
 
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.

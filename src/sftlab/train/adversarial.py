@@ -263,7 +263,7 @@ class SmartSmoothness:
 
     def _perturbed_logits(self, model_inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         """The perturbed forward's logits at the scored positions, [N, V] in row-major order."""
-        from sftlab.train.trainer import scored_positions_only
+        from sftlab.train.head_outputs import scored_positions_only
 
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
         if head is None:

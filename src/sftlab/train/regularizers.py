@@ -3,7 +3,7 @@
 A regularizer is any object with a ``name`` and a ``penalty(model, inputs, outputs)`` that returns a
 scalar tensor; the trainer adds every penalty to the task loss and logs each one by name. Two optional
 attributes tell the trainer which logits a regularizer reads, so that it can run the output head on the
-scored positions only (see ``sftlab.train.trainer.scored_positions_only``): ``uses_logits = False``
+scored positions only (see ``sftlab.train.head_outputs.scored_positions_only``): ``uses_logits = False``
 (a pure weight penalty: none) and ``scored_logits_suffice = True`` (only logits at scored positions).
 
 Weight-space penalties (L2-SP, EWC) count only trainable parameters and anchor them at their values

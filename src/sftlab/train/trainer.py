@@ -27,10 +27,14 @@ What this subclass adds:
   pick up half-written. Each also records the training wall time spent so far (``TRAIN_TIME_FILE``), so
   that a resumed run's cost is the whole run's, not only its own part.
 - **Logits in autocast's dtype.** accelerate's float32 cast of a mixed-precision model's outputs is
-  removed (:func:`keep_autocast_outputs`): the losses upcast their own work, a slice at a time.
+  removed (``sftlab.train.head_outputs.keep_autocast_outputs``): the losses upcast their own work, a
+  slice at a time.
 - **Dithered bf16 weights**, when ``weight_dither`` is set: each training forward and backward, and each
   evaluation, runs on the master weights rounded with fixed random thresholds, in place; the masters are
   rebuilt before the optimizer step (``sftlab.train.weight_rounding``).
+
+Beside it: ``training_args`` (TrainingArguments and optimizers by name), ``resume`` (which checkpoint,
+and the config check), ``run_dir`` (atomic checkpoint and model dirs, ``save_final``), ``head_outputs``.
 """
 
 from __future__ import annotations
@@ -40,14 +44,12 @@ import functools
 import json
 import os
 import time
-import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils.operations import ConvertOutputsToFp32
-from transformers import Trainer, TrainerState, TrainingArguments
+from transformers import Trainer, TrainerState
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import (
     PREFIX_CHECKPOINT_DIR,
@@ -56,28 +58,16 @@ from transformers.trainer_utils import (
     get_last_checkpoint,
     rotate_checkpoints,
 )
-from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
-from sftlab.io import fsync_dir, fsync_tree, remove_tree, replace_dir, restore_aside, staging_dir
+from sftlab.io import fsync_dir, fsync_tree, remove_tree
 from sftlab.models.tokens import IGNORE_INDEX
-from sftlab.train.distributed import enable_fsdp_on_cpu, full_state_dict, is_fsdp2, local_bytes, per_rank, reshard
+from sftlab.train.distributed import enable_fsdp_on_cpu, is_fsdp2, local_bytes, per_rank, reshard
+from sftlab.train.head_outputs import keep_autocast_outputs, scored_positions_only
 from sftlab.train.losses import LossFn, cross_entropy
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
+from sftlab.train.run_dir import STAGING_DIR, TRAIN_TIME_FILE, TRASH_DIR, recorded_train_seconds
 from sftlab.train.weight_rounding import DitheredBf16
-
-STAGING_DIR = ".staging"
-TRAIN_TIME_FILE = "sftlab_train_seconds.json"  # in each checkpoint: training wall time up to that step
-TRASH_DIR = ".trash"
-
-# Optimizers torch has that TrainingArguments.optim does not name: passed as a class to the Trainer.
-TORCH_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "radam": torch.optim.RAdam,
-    "nadam": torch.optim.NAdam,
-    "adamax": torch.optim.Adamax,
-}
-OPTIM_ALIASES = {"adamw": OptimizerNames.ADAMW_TORCH.value}
-
 
 class NonFiniteLossError(UserError):
     """The training loss became NaN or inf; the run stopped before that step changed any weight."""
@@ -413,213 +403,3 @@ class SFTLabTrainer(Trainer):
         if best:
             path = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{best}"
             self.state.best_model_checkpoint = str(path) if best == self.state.global_step or path.is_dir() else None
-
-
-def keep_autocast_outputs(model: torch.nn.Module) -> None:
-    """Let a mixed-precision model's outputs keep autocast's dtype: remove the float32 cast that accelerate
-    wraps around its forward (``ConvertOutputsToFp32``), and keep the autocast inside it.
-
-    Every loss and regularizer here upcasts its own vocabulary-wide work to float32, a slice at a time
-    (the sliced cross-entropy) or where it reads the logits; the wrapper's cast instead copies the whole
-    [N, V] bf16 logits to float32 in the forward, and makes autograd copy their float32 gradient back to
-    bf16 in the backward: two passes over 52 MB a step on SmolLM2 at 8 x 96. The values are the same,
-    since bf16 to float32 is exact. Looks through ``.module`` (DDP, DeepSpeed); a no-op for a model
-    accelerate did not wrap, and after the first call.
-    """
-    while model is not None:
-        inner = getattr(model.__dict__.get("forward"), "__wrapped__", None)
-        if isinstance(inner, ConvertOutputsToFp32):
-            forward = inner.model_forward
-            model.forward = forward if hasattr(forward, "__self__") else types.MethodType(forward, model)
-            return
-        model = getattr(model, "module", None)
-
-
-@contextlib.contextmanager
-def scored_positions_only(head: torch.nn.Module, labels: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Run the output head only on the positions the loss scores; yields the labels that go with them.
-
-    Position t's logits predict label t+1, so only positions with ``labels[:, t+1] != -100`` are ever
-    scored. With completion-only loss most positions are prompt: computing (and backpropagating) their
-    vocabulary-wide logits and log-softmax is wasted work, a large share of a small model's step.
-    A forward pre-hook on the head gathers the scored hidden states, in row-major order, into one
-    sequence ``[1, N+1, d]`` (the last row is a zero that no label scores); the yielded labels
-    ``[1, N+1]`` are ``[-100, targets...]``, so any shifting LossFn (cross-entropy, label smoothing,
-    GEM, DFT) scores exactly the same (logit, target) pairs as on the full ``[B, T, V]`` logits.
-    Virtual tokens that prompt tuning prepends are skipped: hidden states are aligned to the labels
-    from the right.
-    """
-    keep = labels[:, 1:] != IGNORE_INDEX
-    targets = labels[:, 1:][keep]
-    gathered_labels = torch.cat([targets.new_full((1,), IGNORE_INDEX), targets]).unsqueeze(0)
-
-    def gather(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        hidden = args[0]
-        offset = hidden.size(1) - labels.size(1)
-        scored = hidden[:, offset:-1][keep]
-        return (torch.cat([scored, scored.new_zeros(1, scored.size(-1))]).unsqueeze(0), *args[1:])
-
-    handle = head.register_forward_pre_hook(gather)
-    try:
-        yield gathered_labels
-    finally:
-        handle.remove()
-
-
-def _share_permissions(path: Path) -> None:
-    """Give files the permissions the umask allows (safetensors writes them 0600 through a temp file)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for file in path.rglob("*"):
-        if file.is_file():
-            file.chmod(0o666 & ~umask)
-
-
-def last_complete_checkpoint(checkpoints_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` under ``checkpoints_dir`` (``.staging`` leftovers never count)."""
-    path = Path(checkpoints_dir)
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
-
-
-def resolve_resume(resume: str, checkpoints_dir: Path) -> str | None:
-    """``auto``: the last complete checkpoint, if any; ``never``: none; otherwise a checkpoint dir path."""
-    if resume == "auto":
-        return last_complete_checkpoint(checkpoints_dir)
-    if resume == "never":
-        return None
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise UserError(
-            f"resume: {resume} is not a checkpoint dir (no trainer_state.json inside); "
-            "use auto, never, or a checkpoints/checkpoint-N dir"
-        )
-    return str(path)
-
-
-def optimizer_choice(optim: str, learning_rate: float) -> tuple[str, tuple[type, dict[str, Any]] | None]:
-    """Map ``optim`` to a TrainingArguments name, or to a torch optimizer class the Trainer is handed."""
-    if optim in TORCH_OPTIMIZERS:
-        return OptimizerNames.ADAMW_TORCH.value, (TORCH_OPTIMIZERS[optim], {"lr": learning_rate})
-    name = OPTIM_ALIASES.get(optim, optim)
-    valid = {o.value for o in OptimizerNames}
-    if name not in valid:
-        choices = sorted(valid | set(TORCH_OPTIMIZERS) | set(OPTIM_ALIASES))
-        raise UserError(f"optim: unknown optimizer {optim!r}; choose one of {', '.join(choices)}")
-    return name, None
-
-
-def device_arguments() -> dict[str, Any]:
-    """CPU-sane, offline-safe device settings for TrainingArguments.
-
-    ``use_cpu`` when no GPU is present (pinned memory is pointless there); the gloo backend only for a
-    multi-process CPU run; no unused-parameter search in DDP (every trainable weight is used each step);
-    no reporting integrations.
-    """
-    on_gpu = torch.cuda.is_available()
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return {
-        "use_cpu": not on_gpu,
-        "dataloader_pin_memory": on_gpu,
-        "ddp_backend": "gloo" if multi and not on_gpu else None,
-        "ddp_find_unused_parameters": False,
-        "report_to": "none",
-        "disable_tqdm": True,
-    }
-
-
-def make_training_arguments(**kwargs: Any) -> TrainingArguments:
-    """TrainingArguments with :func:`device_arguments`; a rejected value becomes a UserError."""
-    try:
-        return TrainingArguments(**{**device_arguments(), **kwargs})
-    except ValueError as exc:
-        raise UserError(f"invalid training settings: {exc}") from None
-
-
-ConfigNormalizer = Callable[[dict[str, Any]], dict[str, Any]]
-
-
-def config_changes(
-    saved_yaml: Path, current: dict[str, Any], ignore: set[str], normalize: ConfigNormalizer | None = None
-) -> list[str] | None:
-    """Top-level keys whose value differs between a run dir's saved ``config.yaml`` and ``current``; None when
-    the saved config is missing or unreadable, which means "unknown", never "unchanged".
-
-    ``normalize`` resolves the saved config as the current version would (keys added since it was
-    written take their defaults), so a run dir from before a new config key is not taken for another run.
-    """
-    saved = read_saved_config(saved_yaml)
-    if saved is None:
-        return None
-    if normalize is not None:
-        saved = normalize(saved)
-    keys = (set(saved) | set(current)) - ignore
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
-
-
-def read_saved_config(path: Path) -> dict[str, Any] | None:
-    """A run dir's saved config as a mapping, or None when it is missing, torn or not a mapping."""
-    import yaml
-
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
-def check_resume_config(
-    run_dir: Path,
-    current: dict[str, Any],
-    checkpoint: str,
-    ignore: set[str],
-    normalize: ConfigNormalizer | None = None,
-) -> None:
-    """Refuse to resume ``checkpoint`` under a config that changes what the run trains, or under a config
-    that cannot be compared because the run's ``config.yaml`` is missing or unreadable."""
-    saved = run_dir / "config.yaml"
-    changed = config_changes(saved, current, ignore, normalize)
-    if changed is None:
-        state = "is missing" if not saved.exists() else "is unreadable (cut short by a crash, or edited)"
-        raise UserError(
-            f"{run_dir} holds checkpoints ({checkpoint}) but its {saved.name} {state}, so sftlab cannot tell "
-            "whether they were trained under this config. Set resume: never to start over in this dir, use a new "
-            "output_dir, or put back the config.yaml the run was started with."
-        )
-    if changed:
-        raise UserError(
-            f"{run_dir} holds checkpoints of a run with a different config (changed: {', '.join(changed)}), "
-            f"so resuming from {checkpoint} would mix two runs. Use a new output_dir, set resume: never to "
-            "start over in this one, or restore the old values."
-        )
-
-
-def recorded_train_seconds(checkpoint: str | Path) -> float:
-    """The training time a checkpoint recorded; 0 for one written before checkpoints recorded it."""
-    path = Path(checkpoint) / TRAIN_TIME_FILE
-    return float(json.loads(path.read_text())["train_seconds"]) if path.is_file() else 0.0
-
-
-def save_final(trainer: Trainer, out_dir: Path) -> Path:
-    """Save the trained model (full dir, or adapter dir for PEFT) with its tokenizer, atomically.
-
-    ``trainer.save_model`` runs on every rank (FSDP/DeepSpeed gather there); the main process then
-    renames the finished dir into place. A previous model dir is renamed aside first and deleted only once
-    the new one is in place, so a crash at any point leaves a whole model dir (the old one, or the new one,
-    or the old one under ``.<name>.old`` next to a finished ``.<name>.partial``, which the next save sorts out).
-    """
-    staged = out_dir.parent / f".{out_dir.name}.partial"
-    if trainer.args.should_save:
-        restore_aside(out_dir)  # a crash inside an earlier replace_dir: the old model comes back first
-        staging_dir(out_dir)
-    trainer.accelerator.wait_for_everyone()
-    with full_state_dict(trainer.accelerator):  # a plain model dir even when FSDP checkpoints are sharded
-        trainer.save_model(str(staged))
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.should_save:
-        # The Trainer pickles its arguments beside the weights; the run's config.yaml already records them,
-        # and a model dir meant for sharing should hold nothing that needs unpickling.
-        (staged / "training_args.bin").unlink(missing_ok=True)
-        _share_permissions(staged)
-        replace_dir(staged, out_dir)
-    trainer.accelerator.wait_for_everyone()
-    return out_dir
