@@ -70,6 +70,12 @@ def _cmd_data_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suites_help() -> str:
+    from sftlab.audit.suites import describe_suites
+
+    return describe_suites()
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from sftlab.config import AuditConfig, build_config, parse_overrides, read_yaml, _deep_merge
     from sftlab.recipes.audit import run_audit
@@ -88,6 +94,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "benchmark": args.benchmark,
         "eval_set": args.eval_set,
         "out": args.out,
+        "suites": args.suite,
     }
     data = _deep_merge(data, {k: v for k, v in flags.items() if v})
     data = _deep_merge(data, parse_overrides(overrides + args.set_overrides))
@@ -178,12 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     p.add_argument("--base")
     p.add_argument("--tuned", action="append", metavar="[NAME=]DIR",
-                   help="tuned model or adapter dir, labelled NAME in the report (repeat for several)")
-    p.add_argument("--prompts")
-    p.add_argument("--sft-data", dest="sft_data")
-    p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable)")
-    p.add_argument("--benchmark", action="append", help="multiple-choice jsonl (repeatable)")
-    p.add_argument("--eval-set", dest="eval_set")
+                   help="tuned model dir (any trainer's: a full model, a PEFT adapter, a checkpoint-N dir), "
+                        "labelled NAME in the report (repeat for several)")
+    p.add_argument("--suite", metavar="NAME,...",
+                   help="built-in probe suites, comma-separated. " + _suites_help() + ". Without --suite: the "
+                        "default suites when no data file is given, none when one is. With --suite, files join "
+                        "the suites: --prompts and --eval-set replace the chat suite's, --reference and "
+                        "--benchmark add to the text and knowledge suites'")
+    p.add_argument("--prompts", help="prompts file (replaces the chat suite's prompts)")
+    p.add_argument("--sft-data", dest="sft_data", help="the SFT set: pattern copying and the forgetting forecast")
+    p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable; adds to the text suite)")
+    p.add_argument("--benchmark", action="append",
+                   help="multiple-choice jsonl (repeatable; adds to the knowledge suite)")
+    p.add_argument("--eval-set", dest="eval_set", help="prompts with reference answers (replaces the chat suite's)")
     p.add_argument("--out")
     p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the same as a bare KEY=VALUE")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import html
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.audit import copying, diversity, forgetting, shift, style, task
+from sftlab.audit import copying, diversity, forgetting, shift, style, suites, task
 from sftlab.audit.embed import Embedder, resolve_embedding_model
 from sftlab.audit.forecast import AnswerKL, forecast_table, score_forecast, scored_continuation
 from sftlab.audit.generate import generate, model_fingerprint
@@ -57,6 +58,7 @@ from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
 from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
+from sftlab.models.gguf import cache_root
 from sftlab.models.load import (
     adapter_is_mergeable,
     autocast,
@@ -186,18 +188,47 @@ class Inputs:
     sft_examples: list[copying.SFTExample]
     sft_rejected: int = 0
     sft_prompts: list[list[Message]] = field(default_factory=list)  # for the forgetting forecast
+    suites: list[str] = field(default_factory=list)  # the built-in probe suites used
+    sources: dict[str, Any] = field(default_factory=dict)  # input -> the file(s) it was read from (the report's)
 
 
 def read_inputs(cfg: AuditConfig) -> Inputs:
-    """Read prompts, corpora, benchmarks, eval set and SFT data (bad input fails here, fast)."""
-    messages = read_prompts(cfg.prompts)
-    if cfg.max_prompts is not None:
-        messages = messages[: cfg.max_prompts]
-    references = {n: read_texts(p) for n, p in zip(_stem_names(cfg.reference), cfg.reference)}
-    benchmarks = {n: forgetting.read_multiple_choice(p) for n, p in zip(_stem_names(cfg.benchmark), cfg.benchmark)}
-    eval_items = read_eval_set(cfg.eval_set) if cfg.eval_set else []
+    """Read prompts, corpora, benchmarks, eval set and SFT data (bad input fails here, fast).
+
+    The built-in probe suites (:mod:`sftlab.audit.suites`) fill what the user's files leave open: the chat
+    suite's first ``suite_items.chat_prompts`` items are the prompts and the eval set unless ``prompts`` /
+    ``eval_set`` is given; text and knowledge suites add their first ``suite_items`` paragraphs / items to the
+    user's corpora and benchmarks.
+    """
+    gave_files = bool(cfg.prompts or cfg.eval_set or cfg.reference or cfg.benchmark)
+    chosen = suites.selected_suites(cfg.suites, gave_files)
+    shipped = suites.suite_files(chosen)
+    n = cfg.suite_items
+    prompts_file = cfg.prompts or (str(shipped.prompts) if shipped.prompts else None)
+    if prompts_file is None:
+        raise UserError("the audit samples answers to prompts: give --prompts FILE, or choose the chat suite "
+                        "(--suite chat,...), or leave out --suite and the data files to run the default suites")
+    messages = read_prompts(prompts_file)
+    limit = cfg.max_prompts if cfg.max_prompts is not None else (None if cfg.prompts else n.chat_prompts)
+    messages = messages[:limit] if limit is not None else messages
+    ref_files = [*cfg.reference, *map(str, shipped.references)]
+    bench_files = [*cfg.benchmark, *map(str, shipped.benchmarks)]
+    user_refs, user_benches = set(cfg.reference), set(cfg.benchmark)
+    references = {name: read_texts(p) if p in user_refs else read_texts(p)[: n.text_paragraphs]
+                  for name, p in zip(_stem_names(ref_files), ref_files)}
+    benchmarks = {name: forgetting.read_multiple_choice(p) if p in user_benches
+                  else forgetting.read_multiple_choice(p)[: n.knowledge_items]
+                  for name, p in zip(_stem_names(bench_files), bench_files)}
+    eval_file = cfg.eval_set or (str(shipped.prompts) if shipped.prompts else None)
+    eval_items = read_eval_set(eval_file) if eval_file else []
+    if not cfg.eval_set:
+        # The chat suite's eval items are its prompts: the same turns, so their greedy answers come from the cache.
+        eval_items = eval_items[: cfg.max_prompts or n.chat_prompts]
     sft, rejected = read_sft_examples(cfg.sft_data) if cfg.sft_data else ([], 0)
-    inputs = Inputs(messages, references, benchmarks, eval_items, sft, rejected)
+    sources = {"prompts": prompts_file, "eval_set": eval_file, "reference": ref_files, "benchmark": bench_files,
+               "sft_data": cfg.sft_data}
+    inputs = Inputs(messages, references, benchmarks, eval_items, sft, rejected,
+                    suites=[s.name for s in chosen], sources=sources)
     if cfg.sft_data and cfg.forecast_prompts:
         inputs.sft_prompts = read_sft_prompts(cfg.sft_data, cfg.forecast_prompts, cfg.sampling.seed)
     return inputs
@@ -452,7 +483,7 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
                         console=console)
     with progress:
         bars = _Progress(progress)
-        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, Path(cfg.cache_dir) if cfg.cache_dir else out / "cache")
+        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, audit_cache_dir(cfg))
         model_s = time.perf_counter() - started
         embedded = time.perf_counter()
         embeddings = {name: [embedder.embed(t) for t in run.samples] for name, run in runs.items()} if embedder else None
@@ -491,10 +522,23 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
             "seconds": round(time.perf_counter() - started, 2),
             "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
             "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),
-            "greedy_tokens": tokens}
+            "greedy_tokens": tokens, "suites": inputs.suites, "inputs": inputs.sources}
     write_reports(out, sections, ctx, colors, meta, shifts, base_tok)
     console.print(f"[bold]audit report[/bold]: {out / 'report.html'}")
     return out / "report.html"
+
+
+def audit_cache_dir(cfg: AuditConfig) -> Path:
+    """Where every model's samples and scores are cached: ``cfg.cache_dir``, else ``$SFTLAB_AUDIT_CACHE``, else
+    ``<cache root>/audit`` (``$SFTLAB_CACHE/audit`` or ``~/.cache/sftlab/audit``).
+
+    Outside ``out``, so the next audit of another fine-tune of the same base reads the base's samples, perplexity
+    and benchmark scores back instead of recomputing them (entries are keyed by the model's files, the inputs
+    and the settings, so sharing is safe).
+    """
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    return Path(os.environ["SFTLAB_AUDIT_CACHE"]) if os.environ.get("SFTLAB_AUDIT_CACHE") else cache_root() / "audit"
 
 
 def style_data_of(cfg: AuditConfig, inputs: Inputs, runs: dict[str, ModelRun],
@@ -580,6 +624,7 @@ def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors:
     s = ctx.cfg.sampling
     subtitle = (f"{len(ctx.messages)} prompts · K={s.num_samples} samples at temperature {s.temperature}, "
                 f"top-p {s.top_p}, top-k {s.top_k or 'off'}, up to {s.max_new_tokens} new tokens · seed {s.seed}")
+    subtitle += inputs_line(meta.get("suites", []), meta.get("inputs", {}))
     findings = [f for sec in sections for f in sec.findings]
     config = ctx.cfg.model_dump(mode="json")
     (out / "plots").mkdir(exist_ok=True)
@@ -596,6 +641,16 @@ def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors:
     (out / "token_view.html").write_text(
         token_view_page("Token shift under the base model", {m: (displayed, sh) for m, sh in shifts.items()}, tok),
         encoding="utf-8")
+
+
+def inputs_line(suite_names: Sequence[str], sources: Mapping[str, Any]) -> str:
+    """`` · suites: chat, text · files: prompts a.jsonl, ...``: what the audit read, for the report's subtitle."""
+    parts = []
+    for key, value in sources.items():
+        for path in ([value] if isinstance(value, str) else value or []):
+            parts.append(f"{key} {path}")
+    return (f" · suites: {', '.join(suite_names) or 'none'}" if suite_names is not None else "") + \
+        (f" · files: {'; '.join(parts)}" if parts else "")
 
 
 def _version() -> str:
