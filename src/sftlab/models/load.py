@@ -111,14 +111,14 @@ def _hub_error(name_or_path: str, exc: Exception) -> UserError:
     )
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model dir, tokenizer dir, adapter dir (its base's), built-in name, .gguf file or hub
-    id; a pad token is ensured."""
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, base: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model dir, tokenizer dir, adapter dir (its own, else its base's: ``base`` when given,
+    else the one its adapter_config.json records), built-in name, .gguf file or hub id; a pad token is ensured."""
     name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path, tokenizer_only=True)
     source = name_or_path
     if is_adapter_dir(name_or_path) and not (Path(name_or_path) / "tokenizer_config.json").is_file():
-        source = adapter_base_path(name_or_path)
+        source = resolve_model_source(base or adapter_base_path(name_or_path))
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -243,6 +243,15 @@ def dropout_overrides(config: PretrainedConfig, p: float) -> dict[str, float]:
     }
 
 
+def adapter_mismatch(adapter_dir: str, base: str, exc: Exception) -> UserError:
+    """The UserError for an adapter PEFT could not put on ``base`` (other architecture, other shapes)."""
+    detail = " ".join(str(exc).split())
+    detail = detail if len(detail) <= 300 else detail[:300] + "..."
+    return UserError(f"{adapter_dir}: this PEFT adapter does not fit the base model {base} ({type(exc).__name__}: "
+                     f"{detail}). Its adapter_config.json records {adapter_base_path(adapter_dir)!r} as its base; "
+                     "pass that model (or a local copy of it) as the base")
+
+
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = "auto",
@@ -251,6 +260,7 @@ def load_model(
     merge_adapter: bool = False,
     dropout: float | None = None,
     attn_implementation: str | None = None,
+    base: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM (or base + PEFT adapter) from safetensors weights, in eval mode on ``device``.
 
@@ -259,11 +269,13 @@ def load_model(
     ``attn_implementation`` picks the attention kernel (None: transformers' default).
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
     ``dtype: auto`` loads bf16 weights on a GPU that has bf16 and fp32 weights elsewhere.
+    ``base`` puts an adapter on that model instead of the one its ``adapter_config.json`` records (which is often
+    a hub id, unreachable offline); an adapter that does not fit it is a UserError.
     """
     name_or_path = resolve_model_source(name_or_path)
     _check_source(name_or_path)
     adapter = is_adapter_dir(name_or_path)
-    base_source = resolve_model_source(adapter_base_path(name_or_path)) if adapter else name_or_path
+    base_source = resolve_model_source(base or adapter_base_path(name_or_path)) if adapter else name_or_path
     if adapter:
         _check_source(base_source)
     try:
@@ -284,8 +296,11 @@ def load_model(
     if adapter:
         from peft import PeftModel
 
-        with peft_gc_probe_quiet():
-            model = PeftModel.from_pretrained(model, name_or_path)
+        try:
+            with peft_gc_probe_quiet():
+                model = PeftModel.from_pretrained(model, name_or_path)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise adapter_mismatch(name_or_path, base_source, exc) from None
         if merge_adapter:
             model = model.merge_and_unload()
     return model.to(device).eval()

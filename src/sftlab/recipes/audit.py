@@ -59,7 +59,9 @@ from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prom
 from sftlab.errors import UserError
 from sftlab.models.builtin import resolve_model_source
 from sftlab.models.gguf import cache_root
+from sftlab.models.adapter_fit import check_adapter_fits
 from sftlab.models.load import (
+    adapter_base_path,
     adapter_is_mergeable,
     autocast,
     context_limit,
@@ -387,6 +389,38 @@ def _release_gpu_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def check_model_dir(path: str) -> None:
+    """A UserError for a local dir that is neither a model (config.json) nor a PEFT adapter (adapter_config.json),
+    pointing at its checkpoint-N dirs when it is a trainer's output dir."""
+    p = Path(path)
+    if not p.is_dir() or (p / "config.json").is_file() or is_adapter_dir(p):
+        return
+    checkpoints = sorted((c for c in p.glob("checkpoint-*") if c.name.removeprefix("checkpoint-").isdigit()),
+                         key=lambda c: int(c.name.removeprefix("checkpoint-")))
+    hint = (f" It holds a trainer's checkpoints: pass one of them, e.g. the last, {checkpoints[-1]}"
+            if checkpoints else "")
+    raise UserError(f"{path} is neither a model dir (no config.json) nor a PEFT adapter dir (no "
+                    f"adapter_config.json), so there is nothing to audit in it.{hint}")
+
+
+def template_notes(cfg: AuditConfig, models: Mapping[str, str], base_tok: PreTrainedTokenizerBase) -> dict[str, str]:
+    """tuned model -> a note, for each whose chat template differs from the base's (a trainer may save its own).
+    An adapter that does not fit the base is a UserError here, before any model runs.
+
+    Each model is prompted through its own tokenizer's template, as it was trained to be read; the note says so.
+    """
+    notes = {}
+    for name, path in list(models.items())[1:]:
+        check_model_dir(path)
+        if is_adapter_dir(path):  # an adapter made for another model fails now, not after the base has run
+            check_adapter_fits(path, cfg.base, load_config(cfg.base, cfg.trust_remote_code), adapter_base_path(path))
+        tok = load_tokenizer(path, cfg.trust_remote_code, base=cfg.base)
+        if getattr(tok, "chat_template", None) != getattr(base_tok, "chat_template", None):
+            notes[name] = (f"{name}: its chat template differs from the base's; each model is prompted with its "
+                           "own template")
+    return notes
+
+
 def audit_precision(cfg: AuditConfig, device: str) -> torch.dtype:
     """The compute dtype of the audit: ``cfg.dtype``, with ``auto`` decided for the base model on ``device``
     (:func:`sftlab.models.load.resolve_dtype`: bf16 on a bf16 GPU, or on a CPU with bf16 units for a wide
@@ -410,7 +444,7 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
     def load(path: str, merge_adapter: bool = False) -> torch.nn.Module:
         """A model in the audit's precision; dithered in fp32 first, then cast (exactly) when so asked."""
         model = load_model(path, torch.float32 if dithered else weights, device, cfg.trust_remote_code,
-                           merge_adapter=merge_adapter)
+                           merge_adapter=merge_adapter, base=cfg.base)
         if dithered:
             dither_in_place(model)
             model.to(weights)
@@ -425,15 +459,17 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
         runs[base] = run_model(base_model, base_tok, base, cfg.base, inputs, cfg, bars, cache_dir, base_limit, tag)
     for name in tuned:
         path = models[name]
-        tok = load_tokenizer(path, cfg.trust_remote_code)
+        tok = load_tokenizer(path, cfg.trust_remote_code, base=cfg.base)
         _check_vocab(base_tok, tok, path)
+        # An adapter runs on the audit's base (not necessarily the one it records): that base joins its cache key.
+        model_tag = tag + (f"@{model_fingerprint(cfg.base)}" if is_adapter_dir(path) else "")
         # A LoRA-style adapter is folded into its weights: the same function, and generation no longer pays
         # for the adapter's extra matmuls at every step (the real demo's LoRA audit sampled 1.4x slower).
         merge = is_adapter_dir(path) and adapter_is_mergeable(path)
         model = load(path, merge_adapter=merge)
         limit = context_limit(model, base_limit)
         with autocast(amp, device):
-            runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit, tag)
+            runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit, model_tag)
             answers = run.greedy_ids if cfg.shift_answers == "greedy" else run.first_sample_ids
             shifts[name] = shift.score_shift(
                 model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
@@ -441,7 +477,7 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
                 bars.step(f"{name}: shift under the base", len(answers)))
             if inputs.sft_prompts:
                 run.forecast_kl = forecast_run(cfg, inputs.sft_prompts, model, tok, base_model, base_tok, name, path,
-                                               bars, cache_dir, limit, tag)
+                                               bars, cache_dir, limit, model_tag)
         del model
         _release_gpu_memory(device)
     del base_model
@@ -474,6 +510,9 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
                       f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")
     base = next(iter(models))
     base_tok = load_tokenizer(cfg.base, cfg.trust_remote_code)
+    templates = template_notes(cfg, models, base_tok)
+    for note in templates.values():
+        console.print(f"[yellow]{note}[/yellow]")
     loading = time.perf_counter()
     embedding_path = resolve_embedding_model(cfg.embedding_model)
     embedder = Embedder(embedding_path, device) if embedding_path else None
@@ -522,7 +561,8 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
             "seconds": round(time.perf_counter() - started, 2),
             "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
             "style_seconds": round(style_s, 2), "prompts": len(inputs.messages),
-            "greedy_tokens": tokens, "suites": inputs.suites, "inputs": inputs.sources}
+            "greedy_tokens": tokens, "suites": inputs.suites, "inputs": inputs.sources,
+            "chat_templates": templates}
     write_reports(out, sections, ctx, colors, meta, shifts, base_tok)
     console.print(f"[bold]audit report[/bold]: {out / 'report.html'}")
     return out / "report.html"
@@ -625,6 +665,7 @@ def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors:
     subtitle = (f"{len(ctx.messages)} prompts · K={s.num_samples} samples at temperature {s.temperature}, "
                 f"top-p {s.top_p}, top-k {s.top_k or 'off'}, up to {s.max_new_tokens} new tokens · seed {s.seed}")
     subtitle += inputs_line(meta.get("suites", []), meta.get("inputs", {}))
+    subtitle += "".join(f" · {note}" for note in meta.get("chat_templates", {}).values())
     findings = [f for sec in sections for f in sec.findings]
     config = ctx.cfg.model_dump(mode="json")
     (out / "plots").mkdir(exist_ok=True)
