@@ -21,9 +21,11 @@ def chat_records(shared: Path, n: int) -> list[dict]:
 
 
 def train_with_trl(base_dir: str, out: Path, records: list[dict], lora: bool, steps: int = 4,
-                   callbacks: Sequence[object] = (), save_steps: int | None = None, lr: float | None = None):
+                   callbacks: Sequence[object] = (), save_steps: int | None = None, lr: float | None = None,
+                   attach: object | None = None):
     """Train ``base_dir`` with ``trl.SFTTrainer`` for ``steps`` steps (batch 2, rows of at most 64 tokens), save
-    with ``trainer.save_model(out)``; returns the trainer. A LoRA run saves an adapter dir, a full run a model dir."""
+    with ``trainer.save_model(out)``; returns the trainer. A LoRA run saves an adapter dir, a full run a model dir.
+    ``attach``: a callback with an ``attach(trainer)`` method (sftlab's AuditCallback), attached before training."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,6 +41,8 @@ def train_with_trl(base_dir: str, out: Path, records: list[dict], lora: bool, st
     peft_config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM") if lora else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records), processing_class=tok,
                          peft_config=peft_config, callbacks=list(callbacks))
+    if attach is not None:
+        attach.attach(trainer)  # type: ignore[attr-defined]
     trainer.train()
     trainer.save_model(str(out))
     return trainer

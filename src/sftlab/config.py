@@ -476,7 +476,7 @@ class SuiteItems(StrictModel):
     cores (docs/benchmarks.md); raise them for tighter intervals.
     """
 
-    chat_prompts: int = Field(24, ge=1, description="chat suite: prompts sampled (also its eval items for ROUGE-L)")
+    chat_prompts: int = Field(16, ge=1, description="chat suite: prompts sampled (also its eval items for ROUGE-L)")
     knowledge_items: int = Field(300, ge=1, description="knowledge suite: items of each benchmark (PIQA has 900)")
     text_paragraphs: int = Field(24, ge=1, description="text suite: paragraphs for perplexity (240 shipped)")
 
