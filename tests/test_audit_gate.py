@@ -13,8 +13,8 @@ from sftlab.audit.gate_values import gate_values, list_measures
 from sftlab.cli import main
 from sftlab.errors import UserError
 
-# A real audit's report.json (SmolLM2 against a TRL LoRA adapter and a TRL full fine-tune, a small suite, with
-# --sft-data), its per-sample lists trimmed: tests/data/README.md.
+# A real audit's report.json (a tiny base against a full fine-tune and a LoRA adapter, with SFT data, a corpus,
+# PIQA items and an eval set), its per-sample lists trimmed: written by tests/data/make_gate_report.py.
 REPORT = Path(__file__).parent / "data" / "gate_report.json"
 
 

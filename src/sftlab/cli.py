@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in probe suites, comma-separated. " + _suites_help() + ". Without --suite: the "
                         "default suites when no data file is given, none when one is. With --suite, files join "
                         "the suites: --prompts and --eval-set replace the chat suite's, --reference and "
-                        "--benchmark add to the text and knowledge suites'")
+                        "--benchmark add to the text and knowledge suites'. --sft-data never replaces a suite")
     p.add_argument("--prompts", help="prompts file (replaces the chat suite's prompts)")
     p.add_argument("--sft-data", dest="sft_data", help="the SFT set: pattern copying and the forgetting forecast")
     p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable; adds to the text suite)")

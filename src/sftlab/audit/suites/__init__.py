@@ -119,5 +119,7 @@ def suite_files(suites: Sequence[Suite]) -> SuiteFiles:
 
 def describe_suites() -> str:
     """One line per suite, for ``--help``."""
-    return "; ".join(f"{s.name}{'' if s.name not in DEFAULT_SUITES else ' (default)'}: {s.description}"
-                     for s in SUITES.values())
+    def tag(s: Suite) -> str:
+        return " (default)" if s.name in DEFAULT_SUITES else "" if s.wired else " (not in this build yet)"
+
+    return "; ".join(f"{s.name}{tag(s)}: {s.description}" for s in SUITES.values())
