@@ -11,7 +11,7 @@ import torch
 from sftlab.audit.gate_values import gate_values
 from sftlab.errors import UserError
 from sftlab.integrations import AuditCallback
-from sftlab.integrations.light_audit import LightAudit, LightAuditSettings
+from sftlab.integrations.light_audit import LightAuditSettings, audit_config
 from sftlab.models.builtin import resolve_model_source
 from sftlab.recipes.audit import run_audit
 from trl_runs import chat_records, train_with_trl
@@ -33,9 +33,7 @@ def test_logged_audit_equals_a_standalone_audit_of_the_checkpoint(tmp_path: Path
     assert callback.base_copy_bytes == 4 * n_params  # one frozen fp32 copy for full fine-tuning
 
     checkpoint = tmp_path / "full_run" / "checkpoint-2"
-    light = LightAudit.__new__(LightAudit)
-    light.settings = SETTINGS
-    cfg = light.audit_config(base, str(checkpoint), str(sft), out=str(tmp_path / "audit"))
+    cfg = audit_config(SETTINGS, base, str(checkpoint), str(sft), out=str(tmp_path / "audit"))
     report = json.loads((run_audit(cfg).parent / "report.json").read_text())
     standalone = gate_values(report)["checkpoint-2"]
     for name in ("style_capture", "adherence", "perplexity"):

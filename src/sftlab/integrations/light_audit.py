@@ -4,7 +4,7 @@ It is the audit's own pipeline on a small input, called on live models instead o
 first prompts (style capture, adherence), the text suite's first paragraphs (perplexity) and the SFT set's
 prompts (the forgetting forecast), through :func:`sftlab.recipes.audit.run_model`, ``forecast_run``,
 ``style_data_of`` and the same tables. So a value logged at step N equals what ``sftlab audit`` reports for the
-checkpoint saved at step N with the same settings (:meth:`LightAudit.audit_config`).
+checkpoint saved at step N with the same settings (:func:`audit_config`).
 
 The base's samples and perplexity are computed once; each audit samples the tuned model and scores the
 forecast along its answers, which needs both models at once.
@@ -48,6 +48,20 @@ class LightAuditSettings:
     embedding_model: str | None = "auto"
 
 
+def audit_config(settings: LightAuditSettings, base: str, tuned: str, sft_data: str | None,
+                 out: str = "runs/audit") -> AuditConfig:
+    """The ``sftlab audit`` config whose report gives the same figures as the light audit with ``settings``."""
+    s = settings
+    return build_config(AuditConfig, {
+        "base": base, "tuned": [tuned], "out": out, "suites": ["chat", "text"], "sft_data": sft_data,
+        "suite_items": {"chat_prompts": s.chat_prompts, "text_paragraphs": s.text_paragraphs},
+        "sampling": {"num_samples": s.num_samples, "max_new_tokens": s.max_new_tokens,
+                     "batch_size": s.batch_size, "seed": s.seed},
+        "forecast_prompts": s.forecast_prompts if sft_data else 0, "bootstrap_samples": s.bootstrap_samples,
+        "max_length": s.max_length, "dtype": "float32", "embedding_model": s.embedding_model or "none",
+    }, source="AuditCallback")
+
+
 class _NoBars:
     """The audit's progress interface, silent (training has its own bar)."""
 
@@ -63,7 +77,7 @@ class LightAudit:
         from sftlab.recipes.audit import read_inputs
 
         self.tok, self.settings, self.device = tokenizer, settings, device
-        self.cfg = self.audit_config("base", "tuned", sft_data)
+        self.cfg = audit_config(settings, "base", "tuned", sft_data)
         self.inputs = read_inputs(self.cfg)
         path = resolve_embedding_model(settings.embedding_model)
         self.embedder = Embedder(path, device) if path else None
@@ -71,18 +85,6 @@ class LightAudit:
         self.base_run: Any = None
         self.prompt_embeddings = (self.embedder.embed([m[-1].content for m in self.inputs.messages])
                                   if self.embedder else None)
-
-    def audit_config(self, base: str, tuned: str, sft_data: str | None, out: str = "runs/audit") -> AuditConfig:
-        """The ``sftlab audit`` config whose report gives the same figures as this light audit."""
-        s = self.settings
-        return build_config(AuditConfig, {
-            "base": base, "tuned": [tuned], "out": out, "suites": ["chat", "text"], "sft_data": sft_data,
-            "suite_items": {"chat_prompts": s.chat_prompts, "text_paragraphs": s.text_paragraphs},
-            "sampling": {"num_samples": s.num_samples, "max_new_tokens": s.max_new_tokens,
-                         "batch_size": s.batch_size, "seed": s.seed},
-            "forecast_prompts": s.forecast_prompts if sft_data else 0, "bootstrap_samples": s.bootstrap_samples,
-            "max_length": s.max_length, "dtype": "float32", "embedding_model": s.embedding_model or "none",
-        }, source="AuditCallback")
 
     def _run(self, model: torch.nn.Module, name: str, label: str) -> Any:
         from sftlab.recipes.audit import run_model
