@@ -46,12 +46,14 @@ VARIANTS = {"fp32": {"dtype": "float32"}, "bf16 nearest": {"dtype": "auto", "bf1
 def run(args: argparse.Namespace, work: Path, data_file: Path, variant: str) -> tuple[list[float], float, str]:
     """Train in ``variant``; the per-step losses, seconds per step, and the precision used."""
     from sftlab.config import TrainConfig
-    from sftlab.demo_real import FULL
+    from sftlab.recipes.demo_plan import builtin_plan
     from sftlab.recipes.train import finish_train, prepare_train
 
     out = work / variant.replace(" ", "_")
     if args.demo:
-        settings = {**FULL.train, "save_strategy": "no"}
+        # The real demo's train keys, less its data files (this script trains on its own).
+        settings = {k: v for k, v in builtin_plan(real=True, quick=False).train.items()
+                    if k not in ("train_file", "eval_file")} | {"save_strategy": "no"}
     else:
         settings = {"max_length": args.seq, "per_device_train_batch_size": args.batch, "max_steps": args.steps,
                     "learning_rate": args.lr, "logging_steps": 1, "save_strategy": "no"}
@@ -74,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="sftlab-bf16-"))
     if args.demo:
-        from sftlab.demo_real import data_dir
+        from sftlab.recipes.demo_real import data_dir
 
         data_file = data_dir() / "shakespeare_train.jsonl"
     else:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +101,18 @@ def main() -> None:
     args = parse_args()
     set_offline()  # before transformers loads: nothing is downloaded
     from sftlab.config import SweepConfig, build_config
-    from sftlab.demo import select_strategies
-    from sftlab.demo_real import ALL_STRATEGIES, FULL, scene_style_section, sweep_config
-    from sftlab.sweep import run_sweep
+    from sftlab.recipes.demo import placeholder_values, sweep_data
+    from sftlab.recipes.demo_plan import builtin_plan, select_strategies
+    from sftlab.recipes.demo_real import scene_style_section
+    from sftlab.recipes.sweep import run_sweep
+
+    plan = builtin_plan(real=True, quick=False)
 
     def sweep(out: Path, train: dict[str, Any], audit: dict[str, Any]) -> Path:
         """The strategy through the real demo's sweep into ``out``, with these train and audit keys; its run dir."""
-        cfg = sweep_config(replace(FULL, strategies=select_strategies(ALL_STRATEGIES, args.strategy)), out)
-        data = cfg.model_dump(mode="json", by_alias=True, exclude_unset=True)
-        data["train"] = {**cfg.train, **train}
-        data["audit"] = {**cfg.audit, **audit}
+        data = sweep_data(plan, select_strategies(plan.strategies, args.strategy), out, placeholder_values(plan, out))
+        data["train"] = {**data["train"], **train}
+        data["audit"] = {**data["audit"], **audit}
         run_sweep(build_config(SweepConfig, data, source="bf16_demo"), extra_sections=[scene_style_section()],
                   redo_stale=True)
         return out / "sweep" / "runs" / args.strategy / "seed0"

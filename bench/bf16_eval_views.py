@@ -24,7 +24,7 @@ def main() -> None:
     import torch
 
     from sftlab.config import TrainConfig
-    from sftlab.demo_real import data_dir
+    from sftlab.recipes.demo_real import data_dir
     from sftlab.recipes.train import prepare_train
     from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
 

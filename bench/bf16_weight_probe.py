@@ -30,11 +30,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from sftlab.config import TrainConfig
-    from sftlab.demo_real import FULL, data_dir
+    from sftlab.recipes.demo_plan import builtin_plan
+    from sftlab.recipes.demo_real import data_dir
     from sftlab.recipes.train import prepare_train
     from sftlab.train.weight_rounding import DitheredBf16, dithered_weights
 
-    settings = {k: v for k, v in FULL.train.items() if k in ("max_length", "packing", "per_device_train_batch_size")}
+    settings = {k: v for k, v in builtin_plan(real=True, quick=False).train.items()
+                if k in ("max_length", "packing", "per_device_train_batch_size")}
     cfg = TrainConfig(model_name_or_path="smollm2-135m-instruct", output_dir=tempfile.mkdtemp(prefix="sftlab-probe-"),
                       train_file=[str(data_dir() / "shakespeare_train.jsonl")], dtype="float32", seed=0,
                       save_strategy="no", resume="never", **settings)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from common import reset_peak_rss, rss_mb  # first: it puts the process offline before any HF library loads
 
-from sftlab.train.losses import IGNORE_INDEX, SlicedCrossEntropy, rows_per_slice  # noqa: E402
+from sftlab.models.tokens import IGNORE_INDEX, rows_per_slice  # noqa: E402
+from sftlab.train.losses import SlicedCrossEntropy  # noqa: E402
 
 
 def torch_loss(logits: torch.Tensor, targets: torch.Tensor, denom: int) -> torch.Tensor:

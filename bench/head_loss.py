@@ -25,7 +25,8 @@ import time
 
 import torch
 
-from sftlab.train.losses import IGNORE_INDEX, SlicedCrossEntropy, cross_entropy
+from sftlab.models.tokens import IGNORE_INDEX
+from sftlab.train.losses import SlicedCrossEntropy, cross_entropy
 
 
 def peer(head: torch.nn.Linear, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ Contenders (remedy settings are typical values; the step cost hardly depends on 
   kl full         + KL-to-base on responses, a frozen copy of the base as the reference
   gem             loss: gem (beta 0.7)
   dft             loss: dft (DFT, Wu et al. 2025)
+  eaft            loss: eaft (EAFT, Diao et al. 2026: top-20 entropy weight, alpha 1)
+  tofu            loss: tofu (TOFU, Klypa & Cherednichenko 2026: gamma 3, beta 0.8)
   asft            preset: asft (DFT + KL-to-base on responses, forward, beta 0.1; a frozen base copy)
   replay          + replay, 20% of trained tokens from plain text (more tokens are trained per step)
   lora            LoRA r 8 on every attention and MLP matrix, no adapter dropout (the default; the
@@ -31,7 +33,7 @@ Step ratios under a loaded machine carry a few percent of noise, more than some 
 the script also times each remedy's own added work in isolation on one real batch (median of many
 repetitions, same process): the NEFTune noise, the L2-SP and EWC penalties with their backward, the
 KL-to-base penalty (base forward, two log-softmaxes, KL and its gradient to the logits; the network's
-backward is shared with the task loss), and GEM and DFT against cross-entropy; each as a share of the
+backward is shared with the task loss), and GEM, DFT, EAFT and TOFU against cross-entropy; each as a share of the
 plain full fine-tuning step.
 
 Memory: the bytes of tensors each trainer holds, split into the model (weights and buffers), the
@@ -89,6 +91,8 @@ def contenders(setup: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "kl full": kl,
         "gem": {"loss": "gem"},
         "dft": {"loss": "dft"},
+        "eaft": {"loss": "eaft"},
+        "tofu": {"loss": "tofu"},
         "asft": {"preset": "asft"},
         "replay": {"replay": {"corpus": str(setup["text"]), "ratio": 0.2}},
         "lora": lora,
@@ -247,7 +251,7 @@ def component_costs(setup: dict[str, Any], args: argparse.Namespace, reps: int =
     """ms per step of each remedy's own added work, timed alone on one real training batch."""
     import torch
 
-    from sftlab.train.losses import cross_entropy, dft_loss, gem_loss
+    from sftlab.train.losses import cross_entropy, dft_loss, eaft_loss, gem_loss, tofu_loss
     from sftlab.train.neftune import attach_neftune
     from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY
     from sftlab.train.trainer import scored_positions_only
@@ -298,6 +302,8 @@ def component_costs(setup: dict[str, Any], args: argparse.Namespace, reps: int =
     costs["gem"] = gem - ce
     dft = _median_ms(lambda: torch.autograd.grad(dft_loss(logits, gathered_labels), logits), reps)
     costs["dft"] = dft - ce
+    for name, loss in (("eaft", eaft_loss), ("tofu", tofu_loss)):
+        costs[name] = _median_ms(lambda loss=loss: torch.autograd.grad(loss(logits, gathered_labels), logits), reps) - ce
     return costs
 
 

@@ -154,7 +154,7 @@ def main() -> None:
     from sftlab.config import SweepConfig, load_config
     from sftlab.models.builtin import resolve_model_source
     from sftlab.offline import set_offline
-    from sftlab.sweep import run_sweep
+    from sftlab.recipes.sweep import run_sweep
 
     set_offline()
     cfg = load_config(SweepConfig, args.config, args.overrides)

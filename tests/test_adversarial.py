@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from transformers import AutoModelForCausalLM
 
-from sftlab.config import AdversarialSettings, TrainConfig
+from sftlab.config import TrainConfig
+from sftlab.train.remedies.adversarial import AdversarialSettings
 from sftlab.recipes.train import prepare_train
 from sftlab.train.adversarial import FreeLB, SmartSmoothness, symmetric_kl
 from sftlab.train.losses import cross_entropy

@@ -16,8 +16,8 @@ from sftlab.audit.forecast import AnswerKL, score_forecast, scored_continuation,
 from sftlab.audit.stats import bootstrap_ratio_ci
 from sftlab.config import AuditConfig, build_config
 from sftlab.recipes.audit import forecast_samples_per_prompt, read_sft_prompts, run_audit
-from sftlab.sweep import aggregate, row_from_report
-from sftlab.sweep_forecast import forecast_correlations, forecast_section, spearman, verdict
+from sftlab.recipes.sweep import aggregate, row_from_report
+from sftlab.recipes.sweep_forecast import forecast_correlations, forecast_section, spearman, verdict
 
 from conftest import make_tiny_model_dir
 

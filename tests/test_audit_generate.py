@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from transformers import GenerationMixin
 
-from sftlab.audit.generate import generate, model_fingerprint
 from sftlab.config import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
+from sftlab.models.generate import generate
 from sftlab.models.load import load_model
+from sftlab.models.reference import model_fingerprint
 
 PROMPTS = ["Write a poem about the sea.", "Hi", "List three colours, please, in order of preference.", "Why?"]
 
@@ -83,3 +85,21 @@ def test_fingerprint_follows_the_weights(tiny_model_dir, tiny_tokenizer, tmp_pat
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # rewritten weights
     assert model_fingerprint(str(d)) != before
     assert model_fingerprint(str(tiny_model_dir)) != model_fingerprint(str(d))
+
+
+def test_a_converted_gguf_is_identified_by_its_files_sha256_wherever_its_cache_lies(tmp_path) -> None:
+    from sftlab.models.gguf import SOURCE_FILE
+
+    def converted(where: Path, sha: str) -> str:
+        where.mkdir(parents=True)
+        (where / "model.safetensors").write_bytes(b"w")
+        (where / SOURCE_FILE).write_text(json.dumps({"sha256": sha}))
+        return str(where)
+
+    first = converted(tmp_path / "cache_a" / "converted" / "m-abc", "abc123")
+    moved = converted(tmp_path / "cache_b" / "converted" / "m-abc", "abc123")
+    other = converted(tmp_path / "cache_b" / "converted" / "m-def", "def456")
+    assert model_fingerprint(first) == model_fingerprint(moved) != model_fingerprint(other)
+    # Without the conversion record a dir is identified by its path and files, as any trained model dir.
+    (Path(moved) / SOURCE_FILE).unlink()
+    assert model_fingerprint(moved) != model_fingerprint(first)

@@ -73,10 +73,10 @@ def test_continuation_logprobs_are_the_log_softmax_at_each_chosen_token(tiny_lla
 
 @pytest.mark.parametrize("rows", [0, 1, SLICE_ROWS, 2 * SLICE_ROWS + 13])
 def test_in_row_slices_gives_the_one_call_result(rows: int, monkeypatch) -> None:
-    from sftlab.train import losses
+    from sftlab.models import tokens as token_constants
 
-    monkeypatch.setattr(losses, "SLICE_ELEMENTS", SLICE_ROWS * 300)
-    assert losses.rows_per_slice(300) == SLICE_ROWS
+    monkeypatch.setattr(token_constants, "SLICE_ELEMENTS", SLICE_ROWS * 300)
+    assert token_constants.rows_per_slice(300) == SLICE_ROWS
     gen = torch.Generator().manual_seed(rows)
     tuned, base = torch.randn(rows, 300, generator=gen) * 4, torch.randn(rows, 300, generator=gen) * 4
     tokens = torch.randint(0, 300, (rows,), generator=gen)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.config import AugmentSettings, EdaSettings
+from sftlab.train.remedies.augment import AugmentSettings, EdaSettings
 from sftlab.data.augment import augment_record, random_deletion, random_insertion, random_swap
 from sftlab.data.dataset import SFTDataset
 from sftlab.data.readers import read_records
 from sftlab.data.records import Message, Origin, Record
-from sftlab.data.tokenize import FORMATS, IGNORE_INDEX
+from sftlab.data.tokenize import FORMATS
 from sftlab.errors import UserError
+from sftlab.models.tokens import IGNORE_INDEX
 
 TEXT = "Write a short poem\nabout the  sea and the sky at night"
 

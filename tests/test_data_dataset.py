@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.config import AugmentSettings, EdaSettings, TrainConfig
+from sftlab.config import TrainConfig
+from sftlab.train.remedies.augment import AugmentSettings, EdaSettings
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
 from sftlab.data.readers import read_records
-from sftlab.data.tokenize import IGNORE_INDEX
+from sftlab.models.tokens import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

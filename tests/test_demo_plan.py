@@ -1,70 +1,147 @@
-"""The demos' plans: ``--strategies`` picks a subset, and every strategy of both full plans is a valid run."""
+"""The demos' plans: YAML files, ``--strategies`` picks a subset, every strategy of both plans is a valid run,
+placeholders are filled in on the parsed structure, and ``--plan`` refuses a bad file with exit 2."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
-from sftlab.demo import ALL_STRATEGIES as WORLD_ALL
-from sftlab.demo import FULL_STRATEGIES, select_strategies
-from sftlab.demo import NEWER_REMEDIES as WORLD_NEWER
-from sftlab.demo_real import ALL_STRATEGIES, FULL, NEWER_REMEDIES, distilled_path, sweep_config
+from sftlab.cli import main
+from sftlab.config import SweepConfig, build_config
 from sftlab.errors import UserError
-from sftlab.sweep import RunSpec, train_config
+from sftlab.recipes.demo import placeholder_values, sweep_data
+from sftlab.recipes.demo_plan import (
+    BUILTIN_PLANS,
+    builtin_plan,
+    fill,
+    load_plan,
+    plan_path,
+    plan_strategies,
+    select_strategies,
+)
+from sftlab.recipes.sweep import RunSpec, train_config
+
+WORLD = builtin_plan(real=False, quick=False)
+REAL = builtin_plan(real=True, quick=False)
+
+
+def _config(plan, out: Path, strategies: str | None = None) -> SweepConfig:
+    chosen = plan_strategies(plan, strategies)
+    return build_config(SweepConfig, sweep_data(plan, chosen, out, placeholder_values(plan, out)))
+
+
+def test_every_builtin_plan_is_a_file_in_the_package_and_loads() -> None:
+    for name in BUILTIN_PLANS:
+        assert plan_path(name).is_file() and load_plan(plan_path(name)).strategies
+    # The package data ships them (an installed wheel has no other copy).
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"recipes/plans/*.yaml"' in pyproject
 
 
 def test_strategies_named_are_kept_in_the_plans_order() -> None:
-    chosen = select_strategies(FULL_STRATEGIES, "wise0.5, full ,gem")
+    chosen = select_strategies(WORLD.strategies, "wise0.5, full ,gem")
     assert [s["name"] for s in chosen] == ["full", "gem", "wise0.5"]
-    # The world demo's default keeps to its budget; the newer remedies are there for --strategies.
-    assert not {s["name"] for s in WORLD_NEWER} & {s["name"] for s in FULL_STRATEGIES}
-    assert [s["name"] for s in select_strategies(WORLD_ALL, "dft,asft")] == ["dft", "asft"]
-    assert select_strategies(FULL_STRATEGIES, None) is FULL_STRATEGIES
-    assert select_strategies(FULL_STRATEGIES, "all") is FULL_STRATEGIES
+    # The default keeps to the budget; the newer remedies are there for --strategies.
+    defaults = [s["name"] for s in plan_strategies(WORLD, None)]
+    assert defaults == ["full", "lora", "full+neftune5", "full+replay0.2", "full+ewc", "full+kl", "gem", "wise0.5"]
+    assert [s["name"] for s in plan_strategies(WORLD, "dft,asft")] == ["dft", "asft"]
+    assert len(plan_strategies(WORLD, "all")) == len(WORLD.strategies) == 12
+    assert [s["name"] for s in plan_strategies(builtin_plan(real=False, quick=True), None)] == ["full", "wise0.5"]
 
 
 def test_an_unknown_strategy_is_refused_with_the_known_ones() -> None:
     with pytest.raises(UserError, match=r"no strategy nope in this demo; it has full, lora"):
-        select_strategies(FULL_STRATEGIES, "full,nope")
+        select_strategies(WORLD.strategies, "full,nope")
 
 
 def test_an_interpolation_needs_its_source() -> None:
     with pytest.raises(UserError, match="wise0.5 interpolates full; name full too"):
-        select_strategies(FULL_STRATEGIES, "wise0.5")
+        select_strategies(WORLD.strategies, "wise0.5")
 
 
 def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> None:
-    # The default plan keeps to the budget; the newer remedies are there for --strategies.
-    assert not {s["name"] for s in NEWER_REMEDIES} & {s["name"] for s in FULL.strategies}
-    cfg = sweep_config(replace(FULL, strategies=ALL_STRATEGIES), tmp_path)
+    assert [s["name"] for s in plan_strategies(REAL, None)] == ["full", "lora", "full+kl", "full+replay", "wise0.5"]
+    cfg = _config(REAL, tmp_path, "all")
     trained = {s.name: train_config(cfg, RunSpec(s, 0, tmp_path / s.name)) for s in cfg.strategies
                if s.interpolate is None}
     assert trained["dft"].loss == "dft" and trained["dft"].kl_to_base is None
     # ASFT is DFT plus a KL anchor, nothing else.
     assert trained["asft"].loss == "dft" and trained["asft"].kl_to_base is not None
     assert trained["full+self-replay"].replay is not None and trained["full+self-replay"].replay.source == "self"
-    assert trained["sdft"].train_file == [str(distilled_path(tmp_path))]
+    assert trained["sdft"].train_file == [str(tmp_path / "data" / "shakespeare_distilled.jsonl")]
+    # YAML 1.1 reads a bare `on` key as true: the plan quotes it, and the KL anchor keeps its setting.
+    assert trained["full+kl"].kl_to_base.on == "response"
 
 
-def test_world_sdft_trains_on_the_bases_own_rewrites(demo: Path, tmp_path: Path) -> None:
-    from sftlab.demo import FULL as WORLD_FULL
-    from sftlab.demo import distilled_path as world_distilled_path
-    from sftlab.demo import sweep_config as world_sweep_config
-
-    cfg = world_sweep_config(replace(WORLD_FULL, strategies=WORLD_ALL), tmp_path, demo / "world",
-                             demo / "base" / "model")
+def test_world_sdft_trains_on_the_bases_own_rewrites(tmp_path: Path) -> None:
+    cfg = _config(WORLD, tmp_path, "all")
     sdft = next(s for s in cfg.strategies if s.name == "sdft")
     # The rewrites live with the base that made them, so a rebuilt base drops them.
     assert train_config(cfg, RunSpec(sdft, 0, tmp_path / "sdft")).train_file == [
-        str(world_distilled_path(tmp_path / "base"))]
+        str(tmp_path / "base" / "narrow_distilled.jsonl")]
+    assert cfg.base_model == str(tmp_path / "base" / "model") and cfg.world == str(tmp_path / "world")
+
+
+def test_an_out_dir_with_quotes_and_braces_is_filled_in_as_it_is(tmp_path: Path) -> None:
+    # Replacing placeholders in JSON text broke on a quote; each string is filled in once, on the structure.
+    out = tmp_path / 'my "demo" {world} \\ dir'
+    cfg = _config(WORLD, out, "full,full+replay0.2,sdft")
+    replay = next(s for s in cfg.strategies if s.name == "full+replay0.2").train["replay"]
+    assert replay["corpus"] == f"{out}/world/corpus/train.jsonl"
+    sdft = next(s for s in cfg.strategies if s.name == "sdft")
+    assert sdft.train["train_file"] == f"{out}/base/narrow_distilled.jsonl"
+    assert fill({"a": ["{out}/x", 3]}, {"out": 'q"'}) == {"a": ['q"/x', 3]}
+
+
+def test_a_placeholder_the_plan_does_not_have_is_refused(tmp_path: Path) -> None:
+    # The real plan has no world step, so no {world}.
+    with pytest.raises(UserError, match=r"strategies\[0\].train.train_file: unknown placeholder \{world\}"):
+        fill([{"train": {"train_file": "{world}/x"}}], placeholder_values(REAL, tmp_path), "strategies")
+
+
+def _plan_file(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(plan_path("real_quick").read_text())
+    data.update(changes)
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"strategis": []}, "strategis"),
+    ({"sections": ["nope"]}, "sections"),
+    ({"default_strategies": ["full", "nope"]}, "no strategy nope"),
+    ({"sections": ["world"]}, "no world step"),
+    ({"strategies": [{"name": "a"}, {"name": "a"}]}, "a name of its own"),
+])
+def test_a_bad_plan_file_exits_2_with_one_paragraph(tmp_path: Path, capsys, changes, message) -> None:
+    path = _plan_file(tmp_path, **changes)
+    assert main(["demo", "--plan", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plan_file_that_is_missing_or_combined_with_real_is_refused(tmp_path: Path, capsys) -> None:
+    assert main(["demo", "--plan", str(tmp_path / "absent.yaml")]) == 2
+    assert "no plan file" in capsys.readouterr().err
+    assert main(["demo", "--real", "--plan", str(_plan_file(tmp_path))]) == 2
+    assert "drop --real" in capsys.readouterr().err
+
+
+def test_a_plan_whose_sweep_is_invalid_fails_before_any_step(tmp_path: Path, capsys) -> None:
+    path = _plan_file(tmp_path, train={"learning_rat": 0.1})
+    assert main(["demo", "--plan", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "learning_rat" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_distillation_runs_once_and_only_for_a_plan_that_needs_it(demo: Path, tmp_path: Path) -> None:
     from rich.console import Console
 
-    from sftlab.demo import ensure_distilled
+    from sftlab.recipes.demo import ensure_distilled
 
     records = (demo / "world" / "sft" / "narrow" / "train.jsonl").read_text().splitlines()[:4]
     train = tmp_path / "train.jsonl"
@@ -72,10 +149,10 @@ def test_the_distillation_runs_once_and_only_for_a_plan_that_needs_it(demo: Path
     out = tmp_path / "distilled.jsonl"
     sampling = {"num_samples": 1, "max_new_tokens": 8, "batch_size": 4}
     base = str(demo / "base" / "model")
-    ensure_distilled(FULL_STRATEGIES, base, train, out, sampling, Console(quiet=True))
+    ensure_distilled(plan_strategies(WORLD, None), base, train, out, sampling, Console(quiet=True))
     assert not out.exists()
-    ensure_distilled(WORLD_ALL, base, train, out, sampling, Console(quiet=True))
+    ensure_distilled(WORLD.strategies, base, train, out, sampling, Console(quiet=True))
     assert len(out.read_text().splitlines()) == 4
     written = out.stat().st_mtime_ns
-    ensure_distilled(WORLD_ALL, base, train, out, sampling, Console(quiet=True))
+    ensure_distilled(WORLD.strategies, base, train, out, sampling, Console(quiet=True))
     assert out.stat().st_mtime_ns == written

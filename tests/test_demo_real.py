@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sftlab.cli import main
-from sftlab.demo_real import INSTRUCTION, data_dir, scene_share
+from sftlab.recipes.demo_real import INSTRUCTION, data_dir, scene_share
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from sftlab.cli import main
+from sftlab.config import SamplingSettings
 from sftlab.data.distill import SDFT_SYSTEM, check_rewrite, distill_records, normalize_answer, rewrite_prompt
 from sftlab.data.records import Message, Origin, Record
 from sftlab.recipes.distill import run_distill, stats_path
-from sftlab.config import SamplingSettings
 
 
 def _pc(prompt: str, completion: str) -> Record:
@@ -200,7 +200,7 @@ def test_a_sweep_strategy_trains_on_a_distilled_set(tmp_path) -> None:
     """A strategy names the distilled file in its train overlay; the others keep the sweep's own set."""
     import yaml
 
-    from sftlab.sweep import load_sweep, plan, train_config
+    from sftlab.recipes.sweep import load_sweep, plan, train_config
 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from sftlab.config import TrainConfig
+from sftlab.models.tokens import IGNORE_INDEX
 from sftlab.recipes.train import finish_train, prepare_train
-from sftlab.train.losses import IGNORE_INDEX, cross_entropy, dft_loss, gem_loss
+from sftlab.train.losses import cross_entropy, dft_loss, gem_loss
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from sftlab.config import TrainConfig
-from sftlab.train.losses import IGNORE_INDEX, build_loss, cross_entropy, dft_loss, gem_loss
+from sftlab.models.tokens import IGNORE_INDEX
+from sftlab.train.losses import cross_entropy, dft_loss, gem_loss
+from sftlab.train.remedies.registry import build_loss
 
 # One target token: position 0 of a 2-position sequence predicts label[1] = 0 over a 3-token vocabulary.
 Z = [1.0, 2.0, 0.5]
@@ -255,13 +257,13 @@ def test_build_loss_picks_dft() -> None:
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_sliced_cross_entropy_has_torchs_value_and_gradient(smoothing: float, dtype: torch.dtype, monkeypatch) -> None:
-    from sftlab.train import losses
+    from sftlab.models import tokens as token_constants
 
     generator = torch.Generator().manual_seed(0)
     # Over three slices of 64 rows, the last one short, with ignored targets in every slice.
     vocab = 301
-    monkeypatch.setattr(losses, "SLICE_ELEMENTS", 64 * vocab)
-    assert losses.rows_per_slice(vocab) == 64 and losses.rows_per_slice(49152) == 1
+    monkeypatch.setattr(token_constants, "SLICE_ELEMENTS", 64 * vocab)
+    assert token_constants.rows_per_slice(vocab) == 64 and token_constants.rows_per_slice(49152) == 1
     rows = 2 * 64 + 17
     logits = (3 * torch.randn(1, rows + 1, vocab, generator=generator)).to(dtype).requires_grad_()
     labels = torch.randint(0, vocab, (1, rows + 1), generator=generator)
@@ -295,11 +297,11 @@ def test_sliced_cross_entropy_without_gradient_and_with_the_batchs_own_count() -
 
 
 def test_sliced_cross_entropy_reads_a_batch_of_rows_unshifted_with_slices_across_row_ends(monkeypatch) -> None:
-    from sftlab.train import losses
+    from sftlab.models import tokens as token_constants
 
     generator = torch.Generator().manual_seed(1)
     vocab = 301
-    monkeypatch.setattr(losses, "SLICE_ELEMENTS", 64 * vocab)
+    monkeypatch.setattr(token_constants, "SLICE_ELEMENTS", 64 * vocab)
     # 3 rows of 50 positions: the slices of 64 end inside rows, so each row's last position (which
     # predicts nothing) falls inside a slice.
     logits = (3 * torch.randn(3, 50, vocab, generator=generator)).requires_grad_()

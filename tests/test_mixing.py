@@ -14,7 +14,7 @@ from sftlab.config import TrainConfig
 from sftlab.data.dataset import build_train_dataset
 from sftlab.data.mixing import ReplayPool, replay_target_tokens
 from sftlab.data.readers import read_records, read_texts
-from sftlab.data.tokenize import IGNORE_INDEX
+from sftlab.models.tokens import IGNORE_INDEX
 
 
 def test_replay_target_tokens() -> None:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from sftlab.data.packing import SFTCollator, best_fit_decreasing, pack_examples, real_token_fraction
 from sftlab.data.records import Origin
-from sftlab.data.tokenize import IGNORE_INDEX, TokenizedExample, encode_records
+from sftlab.data.tokenize import TokenizedExample, encode_records
+from sftlab.models.tokens import IGNORE_INDEX
 
 
 def test_best_fit_decreasing_hand_case() -> None:

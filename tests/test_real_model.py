@@ -19,8 +19,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from sftlab.cli import main
 from sftlab.config import TrainConfig
 from sftlab.data.records import Message, Origin, Record
-from sftlab.data.tokenize import IGNORE_INDEX, encode_prompt, encode_record
+from sftlab.data.tokenize import encode_prompt, encode_record
 from sftlab.models.load import load_model, load_tokenizer
+from sftlab.models.tokens import IGNORE_INDEX
 from sftlab.recipes.train import finish_train, prepare_train
 from sftlab.train.adapters import apply_method, count_parameters, merge_adapter
 from sftlab.train.interpolate import interpolate_dirs

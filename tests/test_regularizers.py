@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,10 +20,11 @@ from sftlab.train.regularizers import (
     REPLAY_MASK_KEY,
     Anchor,
     KLToBase,
-    build_regularizers,
     diagonal_fisher,
     load_or_compute_fisher,
 )
+from sftlab.train.remedies.base import RemedyContext
+from sftlab.train.remedies.registry import attach_remedies
 
 NO_INPUTS: dict[str, torch.Tensor] = {}
 
@@ -238,9 +240,17 @@ def _cfg(tmp_path: Path, **extra) -> TrainConfig:
     return TrainConfig(model_name_or_path="m", train_file="t.jsonl", output_dir=str(tmp_path), **extra)
 
 
-def test_build_regularizers_from_config(tiny_model_dir: Path, tiny_tokenizer, tmp_path: Path) -> None:
+def _penalties(cfg: TrainConfig, model: torch.nn.Module, run_dir: Path, tokenizer) -> list:
+    """The penalties the remedies registry attaches for ``cfg`` (stage after_trainer), on a stand-in trainer."""
+    trainer = SimpleNamespace(model=model, regularizers=[], log_sources=[], adversary=None,
+                              is_deepspeed_enabled=False, add_callback=lambda callback: None)
+    attach_remedies(RemedyContext(cfg, tokenizer, run_dir, trainer=trainer), "after_trainer")
+    return trainer.regularizers
+
+
+def test_penalties_from_config(tiny_model_dir: Path, tiny_tokenizer, tmp_path: Path) -> None:
     model = _load(tiny_model_dir)
-    assert build_regularizers(_cfg(tmp_path), model, tmp_path, tiny_tokenizer) == []
+    assert _penalties(_cfg(tmp_path), model, tmp_path, tiny_tokenizer) == []
     corpus = tmp_path / "ref.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog.\n\nAnother reference paragraph here.\n")
     cfg = _cfg(
@@ -249,7 +259,7 @@ def test_build_regularizers_from_config(tiny_model_dir: Path, tiny_tokenizer, tm
         ewc={"lambda": 5.0, "fisher_corpus": str(corpus), "fisher_samples": 8},
         kl_to_base={"beta": 0.2, "direction": "reverse"},
     )
-    regs = build_regularizers(cfg, model, tmp_path, tiny_tokenizer)
+    regs = _penalties(cfg, model, tmp_path, tiny_tokenizer)
     assert [r.name for r in regs] == ["l2sp", "ewc", "kl_to_base"]
     assert regs[0].anchor is regs[1].anchor  # one copy of the starting weights
     assert (tmp_path / FISHER_FILE).is_file()
@@ -258,11 +268,9 @@ def test_build_regularizers_from_config(tiny_model_dir: Path, tiny_tokenizer, tm
         assert reg.penalty(model, inputs, model(**inputs)).item() == pytest.approx(0.0, abs=1e-6)
 
     with pytest.raises(UserError, match="replay"):
-        build_regularizers(_cfg(tmp_path, kl_to_base={"on": "replay"}), model, tmp_path, tiny_tokenizer)
+        _penalties(_cfg(tmp_path, kl_to_base={"on": "replay"}), model, tmp_path, tiny_tokenizer)
     with pytest.raises(UserError, match="fisher_corpus"):
-        build_regularizers(
-            _cfg(tmp_path, ewc={"fisher_corpus": str(tmp_path / "missing.txt")}), model, tmp_path, tiny_tokenizer
-        )
+        _penalties(_cfg(tmp_path, ewc={"fisher_corpus": str(tmp_path / "missing.txt")}), model, tmp_path, tiny_tokenizer)
 
 
 @pytest.mark.parametrize("on", ["response", "replay"])

@@ -267,8 +267,8 @@ def _sweep_page(root: Path, seeds: list[int]) -> Path:
     """A sweep's report over made-up rows (eight strategies, every column filled), as the sweep writes it."""
     import yaml
 
-    from sftlab.sweep import aggregate, load_sweep
-    from sftlab.sweep_report import write_sweep_report
+    from sftlab.recipes.sweep import aggregate, load_sweep
+    from sftlab.recipes.sweep_report import write_sweep_report
 
     names = ["full", "lora", "dora", "neftune", "replay", "kl", "gem", "wise0.5"]
     config = root / "sweep.yaml"

@@ -9,16 +9,17 @@ import pytest
 import yaml
 
 from sftlab.errors import UserError
-from sftlab.sweep import (
+from sftlab.recipes.sweep import (
     ROW_FILE,
     SETTINGS_FILE,
     aggregate,
     finished_row,
     load_sweep,
     plan,
+    resolve_base,
     run_settings,
 )
-from sftlab.sweep_table import COLUMNS, format_cell, pareto_front
+from sftlab.recipes.sweep_table import COLUMNS, format_cell, pareto_front
 
 
 def _sweep(tmp_path, **overrides):
@@ -77,39 +78,86 @@ def test_aggregate_mean_and_sample_std_over_seeds():
 
 
 def test_a_finished_run_is_skipped_only_when_its_settings_are_this_configs(tmp_path):
-    cfg = load_sweep(str(_sweep(tmp_path)))
+    cfg, base = resolve_base(load_sweep(str(_sweep(tmp_path))))
     full = plan(cfg)[0]
-    assert finished_row(cfg, full) is None
+    assert finished_row(cfg, full, base) is None
     full.run_dir.mkdir(parents=True)
-    (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full))
+    (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full, base))
     (full.run_dir / ROW_FILE).write_text(json.dumps({"strategy": "full", "seed": 0}))
-    assert finished_row(cfg, full)["strategy"] == "full"
+    assert finished_row(cfg, full, base)["strategy"] == "full"
     # Keys that cannot change a finished run's result (compiling, keeping checkpoints, logging) keep it done.
     same = load_sweep(str(_sweep(tmp_path, train={"train_file": "train.jsonl", "torch_compile": True,
                                                   "keep_checkpoints": False, "logging_steps": 3})))
-    assert finished_row(same, plan(same)[0])["strategy"] == "full"
+    assert finished_row(same, plan(same)[0], base)["strategy"] == "full"
     # The same run dir under a changed learning rate: its row no longer belongs to this sweep.
     changed = load_sweep(str(_sweep(tmp_path, train={"train_file": "train.jsonl", "learning_rate": 0.5})))
     with pytest.raises(UserError, match="other settings"):
-        finished_row(changed, plan(changed)[0])
+        finished_row(changed, plan(changed)[0], base)
     # A WiSE-FT mix of a changed source is stale too.
-    assert run_settings(changed, plan(changed)[1]) != run_settings(cfg, plan(cfg)[1])
+    assert run_settings(changed, plan(changed)[1], base) != run_settings(cfg, plan(cfg)[1], base)
     # The demo redoes such a run: its directory goes, and the run counts as not done.
-    assert finished_row(changed, plan(changed)[0], redo_stale=True) is None and not full.run_dir.exists()
+    assert finished_row(changed, plan(changed)[0], base, redo_stale=True) is None and not full.run_dir.exists()
 
 
 def test_a_base_retrained_in_place_makes_even_unfinished_runs_stale(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
     (base / "model.safetensors").write_bytes(b"weights v1")
-    cfg = load_sweep(str(_sweep(tmp_path, base_model=str(base))))
+    cfg, ref = resolve_base(load_sweep(str(_sweep(tmp_path, base_model=str(base)))))
     full = plan(cfg)[0]
     full.run_dir.mkdir(parents=True)
-    (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full))  # started, killed before its row
-    assert finished_row(cfg, full) is None  # not finished: it will resume
+    (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full, ref))  # started, killed before its row
+    assert finished_row(cfg, full, ref) is None  # not finished: it will resume
     (base / "model.safetensors").write_bytes(b"weights v2, retrained")
     with pytest.raises(UserError, match="other settings"):
-        finished_row(cfg, full)  # its checkpoints belong to the old base: no resume
+        finished_row(cfg, full, resolve_base(cfg)[1])  # its checkpoints belong to the old base: no resume
+
+
+def _converted_copy(cache: Path, gguf: Path, weights: bytes) -> Path:
+    """What a finished conversion of ``gguf`` leaves under the cache root ``cache``."""
+    from sftlab.models.gguf import SOURCE_FILE, converted_dir, file_sha256
+
+    sha = file_sha256(gguf)
+    out = converted_dir(gguf, sha)
+    assert out.is_relative_to(cache)
+    out.mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(weights)
+    (out / SOURCE_FILE).write_text(json.dumps({"source": str(gguf), "sha256": sha}))
+    return out
+
+
+@pytest.mark.parametrize("gguf_in_folder", [False, True])
+def test_the_same_gguf_base_converted_under_another_cache_root_keeps_finished_runs(tmp_path, monkeypatch,
+                                                                                  gguf_in_folder):
+    gguf = tmp_path / "models" / "base.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF stand-in: only its SHA-256 names the conversion")
+    where = {"base_model": str(gguf.parent), "gguf_file": gguf.name} if gguf_in_folder else {"base_model": str(gguf)}
+    loaded = load_sweep(str(_sweep(tmp_path, **where)))
+
+    monkeypatch.setenv("SFTLAB_CACHE", str(tmp_path / "cache_a"))
+    first = _converted_copy(tmp_path / "cache_a", gguf, b"weights")
+    cfg, base = resolve_base(loaded)
+    assert base.path == str(first)
+    full = plan(cfg)[0]
+    full.run_dir.mkdir(parents=True)
+    (full.run_dir / SETTINGS_FILE).write_text(run_settings(cfg, full, base))
+    (full.run_dir / ROW_FILE).write_text(json.dumps({"strategy": "full", "seed": 0}))
+
+    # Another cache root: another dir, written at another time, for the same file.
+    monkeypatch.setenv("SFTLAB_CACHE", str(tmp_path / "cache_b"))
+    second = _converted_copy(tmp_path / "cache_b", gguf, b"weights")
+    cfg_b, base_b = resolve_base(loaded)
+    assert base_b.path == str(second) != base.path
+    assert finished_row(cfg_b, plan(cfg_b)[0], base_b)["strategy"] == "full"
+
+    # Another GGUF file is another base: the run is stale.
+    gguf.write_bytes(b"another GGUF stand-in")
+    _converted_copy(tmp_path / "cache_b", gguf, b"other weights")
+    cfg_c, base_c = resolve_base(loaded)
+    with pytest.raises(UserError, match="other settings"):
+        finished_row(cfg_c, plan(cfg_c)[0], base_c)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,7 +178,7 @@ def _summary_card(html: str, strategy: str) -> str:
 
 
 def test_the_sweep_headline_states_what_every_seed_found(tmp_path):
-    from sftlab.sweep_report import write_sweep_report
+    from sftlab.recipes.sweep_report import write_sweep_report
 
     cfg = load_sweep(str(_sweep(tmp_path, seeds=[0, 1])))
     out = tmp_path / "sweep"
@@ -165,7 +213,7 @@ def test_the_sweep_headline_states_what_every_seed_found(tmp_path):
 
 
 def test_changes_the_seeds_disagree_on_are_notes():
-    from sftlab.sweep_report import seed_findings
+    from sftlab.recipes.sweep_report import seed_findings
 
     up = _report("a/seed0", ("gained", "task/bleu", "BLEU on the eval set +2.00"))
     down = _report("a/seed1", ("lost", "task/bleu", "BLEU on the eval set -1.00"))
@@ -182,10 +230,10 @@ def test_changes_the_seeds_disagree_on_are_notes():
 
 def test_each_sweep_run_is_audited_under_its_strategy_and_seed(tmp_path, monkeypatch):
     import sftlab.recipes.audit as audit_recipe
-    import sftlab.sweep as sweep
+    import sftlab.recipes.sweep as sweep
     from sftlab.recipes.audit import model_names
 
-    cfg = load_sweep(str(_sweep(tmp_path)))
+    cfg, base = resolve_base(load_sweep(str(_sweep(tmp_path))))
     spec = plan(cfg)[0]
     seen = {}
 
@@ -204,7 +252,7 @@ def test_each_sweep_run_is_audited_under_its_strategy_and_seed(tmp_path, monkeyp
 
     monkeypatch.setattr(sweep, "train_run", fake_train)
     monkeypatch.setattr(audit_recipe, "run_audit", fake_audit)
-    row = sweep.run_one(cfg, spec, {}, ())
+    row = sweep.run_one(cfg, spec, base, {}, ())
     assert list(seen["models"]) == ["base", "full/seed0"]
     assert row["shifted"] == 0.1
 
@@ -228,14 +276,14 @@ def test_audit_labels_name_dir_mapping_and_plain_dirs(tmp_path):
 def test_the_table_module_imports_neither_the_sweep_nor_its_report():
     import ast
 
-    import sftlab.sweep_report
-    import sftlab.sweep_table
+    import sftlab.recipes.sweep_report
+    import sftlab.recipes.sweep_table
 
     def imports(module) -> set[str]:
         tree = ast.parse(Path(module.__file__).read_text())
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    assert not imports(sftlab.sweep_table) & {"sftlab.sweep", "sftlab.sweep_report"}
-    assert "sftlab.sweep" not in imports(sftlab.sweep_report)
-    assert "sftlab.sweep_table" in imports(sftlab.sweep_report)
+    assert not imports(sftlab.recipes.sweep_table) & {"sftlab.recipes.sweep", "sftlab.recipes.sweep_report"}
+    assert "sftlab.recipes.sweep" not in imports(sftlab.recipes.sweep_report)
+    assert "sftlab.recipes.sweep_table" in imports(sftlab.recipes.sweep_report)

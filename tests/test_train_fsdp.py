@@ -308,7 +308,7 @@ def test_unavailable_attention_kernel_is_a_user_error(tiny_model_dir, corpora, t
 
 
 def test_setup_table_names_the_engine(tmp_path):
-    from sftlab.recipes.train import describe_engine
+    from sftlab.recipes.train_console import describe_engine
 
     assert describe_engine(_train_cfg(tmp_path), 1) is None
     assert describe_engine(_train_cfg(tmp_path), 2) == "DDP over 2 ranks"

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from sftlab.demo_real import SPEAKER_LINE
+from sftlab.recipes.demo_real import SPEAKER_LINE
 
 LABELS = Path(__file__).with_name("labels.jsonl")
 

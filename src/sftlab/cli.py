@@ -147,9 +147,18 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
         alphas = [float(a) for a in args.alphas.split(",")]
     except ValueError:
         raise UserError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-    from sftlab.models.builtin import resolve_model_source
+    from sftlab.models.reference import resolve_model
 
-    interpolate_dirs(resolve_model_source(args.base, args.gguf_file), args.tuned, alphas, args.out)
+    interpolate_dirs(resolve_model(args.base, args.gguf_file).path, args.tuned, alphas, args.out)
+    return 0
+
+
+def _cmd_intruders(args: argparse.Namespace) -> int:
+    from sftlab.train.intruders import reduce_intruders
+
+    out = reduce_intruders(args.adapter, args.out, top_k=args.top_k, threshold_epsilon=args.threshold_epsilon,
+                           mitigation_lambda=args.mitigation_lambda)
+    print(f"wrote {out}")
     return 0
 
 
@@ -168,23 +177,25 @@ def _cmd_world_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sftlab.sweep import run_sweep_file
+    from sftlab.recipes.sweep import run_sweep_file
 
     run_sweep_file(args.config, args.overrides)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sftlab.demo import run_demo
+    from sftlab.recipes.demo import run_demo
+    from sftlab.recipes.demo_plan import builtin_plan, load_plan
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    if args.real:
-        from sftlab.demo_real import run_demo_real
-
-        run_demo_real(out=args.out or "runs/demo_real", quick=args.quick, seeds=args.seeds, strategies=args.strategies)
-        return 0
-    run_demo(out=args.out or "runs/demo", quick=args.quick, seeds=args.seeds, strategies=args.strategies)
+    if args.plan is not None:
+        if args.real or args.quick:
+            raise UserError("--plan names the whole plan: drop --real and --quick (copy a built-in plan to change it)")
+        plan, out = load_plan(args.plan), args.out or f"runs/demo_{Path(args.plan).stem}"
+    else:
+        plan, out = builtin_plan(args.real, args.quick), args.out or ("runs/demo_real" if args.real else "runs/demo")
+    run_demo(plan, out=out, seeds=args.seeds, strategies=args.strategies)
     return 0
 
 
@@ -217,6 +228,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuned", required=True, help="full model dir or PEFT adapter dir")
     p.add_argument("--alphas", default="0.25,0.5,0.75")
     p.add_argument("--out", required=True, help="parent dir; one model dir per alpha")
+
+    p = add("intruders", _cmd_intruders, "reduce a LoRA adapter's intruder dimensions (PEFT's post-hoc fix)")
+    p.add_argument("--adapter", required=True, help="LoRA adapter dir")
+    p.add_argument("--out", required=True, help="where to write the reduced adapter dir")
+    p.add_argument("--top-k", dest="top_k", type=int, default=10, help="singular vectors examined per layer")
+    p.add_argument("--threshold-epsilon", dest="threshold_epsilon", type=float, default=0.5,
+                   help="an intruder's best cosine with the base's singular vectors is below this")
+    p.add_argument("--mitigation-lambda", dest="mitigation_lambda", type=float, default=0.75,
+                   help="scale each intruder dimension keeps (1 keeps it whole, 0 removes it)")
 
     p = add("audit", _cmd_audit, "compare a base with tuned models: diversity, shift, copying, forgetting")
     p.add_argument("config", nargs="?", help="YAML audit config (flags and KEY=VALUE override it)")
@@ -257,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", action="store_true",
                    help="the seeds' experiment on the built-in real model (Shakespeare SFT; about 25 minutes)")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
-    p.add_argument("--out", default=None, help="default runs/demo (runs/demo_real with --real)")
+    p.add_argument("--plan", default=None, metavar="FILE",
+                   help="run your own plan (copy one of sftlab/recipes/plans/*.yaml to start)")
+    p.add_argument("--out", default=None,
+                   help="default runs/demo (runs/demo_real with --real, runs/demo_STEM with --plan STEM.yaml)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")
     p.add_argument("--strategies", default=None, metavar="A,B,...",
                    help="only these of the demo's strategies (a rerun in the same --out reuses finished runs)")

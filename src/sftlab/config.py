@@ -3,25 +3,24 @@
 Key names follow what users already know from transformers / TRL / LLaMA-Factory (``learning_rate``,
 ``num_train_epochs``, ``max_length``, ``packing``, ``completion_only_loss``, ``eval_strategy``,
 ``neftune_noise_alpha`` ...). Every model forbids unknown keys; the error names the closest valid key.
+
+Each training remedy's keys live in its own file (``sftlab.train.remedies``); ``TrainConfig`` is ``TrainCore``
+plus the keys the remedies registry composes.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from sftlab.errors import UserError
-
-
-class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+from sftlab.settings import SamplingSettings, StrictModel, format_validation_error  # noqa: F401  (re-exported)
+from sftlab.train.remedies.augment import AugmentSettings  # noqa: F401  (data/ reads it from here)
+from sftlab.train.remedies.registry import check_remedies, expand_presets, remedy_fields
 
 
 # --------------------------------------------------------------------------------------------------
@@ -56,169 +55,6 @@ class FreezeSettings(StrictModel):
 
     trainable_top_k_layers: int = Field(2, ge=0)
     trainable_modules: list[str] = Field(default_factory=list, description="name substrings kept trainable")
-
-
-# --------------------------------------------------------------------------------------------------
-# Training: remedies
-
-
-class GemSettings(StrictModel):
-    """GEM loss (Li et al. 2024)."""
-
-    beta: float = Field(0.7, gt=0, le=1)
-    h: Literal["linear", "logsigmoid"] = "linear"
-
-
-class ReplaySettings(StrictModel):
-    """Replay mixed into the SFT stream: plain pretraining-style text (``source: corpus``), or the base
-    model's own answers to general prompts (``source: self``), generated once and cached."""
-
-    source: Literal["corpus", "self"] = "corpus"
-    corpus: str | None = Field(None, description="source corpus: the text file (or text records) to replay")
-    prompts: str | None = Field(None, description="source self: the prompts file the base answers")
-    answers: Literal["greedy", "sampled"] = Field(
-        "greedy", description="source self: the base's greedy answer, or sampling.num_samples samples per prompt"
-    )
-    sampling: SamplingSettings = Field(
-        default_factory=lambda: SamplingSettings(num_samples=1, max_new_tokens=128),
-        description="source self: decoding settings (the audit's); max_new_tokens caps each answer",
-    )
-    cache_dir: str | None = Field(
-        None, description="source self: where answers are cached (default $SFTLAB_CACHE/self_replay, else ~/.cache/sftlab/self_replay)"
-    )
-    ratio: float = Field(0.2, gt=0, lt=1, description="fraction of training tokens that are replay")
-
-    @model_validator(mode="after")
-    def _source_input(self) -> ReplaySettings:
-        if self.source == "corpus" and (self.corpus is None or self.prompts is not None):
-            raise ValueError("replay source corpus takes replay.corpus (a text file), not replay.prompts")
-        if self.source == "self" and (self.prompts is None or self.corpus is not None):
-            raise ValueError("replay source self takes replay.prompts (a prompts file), not replay.corpus")
-        return self
-
-    @property
-    def name(self) -> str:
-        """What is replayed, in a few words."""
-        if self.source == "corpus":
-            return str(self.corpus)
-        return f"the base's own {self.answers} answers to {self.prompts}"
-
-
-class EwcSettings(StrictModel):
-    """Elastic weight consolidation with a diagonal Fisher on reference text."""
-
-    lambda_: float = Field(1.0, alias="lambda", ge=0)
-    fisher_corpus: str
-    fisher_samples: int = Field(64, ge=1)
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class L2SPSettings(StrictModel):
-    """L2 penalty towards the starting point."""
-
-    lambda_: float = Field(0.01, alias="lambda", ge=0)
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class KLToBaseSettings(StrictModel):
-    """KL between the tuned and the frozen base next-token distributions."""
-
-    beta: float = Field(0.1, ge=0)
-    direction: Literal["forward", "reverse"] = "forward"
-    on: Literal["response", "replay", "all"] = "response"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_on_key(cls, data: Any) -> Any:
-        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean True.
-        if isinstance(data, dict) and True in data:
-            data = {("on" if k is True else k): v for k, v in data.items()}
-        return data
-
-
-class AdversarialSettings(StrictModel):
-    """Adversarial perturbation of the input embeddings of real tokens (``sftlab.train.adversarial``)."""
-
-    method: Literal["freelb", "smart"] = Field(
-        "freelb", description="freelb: train on the perturbed task loss; smart: add SMART's smoothness term"
-    )
-    steps: int = Field(1, ge=0, description="projected gradient ascent steps per micro-batch")
-    step_size: float = Field(..., gt=0, description="eta: per-document L2 length (l2) or per-element size (linf)")
-    epsilon: float = Field(..., gt=0, description="radius of the per-document ball the perturbation stays in")
-    norm: Literal["l2", "linf"] = "l2"
-    init: float = Field(0.0, ge=0, description="random start: a/sqrt(L*d)*U(-1,1) (l2) or U(-a,a) (linf)")
-    smoothness_weight: float = Field(1.0, gt=0, description="SMART's lambda_s (method: smart only)")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AdversarialSettings:
-        if self.method == "smart" and self.init == 0:
-            raise ValueError("method: smart needs init > 0: the smoothness term's gradient is 0 at a zero perturbation")
-        if self.method == "freelb" and "smoothness_weight" in self.model_fields_set:
-            raise ValueError("smoothness_weight applies to method: smart only")
-        return self
-
-
-class EdaSettings(StrictModel):
-    """EDA-style word edits on the instruction (never the response)."""
-
-    p: float = Field(0.1, ge=0, le=1)
-    n: int = Field(1, ge=1)
-
-
-class AugmentSettings(StrictModel):
-    """Data augmentation against collapse."""
-
-    eda: EdaSettings | None = None
-    template_variety: bool = False
-
-
-# A preset names a published method that is a combination of existing parts: it expands into those keys.
-# ASFT (Zhu et al. 2025, "Anchored Supervised Fine-Tuning", arXiv:2509.23753) is DFT plus a KL anchor to
-# the base. The official code (github.com/zhuchichi56/ASFT, train.py / train_v2.py, mode "asft") adds
-# kl_weight * F.kl_div(log_softmax(tuned), softmax(base)).sum(-1) per token: the forward KL
-# KL(p_base || p_tuned) over the full vocabulary, at the target (response) positions only, averaged with
-# the DFT term over those tokens, kl_weight 0.1. sftlab's kl_to_base {direction: forward, on: response}
-# is that term, so beta here is the paper's kl_weight. NVIDIA NeMo-RL's port instead estimates a reverse
-# KL from the target tokens' log-ratios alone; its weight does not transfer to this full-vocabulary form.
-PRESETS: dict[str, dict[str, Any]] = {
-    "asft": {"loss": "dft", "kl_to_base": {"beta": 0.1, "direction": "forward", "on": "response"}},
-}
-# The keys of a preset a user may retune; any other key the preset sets must be left to it.
-PRESET_TUNABLE: dict[str, set[str]] = {"asft": {"kl_to_base.beta"}}
-
-
-def expand_preset(data: dict[str, Any]) -> dict[str, Any]:
-    """``preset: NAME`` filled in with the keys it stands for; a key set against the preset is an error.
-
-    A user may retune what ``PRESET_TUNABLE`` lists (ASFT's ``kl_to_base.beta``); setting another of
-    the preset's keys to the value the preset gives is allowed (so a saved, expanded config reloads).
-    """
-    name = data.get("preset")
-    if name is None:
-        return data
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    out = dict(data)
-    for key, value in PRESETS[name].items():
-        given = out.get(key)
-        if isinstance(value, dict):
-            if key in out and not isinstance(given, dict):
-                raise ValueError(f"preset {name} sets {key}; remove {key}: {given!r} or the preset")
-            merged = {**value, **(given or {})}
-            for sub, sub_value in value.items():
-                if merged[sub] != sub_value and f"{key}.{sub}" not in PRESET_TUNABLE[name]:
-                    raise ValueError(
-                        f"preset {name} sets {key}.{sub}: {sub_value} (as its paper does); "
-                        f"got {merged[sub]!r}. Drop the preset to change it"
-                    )
-            out[key] = merged
-        elif key in out and given != value:
-            raise ValueError(f"preset {name} sets {key}: {value}; got {key}: {given!r}. Drop one of them")
-        else:
-            out[key] = value
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,8 +100,9 @@ class DeepSpeedSettings(StrictModel):
 # Recipes
 
 
-class TrainConfig(StrictModel):
-    """``sftlab train``: supervised fine-tuning of a causal LM."""
+class TrainCore(StrictModel):
+    """The keys of ``sftlab train`` that are not a remedy's: model, data, method, optimisation, precision,
+    engine, logging and saving. ``TrainConfig`` adds the remedies' keys."""
 
     model_name_or_path: str = Field(
         ..., description="HF model dir, hub id, .gguf file, or a built-in name (`sftlab models list`)"
@@ -348,36 +185,13 @@ class TrainConfig(StrictModel):
     )
     resume: str = Field("auto", description="auto | never | a checkpoint dir")
 
-    preset: Literal["asft"] | None = Field(
-        None, description="a published method made of these parts: asft = loss dft + kl_to_base (forward, on "
-        "response, beta 0.1), as the ASFT paper's code; kl_to_base.beta may be retuned"
-    )
-    loss: Literal["cross_entropy", "label_smoothing", "gem", "dft"] = "cross_entropy"
-    label_smoothing_factor: float = Field(0.0, ge=0, lt=1)
-    gem: GemSettings = Field(default_factory=GemSettings)
-    neftune_noise_alpha: float | None = Field(None, gt=0)
-    neftune_noise_type: Literal["uniform", "gaussian", "laplace"] = Field(
-        "uniform", description="all three scaled to the uniform's per-element variance (see sftlab.train.neftune)"
-    )
-    neftune_schedule: Literal["constant", "linear_decay"] = "constant"
-    neftune_layers: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=lambda: [0], min_length=1,
-        description="hidden states that get the noise: 0 the input embeddings, k the output of block k",
-    )
-    adversarial: AdversarialSettings | None = None
-    replay: ReplaySettings | None = None
-    ewc: EwcSettings | None = None
-    l2sp: L2SPSettings | None = None
-    kl_to_base: KLToBaseSettings | None = None
-    augment: AugmentSettings | None = None
-
     @model_validator(mode="before")
     @classmethod
     def _train_file_as_list(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("train_file"), str):
             data = {**data, "train_file": [data["train_file"]]}
         if isinstance(data, dict):
-            data = expand_preset(data)
+            data = expand_presets(data)
         return data
 
     @model_validator(mode="after")
@@ -388,9 +202,6 @@ class TrainConfig(StrictModel):
             raise ValueError("fsdp and deepspeed are exclusive: pick one engine")
         if self.torch_compile and (self.fsdp is not None or self.deepspeed is not None):
             raise ValueError("torch_compile is not tested with fsdp or deepspeed yet: drop one of them")
-        if self.torch_compile and self.neftune_noise_alpha is not None and self.neftune_layers != [0]:
-            # Its hook on a block's output lands inside the block's graph, where inductor fails to build it.
-            raise ValueError("torch_compile takes NEFTune on the input embeddings only (neftune_layers: [0])")
         if self.bf16_weight_rounding == "dithered" and (self.fsdp is not None or self.deepspeed is not None):
             raise ValueError("bf16_weight_rounding: dithered is not tested with fsdp or deepspeed yet: drop one of them")
         if self.bf16_weight_rounding == "dithered" and (self.fp16 or self.dtype in ("float32", "float16")):
@@ -403,9 +214,12 @@ class TrainConfig(StrictModel):
             raise ValueError("eval_strategy needs eval data: set eval_file or eval_fraction")
         if self.early_stopping_patience and self.eval_strategy == "no":
             raise ValueError("early_stopping_patience needs eval_strategy: steps or epoch")
-        if self.loss == "label_smoothing" and self.label_smoothing_factor == 0:
-            raise ValueError("loss: label_smoothing needs label_smoothing_factor > 0")
+        check_remedies(self)
         return self
+
+
+class TrainConfig(create_model("TrainWithRemedies", __base__=TrainCore, **remedy_fields())):  # type: ignore[misc]
+    """``sftlab train``: supervised fine-tuning of a causal LM."""
 
 
 class TokenizerSettings(StrictModel):
@@ -455,18 +269,6 @@ class PretrainConfig(StrictModel):
         if isinstance(data, dict) and isinstance(data.get("corpus"), str):
             data = {**data, "corpus": [data["corpus"]]}
         return data
-
-
-class SamplingSettings(StrictModel):
-    """How the audit samples from each model."""
-
-    num_samples: int = Field(16, ge=1, description="K samples per prompt")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="0 = off")
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(32, ge=1)
-    seed: int = 0
 
 
 class SuiteItems(StrictModel):
@@ -557,17 +359,35 @@ class InterpolationSpec(StrictModel):
     alpha: float = Field(0.5, description="theta = (1 - alpha) * base + alpha * tuned")
 
 
+class IntruderSpec(StrictModel):
+    """A strategy that trains nothing: another (LoRA) strategy's adapter with its intruder dimensions reduced by
+    PEFT's ``reduce_intruder_dimension`` (``sftlab.train.intruders``)."""
+
+    source: str = Field(..., description="name of the LoRA strategy whose adapter is reduced")
+    top_k: int = Field(10, ge=1, description="singular vectors of W + dW examined per layer")
+    threshold_epsilon: float = Field(0.5, gt=0, description="an intruder's best cosine with the base's is below this")
+    mitigation_lambda: float = Field(0.75, ge=0, le=1, description="scale each intruder keeps (1: all, 0: none)")
+
+
 class StrategySpec(StrictModel):
-    """One named strategy of a sweep: a train-config overlay, or an interpolation of another strategy."""
+    """One named strategy of a sweep: a train-config overlay, or a post-hoc step on another strategy's model
+    (``interpolate``: WiSE-FT; ``intruders``: intruder-dimension reduction)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]+$")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys over the sweep's `train`")
     interpolate: InterpolationSpec | None = None
+    intruders: IntruderSpec | None = None
+
+    @property
+    def post_hoc(self) -> InterpolationSpec | IntruderSpec | None:
+        """The post-hoc step this strategy is, or None for a trained strategy."""
+        return self.interpolate or self.intruders
 
     @model_validator(mode="after")
     def _one_kind(self) -> StrategySpec:
-        if self.interpolate is not None and self.train:
-            raise ValueError(f"strategy {self.name!r}: `interpolate` takes no `train` overlay")
+        kinds = [kind for kind in ("interpolate", "intruders") if getattr(self, kind) is not None]
+        if len(kinds) > 1 or (kinds and self.train):
+            raise ValueError(f"strategy {self.name!r}: `{kinds[0]}` takes no `train` overlay nor another step")
         return self
 
 
@@ -590,14 +410,14 @@ class SweepConfig(StrictModel):
         if dupes:
             raise ValueError(f"strategy names must be unique: {', '.join(dupes)}")
         for strategy in self.strategies:
-            if strategy.interpolate is None:
+            step = strategy.post_hoc
+            if step is None:
                 continue
-            source = next((s for s in self.strategies if s.name == strategy.interpolate.source), None)
-            if source is None or source.interpolate is not None:
-                raise ValueError(
-                    f"strategy {strategy.name!r} interpolates {strategy.interpolate.source!r}, "
-                    "which is not a trained strategy of this sweep"
-                )
+            source = next((s for s in self.strategies if s.name == step.source), None)
+            if source is None or source.post_hoc is not None:
+                verb = "interpolates" if strategy.interpolate is not None else "reduces the intruders of"
+                raise ValueError(f"strategy {strategy.name!r} {verb} {step.source!r}, which is not a trained "
+                                 "strategy of this sweep")
         return self
 
 
@@ -690,41 +510,6 @@ def load_config(cls: type[M], path: str | Path | None = None, overrides: list[st
 def dump_config(cfg: StrictModel, path: str | Path) -> None:
     """Write the resolved config as YAML (by alias, so ``lambda`` round-trips)."""
     Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-
-
-def _fields_at(cls: type[StrictModel], loc: tuple[Any, ...]) -> list[str]:
-    """Valid key names of the (possibly nested) section at ``loc``."""
-    model: Any = cls
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            field = next((f for f in model.model_fields.values() if f.alias == part), None)
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
-def format_validation_error(exc: ValidationError, cls: type[StrictModel], source: str) -> str:
-    """One line per problem, each naming the key; unknown keys get the closest valid key."""
-    lines = [f"{source}: invalid {cls.__name__}:"]
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not isinstance(p, int))
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            valid = _fields_at(cls, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
-            lines.append(f"  - unknown key {where!r}{hint}")
-        elif err["type"] == "missing":
-            lines.append(f"  - {where}: required key is missing")
-        else:
-            lines.append(f"  - {where}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
 
 
 def schema_json(name: str) -> str:

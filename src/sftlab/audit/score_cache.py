@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sftlab.audit.generate import write_json_atomic
+from sftlab.models.generate import write_json_atomic
 
 T = TypeVar("T")
 SCORE_CACHE_VERSION = 1

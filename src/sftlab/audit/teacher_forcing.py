@@ -6,7 +6,7 @@ metrics (perplexity, multiple-choice log-likelihood).
 Memory is bounded by the positions scored, not by the batch: the output head runs only on the hidden
 states that predict a continuation token (a context's prompt positions never reach the vocabulary-wide
 product), and every float32 computation over the vocabulary runs a slice of rows at a time, the slices
-the training loss takes (:func:`sftlab.train.losses.rows_per_slice`: 64 rows of SmolLM2's 49,152 tokens).
+the training loss takes (:func:`sftlab.models.tokens.rows_per_slice`: 64 rows of SmolLM2's 49,152 tokens).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from sftlab.train.losses import rows_per_slice
+from sftlab.models.tokens import rows_per_slice
 
 
 def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ def in_row_slices(fn: Callable[..., dict[str, torch.Tensor] | tuple[torch.Tensor
                   *tensors: torch.Tensor) -> Any:
     """``fn(*tensors)`` for a function that treats each row on its own, computed a slice of rows at a time and
     concatenated: the same result, with every temporary of ``fn`` a slice's size. The first tensor's last
-    dimension is the vocabulary, which sets the slice (:func:`~sftlab.train.losses.rows_per_slice`).
+    dimension is the vocabulary, which sets the slice (:func:`~sftlab.models.tokens.rows_per_slice`).
 
     ``fn`` returns a dict of tensors (concatenated per key) or a tuple of them (per element).
     """

@@ -1,7 +1,7 @@
 """The base model's own answers to a list of prompts, through the audit's sampler and its disk cache.
 
 Self-replay (``replay.source: self``) and self-distillation (``sftlab data distill``) both need a model to
-answer many prompts once. Both go through :func:`sftlab.audit.generate.generate`: batched, KV-cached,
+answer many prompts once. Both go through :func:`sftlab.models.generate.generate`: batched, KV-cached,
 each batch written to the cache as it finishes and keyed by the model's files, the prompts' token ids and
 the decoding settings. A second run, or one restarted after a kill, reads the finished batches back and
 generates only the rest.
@@ -17,13 +17,14 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.audit.generate import Generations, generate, model_fingerprint
-from sftlab.config import SamplingSettings
+from sftlab.settings import SamplingSettings
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
 from sftlab.errors import UserError
-from sftlab.models.gguf import cache_root
+from sftlab.models.cache import cache_root
+from sftlab.models.generate import Generations, generate
 from sftlab.models.load import context_limit
+from sftlab.models.reference import model_fingerprint
 
 
 def default_cache_dir(kind: str) -> Path:

@@ -25,18 +25,22 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from sftlab.config import AugmentSettings, TrainConfig
 from sftlab.data.augment import augment_record, pick_format
 from sftlab.data.mixing import ReplayPool, SelfReplayPool, replay_target_tokens
 from sftlab.data.packing import pack_examples, real_token_fraction
 from sftlab.data.records import Record
-from sftlab.data.tokenize import IGNORE_INDEX, Encoder, PromptFormat, TokenizedExample, TokenizeStats, has_chat_template
+from sftlab.data.tokenize import Encoder, PromptFormat, TokenizedExample, TokenizeStats, has_chat_template
 from sftlab.errors import UserError
+from sftlab.models.tokens import IGNORE_INDEX
+
+if TYPE_CHECKING:  # type hints only: the composed config sits above data/
+    from sftlab.config import TrainConfig
+    from sftlab.train.remedies.augment import AugmentSettings
 
 Row = dict[str, list[int]]
 # Spare rows for packed, augmented epochs, whose row counts vary a little (see the module docstring).

@@ -33,8 +33,9 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from sftlab.data.records import Message, Origin, Record
-from sftlab.data.tokenize import IGNORE_INDEX, Encoder, TokenizedExample, leading_special_ids, tokenize_texts
+from sftlab.data.tokenize import Encoder, TokenizedExample, leading_special_ids, tokenize_texts
 from sftlab.errors import UserError
+from sftlab.models.tokens import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from sftlab.config import TrainConfig

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from sftlab.data.tokenize import IGNORE_INDEX, TokenizedExample
+from sftlab.data.tokenize import TokenizedExample
+from sftlab.models.tokens import IGNORE_INDEX
 
 
 @dataclass

@@ -45,8 +45,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sftlab.data.records import Message, Origin, Record
 from sftlab.errors import UserError
-
-IGNORE_INDEX = -100
+from sftlab.models.tokens import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

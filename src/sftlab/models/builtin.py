@@ -5,8 +5,9 @@ through ``importlib.metadata`` (the package itself is never imported: llm-smollm
 llama.cpp bindings that sftlab does not need, so it is installed with ``--no-deps``). A GGUF file is
 converted once into a cached safetensors dir (:mod:`sftlab.models.gguf`).
 
-:func:`resolve_model_source` is the one entry point: every recipe passes the user's ``model_name_or_path``
-(and ``gguf_file``) through it and gets back a plain model dir, or the hub id / path unchanged.
+:func:`resolve_model_source` turns the user's ``model_name_or_path`` (and ``gguf_file``) into a plain model
+dir, or leaves a hub id / path unchanged. Recipes call it through :func:`sftlab.models.reference.resolve_model`,
+once each, which adds the model's fingerprint; the loaders call it for a name passed to them directly.
 """
 
 from __future__ import annotations

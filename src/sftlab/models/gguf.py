@@ -29,16 +29,12 @@ from pathlib import Path
 import torch
 
 from sftlab.errors import UserError
+from sftlab.models.cache import cache_root
 
 LOGIT_TOLERANCE = 1e-5
 SOURCE_FILE = "sftlab_source.json"
 # A fixed, tokenizer-independent probe: ids well inside every vocabulary transformers reads from GGUF.
 PROBE_IDS = [[1, 100, 2000, 345, 17, 9000, 42, 7, 1234, 31]]
-
-
-def cache_root() -> Path:
-    """Where converted models live: ``$SFTLAB_CACHE`` or ``~/.cache/sftlab``."""
-    return Path(os.environ.get("SFTLAB_CACHE") or Path.home() / ".cache" / "sftlab").expanduser()
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

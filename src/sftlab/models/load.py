@@ -104,6 +104,14 @@ def _check_source(name_or_path: str, tokenizer_only: bool = False) -> None:
         )
 
 
+def _sources(name_or_path: str, base: str | None = None) -> tuple[str, str | None]:
+    """What the loaders read: the model's own source (a built-in name or ``.gguf`` file becomes its converted
+    dir) and, for an adapter dir, its base's source: ``base`` when given, else the one the adapter records (it
+    may name its base by a built-in name)."""
+    source = resolve_model_source(name_or_path)
+    return source, resolve_model_source(base or adapter_base_path(source)) if is_adapter_dir(source) else None
+
+
 def _hub_error(name_or_path: str, exc: Exception) -> UserError:
     return UserError(
         f"could not load {name_or_path!r} from the hub ({type(exc).__name__}: {exc}). "
@@ -114,11 +122,11 @@ def _hub_error(name_or_path: str, exc: Exception) -> UserError:
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, base: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of a model dir, tokenizer dir, adapter dir (its own, else its base's: ``base`` when given,
     else the one its adapter_config.json records), built-in name, .gguf file or hub id; a pad token is ensured."""
-    name_or_path = resolve_model_source(name_or_path)
+    name_or_path, base_source = _sources(name_or_path, base)
     _check_source(name_or_path, tokenizer_only=True)
     source = name_or_path
-    if is_adapter_dir(name_or_path) and not (Path(name_or_path) / "tokenizer_config.json").is_file():
-        source = resolve_model_source(base or adapter_base_path(name_or_path))
+    if base_source is not None and not (Path(name_or_path) / "tokenizer_config.json").is_file():
+        source = base_source
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -219,9 +227,9 @@ def autocast(dtype: torch.dtype | None, device: str) -> contextlib.AbstractConte
 
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """The model config of a model dir, built-in name, .gguf file or hub id; an adapter dir gives its base's."""
-    name_or_path = resolve_model_source(name_or_path)
+    name_or_path, base_source = _sources(name_or_path)
     _check_source(name_or_path)
-    source = resolve_model_source(adapter_base_path(name_or_path)) if is_adapter_dir(name_or_path) else name_or_path
+    source = base_source or name_or_path
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -272,10 +280,10 @@ def load_model(
     ``base`` puts an adapter on that model instead of the one its ``adapter_config.json`` records (which is often
     a hub id, unreachable offline); an adapter that does not fit it is a UserError.
     """
-    name_or_path = resolve_model_source(name_or_path)
+    name_or_path, adapter_base = _sources(name_or_path, base)
     _check_source(name_or_path)
-    adapter = is_adapter_dir(name_or_path)
-    base_source = resolve_model_source(base or adapter_base_path(name_or_path)) if adapter else name_or_path
+    adapter = adapter_base is not None
+    base_source = adapter_base or name_or_path
     if adapter:
         _check_source(base_source)
     try:

@@ -33,13 +33,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from sftlab.audit import copying, diversity, forgetting, shift, style, suites, task
 from sftlab.audit.embed import Embedder, resolve_embedding_model
 from sftlab.audit.forecast import AnswerKL, forecast_table, score_forecast, scored_continuation
-from sftlab.audit.generate import generate, model_fingerprint
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import build_report, write_json
 from sftlab.audit.report.markdown import render_markdown
 from sftlab.audit.report.section import AuditContext, Section, SectionProvider
-from sftlab.audit.score_cache import cached_scores
 from sftlab.audit.report.sections import (
     adherence_fell,
     copying_section,
@@ -52,14 +50,16 @@ from sftlab.audit.report.sections import (
     task_section,
 )
 from sftlab.audit.report.token_view import answers_html, legend_html, token_view_page
+from sftlab.audit.score_cache import cached_scores
 from sftlab.config import AuditConfig
 from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids, render_prompt
 from sftlab.errors import UserError
-from sftlab.models.builtin import resolve_model_source
-from sftlab.models.gguf import cache_root
 from sftlab.models.adapter_fit import check_adapter_fits
+from sftlab.models.builtin import resolve_model_source
+from sftlab.models.generate import generate
+from sftlab.models.cache import cache_root
 from sftlab.models.load import (
     adapter_base_path,
     adapter_is_mergeable,
@@ -72,6 +72,7 @@ from sftlab.models.load import (
     resolve_dtype,
     weights_and_autocast,
 )
+from sftlab.models.reference import model_fingerprint, resolve_model
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 
 # Answers shown inline in report.html per tuned model (all of them are in token_view.html).
@@ -492,11 +493,12 @@ def run_audit(cfg: AuditConfig, extra_sections: Sequence[SectionProvider] = ()) 
     returns a Section (added to every report file) or None.
     """
     started = time.perf_counter()
-    if cfg.gguf_file is not None:
-        cfg = cfg.model_copy(update={"base": resolve_model_source(cfg.base, cfg.gguf_file), "gguf_file": None})
+    # Resolved once here; a base given as a folder plus gguf_file is labelled by its converted dir.
+    base_ref = resolve_model(cfg.base, cfg.gguf_file)
+    models = model_names(cfg.base if cfg.gguf_file is None else base_ref.path, cfg.tuned)  # colliding labels fail before any data is read
+    cfg = cfg.model_copy(update={"base": base_ref.path, "gguf_file": None})
     out = Path(cfg.out)
     device = _device(cfg.device)
-    models = model_names(cfg.base, cfg.tuned)  # colliding labels fail before any data is read
     precision = audit_precision(cfg, device)
     if cfg.bf16_weight_rounding == "dithered" and precision != torch.bfloat16:
         raise UserError(f"bf16_weight_rounding: dithered applies to a bf16 audit, and dtype: {cfg.dtype} audits "

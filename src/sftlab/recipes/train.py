@@ -12,14 +12,11 @@ Run dir (``output_dir``)::
     summary.json         what the run cost and reached (see :func:`write_summary`)
     model/ or adapter/   the result: a full model dir, or a PEFT adapter dir (``sftlab merge`` folds it in)
 
-Remedies are config keys, composed here and nowhere else: ``loss`` (build_loss), ``l2sp`` / ``ewc`` /
-``kl_to_base`` (build_regularizers), ``neftune_noise_alpha`` (attach_neftune), ``adversarial``
-(attach_adversarial: FreeLB in the trainer's step, SMART as one more penalty), ``replay`` (the data
-pipeline); a ``preset`` (ASFT) is expanded into those keys when the config is read. The order matters:
-method (PEFT) -> Trainer (places the model on its device) -> regularizers (anchors, Fisher and KL base
-from the starting weights, before a checkpoint loads in ``train``) -> NEFTune and adversarial (after, so a
-frozen KL base copy carries no hook) -> ``torch_compile`` (last: the compiled blocks hold those hooks, the KL
-base copy stays eager) -> train.
+Remedies are config keys, each the plug-in of one file in ``sftlab.train.remedies``; the registry calls them
+here stage by stage: ``data`` (replay) while the rows are built, ``before_trainer`` (the loss), ``after_trainer``
+(penalties and hooks: once the Trainer has put the model on its device, before a checkpoint loads in ``train``),
+``before_compile`` (dithered weights), then ``torch_compile`` last: the compiled blocks hold those hooks, and the
+KL base copy stays eager. A ``preset`` (ASFT) is expanded into remedy keys when the config is read.
 
 Everything a user can get wrong (config, paths, data in strict mode, a dir that is not a model) is a
 UserError; a NaN/inf loss stops the run with one too (see ``sftlab.train.trainer``).
@@ -38,16 +35,13 @@ from typing import Any, Literal
 import torch
 from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
 from transformers import EarlyStoppingCallback, PretrainedConfig, PreTrainedTokenizerBase, TrainingArguments, set_seed
 
 from sftlab.config import TrainConfig, dump_config
 from sftlab.data.dataset import SFTDataset, build_eval_dataset, build_train_dataset, split_records
-from sftlab.data.mixing import ReplayPool, self_replay_pool
 from sftlab.data.packing import SFTCollator
-from sftlab.data.readers import ReadResult, read_records, read_texts
+from sftlab.data.readers import ReadResult, read_records
 from sftlab.errors import UserError
-from sftlab.models.builtin import resolve_model_source
 from sftlab.models.load import (
     is_adapter_dir,
     load_config,
@@ -56,8 +50,9 @@ from sftlab.models.load import (
     resolve_dtype,
     training_attention,
 )
+from sftlab.models.reference import resolve_model
+from sftlab.recipes.train_console import precision_name, print_result, print_setup
 from sftlab.train.adapters import apply_method, count_parameters, is_peft_model
-from sftlab.train.adversarial import FreeLB, attach_adversarial
 from sftlab.train.callbacks import (
     DatasetEpoch,
     attach_callbacks,
@@ -67,9 +62,10 @@ from sftlab.train.callbacks import (
 )
 from sftlab.train.compile import compile_blocks
 from sftlab.train.distributed import engine_arguments
-from sftlab.train.losses import LossFn, build_loss
-from sftlab.train.neftune import NEFTuneProgressCallback, attach_neftune
-from sftlab.train.regularizers import Anchor, Regularizer, build_regularizers
+from sftlab.train.losses import LossFn
+from sftlab.train.regularizers import Regularizer
+from sftlab.train.remedies.base import RemedyContext
+from sftlab.train.remedies.registry import attach_remedies, build_loss, dataset_arguments
 from sftlab.train.trainer import (
     SFTLabTrainer,
     check_resume_config,
@@ -79,7 +75,7 @@ from sftlab.train.trainer import (
     resolve_resume,
     save_final,
 )
-from sftlab.train.weight_rounding import DitheredBf16, dithered_weights, resolve_rounding
+from sftlab.train.weight_rounding import resolve_rounding
 
 # Keys that do not change a finished run's result: a rerun that changes only these has nothing to do.
 FINISHED_SAFE = {"output_dir", "resume", "logging_steps", "save_steps", "save_total_limit", "strict_data",
@@ -170,7 +166,7 @@ def prepare_train(
         quiet_packed_padding_warning()
     reset_peak_memory()
     run_dir = Path(cfg.output_dir)
-    base = _resolve_base(resolve_model_source(cfg.model_name_or_path, cfg.gguf_file))
+    base = _resolve_base(resolve_model(cfg.model_name_or_path, cfg.gguf_file).path)
     optim, optimizer_cls = optimizer_choice(cfg.optim, cfg.learning_rate)
     checkpoint = resolve_resume(cfg.resume, run_dir / "checkpoints")
     precision = training_precision(cfg, load_config(base, cfg.trust_remote_code))
@@ -194,8 +190,9 @@ def prepare_train(
     set_seed(cfg.seed)
 
     tokenizer = load_tokenizer(base, trust_remote_code=cfg.trust_remote_code)
+    remedies = RemedyContext(cfg, tokenizer, run_dir, weight_rounding=rounding)
     with args.main_process_first(desc="reading and tokenizing data"):
-        data = load_data(cfg, tokenizer, run_dir / "data" if main else None)
+        data = load_data(cfg, tokenizer, run_dir / "data" if main else None, remedies)
 
     model = load_model(
         base,
@@ -219,44 +216,19 @@ def prepare_train(
         # Replay rows carry a mask the regularizers may use (KL on replay positions); the model never sees it.
         data_collator=SFTCollator(tokenizer, return_replay_mask=cfg.replay is not None),
         processing_class=tokenizer,
-        loss_fn=loss_fn or build_loss(cfg),
+        loss_fn=loss_fn or build_loss(cfg),  # stage before_trainer
         optimizer_cls_and_kwargs=optimizer_cls,
     )
+    remedies.trainer = trainer
     # Now that the Trainer has put the model on its device, and before train() loads a checkpoint: the
     # anchors, EWC's Fisher and the KL base must be the starting weights, and live beside the model.
-    with args.main_process_first(desc="regularizers (EWC Fisher)"):
-        trainer.regularizers = build_regularizers(cfg, trainer.model, run_dir, tokenizer) + list(regularizers)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if cfg.neftune_noise_alpha is not None:
-        # Ours, never transformers' (args.neftune_noise_alpha stays None): its hook scales by the padded
-        # batch length, noises padding and treats a packed row as one sequence.
-        try:
-            hook = attach_neftune(trainer.model, cfg.neftune_noise_alpha, cfg.neftune_noise_type,
-                                  cfg.neftune_schedule, pad_token_id=pad, layers=tuple(cfg.neftune_layers))
-        except ValueError as exc:  # a layer this model does not have
-            raise UserError(str(exc)) from None
-        trainer.add_callback(NEFTuneProgressCallback(hook))
-        trainer.log_sources.append(hook.log_values)
-    if cfg.adversarial is not None:
-        if trainer.is_deepspeed_enabled and cfg.adversarial.method == "freelb":
-            raise UserError("adversarial method freelb runs several backwards per micro-batch, which DeepSpeed's "
-                            "engine cannot (it steps on every backward); use method: smart, or DDP / FSDP")
-        adversary = attach_adversarial(trainer.model, cfg.adversarial, pad_token_id=pad)
-        if isinstance(adversary, FreeLB):
-            trainer.adversary = adversary
-        else:
-            trainer.regularizers.append(adversary)  # SMART's smoothness term is one more penalty
-        trainer.log_sources.append(adversary.log_values)
-    if rounding == "dithered":
-        # After the method (its trainable weights are the ones that move) and before compiling: the blocks'
-        # graphs read whatever tensor each parameter points at.
-        trainer.weight_dither = DitheredBf16(dithered_weights(trainer.model), cfg.seed)
-        for regularizer in trainer.regularizers:
-            if isinstance(getattr(regularizer, "anchor", None), Anchor):
-                regularizer.anchor.rounding = trainer.weight_dither  # L2-SP / EWC measure the masters
+    with args.main_process_first(desc="remedies (EWC Fisher)"):
+        attach_remedies(remedies, "after_trainer")
+    trainer.regularizers.extend(regularizers)
+    attach_remedies(remedies, "before_compile")
     if cfg.torch_compile:
         # Last, so that the blocks' graphs include the hooks attached above and the KL base copy (taken
-        # by build_regularizers) stays an eager module.
+        # by kl_to_base) stays an eager module.
         if compile_blocks(trainer.model) == 0:
             raise UserError("torch_compile: this model has no list of repeated blocks to compile")
     attach_callbacks(trainer, run_dir, "train")
@@ -265,7 +237,7 @@ def prepare_train(
         trainer.add_callback(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     session = TrainSession(cfg, run_dir, trainer, data, checkpoint)
     if main:
-        _print_setup(Console(), session)
+        print_setup(Console(), session)
     return session
 
 
@@ -292,7 +264,7 @@ def finish_train(session: TrainSession) -> Path:
         if not session.cfg.keep_checkpoints:
             # Only now: until summary.json exists the run is unfinished, and a rerun resumes from these.
             shutil.rmtree(session.run_dir / "checkpoints", ignore_errors=True)
-        _print_result(Console(), trainer, out, session.cfg.loss)
+        print_result(Console(), trainer, out, session.cfg.loss)
     return out
 
 
@@ -321,7 +293,7 @@ def write_summary(path: Path, session: TrainSession, train_seconds: float) -> di
     objective_first, objective_last = summarize_logs(history, "eval_objective")
     summary = {
         "method": session.cfg.method,
-        "precision": _precision_name(trainer.args),
+        "precision": precision_name(trainer.args),
         # How the bf16 forward saw the fp32 weights; None when the steps were not bf16.
         "weight_rounding": None if not trainer.args.bf16 else "dithered" if trainer.weight_dither else "nearest",
         "global_step": trainer.state.global_step,
@@ -436,8 +408,11 @@ def training_arguments(
     )
 
 
-def load_data(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Path | None) -> TrainData:
-    """Read, split, tokenize: the train and eval datasets. ``data_dir`` (main process) gets the quarantine."""
+def load_data(
+    cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Path | None, remedies: RemedyContext
+) -> TrainData:
+    """Read, split, tokenize: the train and eval datasets, with the ``data`` stage's remedies (replay).
+    ``data_dir`` (main process) gets the quarantine."""
     read = read_records(
         cfg.train_file, quarantine=data_dir / "quarantine.jsonl" if data_dir else None, strict=cfg.strict_data
     )
@@ -460,14 +435,7 @@ def load_data(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, data_dir: Pa
         train_records, eval_records = split_records(records, cfg.eval_fraction, cfg.seed)
     else:
         train_records, eval_records = records, []
-    pool = None
-    if cfg.replay is not None:
-        if cfg.replay.source == "self":
-            pool = self_replay_pool(cfg, tokenizer)
-        else:
-            assert cfg.replay.corpus is not None
-            pool = ReplayPool(read_texts(cfg.replay.corpus), tokenizer, name=cfg.replay.name)
-    train = build_train_dataset(train_records, tokenizer, cfg, replay_pool=pool)
+    train = build_train_dataset(train_records, tokenizer, cfg, **dataset_arguments(remedies))
     evaluation = build_eval_dataset(eval_records, tokenizer, cfg) if eval_records else None
     return TrainData(train, evaluation, read, eval_read, len(train_records), len(eval_records))
 
@@ -496,89 +464,8 @@ def _set_attention(model: torch.nn.Module, implementation: str) -> None:
         raise UserError(f"attn_implementation: {implementation} is not available here ({exc})") from None
 
 
-def _precision_name(args: TrainingArguments) -> str:
-    return "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32"
-
-
 def _evaluated_at(trainer: SFTLabTrainer, step: int) -> bool:
     return any("eval_loss" in h and h.get("step") == step for h in trainer.state.log_history)
-
-
-def _print_setup(console: Console, session: TrainSession) -> None:
-    cfg, data, run_dir = session.cfg, session.data, session.run_dir
-    trainable, total = count_parameters(session.trainer.model)
-    table = Table(title=f"sftlab train -> {run_dir}", show_header=False, title_justify="left")
-    table.add_row("model", f"{cfg.model_name_or_path} ({total / 1e6:.2f}M parameters)")
-    table.add_row("method", f"{cfg.method}: {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
-    attention = getattr(session.trainer.model.config, "_attn_implementation", None)
-    dither = session.trainer.weight_dither
-    weights = f"weights fp32, {len(dither.params)} seen dithered in bf16" if dither else "weights fp32"
-    table.add_row("precision", f"{_precision_name(session.trainer.args)} (dtype: {cfg.dtype}); {weights}; "
-                  f"attention {attention}" + ("; blocks compiled (torch_compile)" if cfg.torch_compile else ""))
-    rejected = len(data.read.rejected) + (len(data.eval_read.rejected) if data.eval_read else 0)
-    reasons = data.read.counts + (data.eval_read.counts if data.eval_read else type(data.read.counts)())
-    detail = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
-    table.add_row(
-        "records",
-        f"{data.n_train_records:,} train, {data.n_eval_records:,} eval; {rejected:,} quarantined"
-        + (f" ({detail}) -> {run_dir / 'data'}" if rejected else ""),
-    )
-    st = data.train.stats
-    table.add_row(
-        "examples",
-        f"{st.examples:,} in {st.rows:,} rows of <= {cfg.max_length} tokens ({'packed' if cfg.packing else 'padded'}); "
-        f"{st.trained_tokens:,} trained tokens, real-token fraction {st.real_token_fraction:.1%}, "
-        + (f"{st.split:,} split into pieces" if cfg.overflow == "split" else f"{st.truncated:,} truncated")
-        + (f", {st.no_target:,} dropped (no trained token left)" if st.no_target else "")
-        + (f", replay {st.replay_fraction:.1%} of trained tokens" if st.replay_examples else ""),
-    )
-    remedies = describe_remedies(cfg)
-    if remedies:
-        table.add_row("remedies", "; ".join(remedies))
-    engine = describe_engine(cfg, session.trainer.args.world_size)
-    if engine:
-        table.add_row("engine", engine)
-    if session.checkpoint:
-        table.add_row("resume", session.checkpoint)
-    console.print(table)
-
-
-def describe_engine(cfg: TrainConfig, world_size: int) -> str | None:
-    """How the run is spread over processes (None for a single process without an engine)."""
-    if cfg.fsdp is not None:
-        return f"FSDP2 over {world_size} ranks (checkpoints: {cfg.fsdp.state_dict_type.lower()})"
-    if cfg.deepspeed is not None:
-        return f"DeepSpeed ZeRO-{cfg.deepspeed.stage} over {world_size} ranks"
-    return f"DDP over {world_size} ranks" if world_size > 1 else None
-
-
-def describe_remedies(cfg: TrainConfig) -> list[str]:
-    """One short phrase per remedy the config turns on (loss, regularizers, NEFTune, replay)."""
-    parts = []
-    if cfg.preset == "asft":
-        parts.append("ASFT preset: DFT + forward KL to the base on response tokens")
-    if cfg.loss == "gem":
-        parts.append(f"loss gem (beta {cfg.gem.beta}, h {cfg.gem.h})")
-    elif cfg.loss == "label_smoothing":
-        parts.append(f"label smoothing {cfg.label_smoothing_factor}")
-    elif cfg.loss == "dft":
-        parts.append("loss dft (cross-entropy weighted by each target's own probability)")
-    if cfg.neftune_noise_alpha is not None:
-        layers = "" if cfg.neftune_layers == [0] else f", hidden states {cfg.neftune_layers}"
-        parts.append(f"NEFTune alpha {cfg.neftune_noise_alpha} ({cfg.neftune_noise_type}, {cfg.neftune_schedule}{layers})")
-    if cfg.adversarial is not None:
-        adv = cfg.adversarial
-        parts.append(f"{adv.method} {adv.steps} ascent steps (eta {adv.step_size}, eps {adv.epsilon}, {adv.norm})")
-    if cfg.replay is not None:
-        parts.append(f"replay {cfg.replay.ratio:.0%} of tokens from {cfg.replay.name}")
-    if cfg.l2sp is not None:
-        parts.append(f"L2-SP lambda {cfg.l2sp.lambda_}")
-    if cfg.ewc is not None:
-        parts.append(f"EWC lambda {cfg.ewc.lambda_} (Fisher on {cfg.ewc.fisher_samples} samples)")
-    if cfg.kl_to_base is not None:
-        kl = cfg.kl_to_base
-        parts.append(f"KL-to-base beta {kl.beta} ({kl.direction}, on {kl.on})")
-    return parts
 
 
 def _write_stats(path: Path, data: TrainData) -> None:
@@ -591,18 +478,3 @@ def _write_stats(path: Path, data: TrainData) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stats, indent=2, default=str))
-
-
-def _print_result(console: Console, trainer: SFTLabTrainer, out: Path, loss_name: str) -> None:
-    first, last = summarize_logs(trainer.state.log_history, "eval_loss")
-    loss = next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None)
-    parts = [f"{trainer.state.global_step} steps"]
-    if loss is not None:
-        parts.append(f"last train loss {loss:.4f}")
-    if first is not None:
-        parts.append(f"eval loss (cross-entropy) {first:.4f} -> {last:.4f}")
-    obj_first, obj_last = summarize_logs(trainer.state.log_history, "eval_objective")
-    if obj_first is not None and loss_name != "cross_entropy":
-        parts.append(f"eval objective ({loss_name}) {obj_first:.4f} -> {obj_last:.4f}")
-    console.print("; ".join(parts))
-    console.print(f"saved: {out}")

@@ -49,12 +49,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from sftlab.train.losses import IGNORE_INDEX
+from sftlab.models.tokens import IGNORE_INDEX
 from sftlab.train.neftune import ForwardInputs, base_model, document_ids, neftune_noise, per_document_sum
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY
 
 if TYPE_CHECKING:
-    from sftlab.config import AdversarialSettings
+    from sftlab.train.remedies.adversarial import AdversarialSettings
 
 Norm = Literal["l2", "linf"]
 

@@ -1,4 +1,4 @@
-"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM, DFT.
+"""Token losses for causal-LM training: cross-entropy, label smoothing, GEM, DFT, EAFT, TOFU.
 
 Every loss takes unshifted ``logits`` [B, T, V] and ``labels`` [B, T] (HF convention: position t
 predicts label t+1; -100 is ignored) and returns the sum over target tokens divided by
@@ -8,25 +8,15 @@ accumulation exact) or, when that is None, by this batch's own target-token coun
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+import math
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-if TYPE_CHECKING:
-    from sftlab.config import TrainConfig
-
-IGNORE_INDEX = -100
-# Logits per slice of the cross-entropy: 12.6 MB of float32, 64 rows of SmolLM2's 49,152-token vocabulary,
-# inside glibc's reused heap (its mmap threshold grows to 32 MB) and the last-level cache of most CPUs.
-# Logits that fit in one slice keep F.cross_entropy (see cross_entropy).
-SLICE_ELEMENTS = 64 * 49152
-
-
-def rows_per_slice(vocab: int) -> int:
-    """How many rows of ``vocab``-wide logits one slice of the cross-entropy takes."""
-    return max(1, SLICE_ELEMENTS // vocab)
+from sftlab.models import tokens
+from sftlab.models.tokens import IGNORE_INDEX, rows_per_slice
 
 
 class LossFn(Protocol):
@@ -75,12 +65,12 @@ def cross_entropy(
     """Mean next-token cross-entropy over target tokens, optionally label-smoothed.
 
     Label smoothing (Szegedy et al. 2016): the target distribution is (1-eps) * onehot + eps / V.
-    Logits larger than one slice (:data:`SLICE_ELEMENTS`) go through :class:`SlicedCrossEntropy`, the same
-    value and gradient a slice at a time; smaller ones (a tiny model's) through ``F.cross_entropy``, whose
-    temporaries are then small and whose kernels are faster there (2.2x on 4,096 x 512 float32 logits;
-    bench/cross_entropy.py). The sliced path reads the logits unshifted (:func:`next_token_targets`).
+    Logits larger than one slice (:data:`~sftlab.models.tokens.SLICE_ELEMENTS`) go through
+    :class:`SlicedCrossEntropy`, the same value and gradient a slice at a time; smaller ones (a tiny
+    model's) through ``F.cross_entropy``, whose temporaries are then small and whose kernels are faster there
+    (2.2x on 4,096 x 512 float32 logits; bench/cross_entropy.py). The sliced path reads the logits unshifted (:func:`next_token_targets`).
     """
-    if logits.numel() > SLICE_ELEMENTS:
+    if logits.numel() > tokens.SLICE_ELEMENTS:
         targets = next_token_targets(labels)
         return SlicedCrossEntropy.apply(logits.reshape(-1, logits.size(-1)), targets,
                                         _denominator(targets, num_items_in_batch), label_smoothing)
@@ -93,7 +83,8 @@ def cross_entropy(
 
 class SlicedCrossEntropy(torch.autograd.Function):
     """Next-token cross-entropy summed over targets and divided by ``denom``, with its gradient computed in
-    the forward, a slice of :data:`SLICE_ELEMENTS` logits (:func:`rows_per_slice` rows) at a time.
+    the forward, a slice of :data:`~sftlab.models.tokens.SLICE_ELEMENTS` logits
+    (:func:`~sftlab.models.tokens.rows_per_slice` rows) at a time.
 
     Per row with logits z (in float32), target y and p = softmax(z): loss = logsumexp(z) - z_y, gradient
     p - onehot(y); with label smoothing eps, loss = (1-eps) (lse - z_y) + eps (lse - mean(z)) and gradient
@@ -221,14 +212,79 @@ def dft_loss(
     return _normalise(per_token.sum(), shift_labels, num_items_in_batch)
 
 
-def build_loss(cfg: "TrainConfig") -> LossFn:
-    """The token loss a train config asks for (``loss`` and its settings)."""
-    if cfg.loss == "label_smoothing":
-        eps = cfg.label_smoothing_factor
-        return lambda logits, labels, n=None: cross_entropy(logits, labels, n, label_smoothing=eps)
-    if cfg.loss == "gem":
-        beta, h = cfg.gem.beta, cfg.gem.h
-        return lambda logits, labels, n=None: gem_loss(logits, labels, n, beta=beta, h=h)
-    if cfg.loss == "dft":
-        return dft_loss
-    return cross_entropy
+def eaft_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    alpha: float = 1.0,
+    k: int = 20,
+    entropy_norm: float | None = 3.0,
+) -> torch.Tensor:
+    """EAFT, entropy-adaptive fine-tuning (Diao et al. 2026, "Entropy-Adaptive Fine-Tuning: Resolving Confident
+    Conflicts to Mitigate Forgetting", arXiv:2601.02151; official code PRIS-CV/EAFT, its LLaMA-Factory fork's
+    ``_eaft_cross_entropy``).
+
+    Per target token y_t with logits z_t, over the k largest logits (k capped at the vocabulary):
+
+        q = softmax(topk(z_t, k)),   H_t = -sum_i q_i log q_i,   w_t = stopgrad((H_t / c) ^ alpha)
+        L_t = -w_t * log softmax(z_t)[y_t]
+
+    c is ``entropy_norm``: 3.0 in the official code (k = 20, and ln 20 = 2.996), or ln k when None, the
+    paper's H / ln K. The weight is computed under ``no_grad`` as in the official code, so the gradient is
+    w_t times cross-entropy's. Tokens where the model is confident (low entropy) get little gradient
+    whatever their probability: the "confident conflicts" the paper blames for forgetting.
+    Reduction as every loss here: the sum over target tokens / ``num_items_in_batch``.
+
+    Where the ports differ: LLaMA-Factory's ``use_eaft_loss`` / ``eaft_alpha`` is the official code (k = 20 fixed,
+    divided by 3.0). Axolotl's ``use_eaft`` / ``eaft_alpha`` / ``eaft_k`` first used the unnormalised top-k
+    entropy (weights up to ln k), and later divides by ln k (the paper's form, ``entropy_norm: null`` here) with
+    k capped at 32; it also adds 1e-10 inside the log, which the official code does not.
+    """
+    shift_logits, shift_labels = shift_for_next_token(logits, labels)
+    target = shift_labels != IGNORE_INDEX
+    # Only target positions matter: selecting them first keeps the [N, V] float32 work small.
+    z = shift_logits[target].float()
+    nll = F.cross_entropy(z, shift_labels[target], reduction="none")
+    with torch.no_grad():
+        top = z.topk(min(k, z.size(-1)), dim=-1).values
+        log_q = torch.log_softmax(top, dim=-1)
+        entropy = -(log_q.exp() * log_q).sum(-1)
+        norm = math.log(top.size(-1)) if entropy_norm is None else entropy_norm
+        weight = (entropy / norm).pow(alpha)
+    return _normalise((weight * nll).sum(), shift_labels, num_items_in_batch)
+
+
+def tofu_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    gamma: float = 3.0,
+    beta: float = 0.8,
+) -> torch.Tensor:
+    """TOFU, tempered focal loss (Klypa & Cherednichenko 2026, "Diversity in Large Language Models under
+    Supervised Fine-Tuning", arXiv:2605.00195; official code github.com/rsklypa/TOFU, ``train/tofu_loss.py``).
+
+    Per target token y_t with logits z_t, p = softmax(z_t)[y_t] and the tempered log-probability
+    log p^beta = log softmax(z_t / beta)[y_t]:
+
+        g(p, gamma) = (1 - p)^gamma - gamma * p * (1 - p)^(gamma - 1) * log p      (detached)
+        L_t = -stopgrad(g(p, gamma)) * beta * log softmax(z_t / beta)[y_t]
+
+    g is the derivative of the focal loss -(1 - p)^gamma log p with respect to log p: it is near 1 on tokens
+    the model finds unlikely and falls to 0 as p -> 1, so confident tokens stop pulling (the paper's neglect of
+    low-frequency patterns). The temperature beta < 1 sharpens the distribution the gradient is taken
+    through, and the factor beta keeps the gradient's scale: dL_t/dz_t = g * (softmax(z_t / beta) - onehot).
+    The official defaults are gamma 3 and beta 0.8. Reduction as every loss here: the sum over target tokens
+    / ``num_items_in_batch`` (the official code divides by the same count).
+    """
+    shift_logits, shift_labels = shift_for_next_token(logits, labels)
+    target = shift_labels != IGNORE_INDEX
+    # Only target positions matter: selecting them first keeps the [N, V] float32 work small.
+    z = shift_logits[target].float()
+    y = shift_labels[target].unsqueeze(-1)
+    log_p_tempered = torch.log_softmax(z / beta, dim=-1).gather(-1, y).squeeze(-1)
+    with torch.no_grad():
+        log_p = torch.log_softmax(z, dim=-1).gather(-1, y).squeeze(-1)
+        p = log_p.exp()
+        focal = (1 - p).pow(gamma) - gamma * p * (1 - p).pow(gamma - 1) * log_p
+    return _normalise(-(focal * beta * log_p_tempered).sum(), shift_labels, num_items_in_batch)

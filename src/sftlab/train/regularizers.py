@@ -37,6 +37,7 @@ from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 
 from sftlab.errors import UserError
+from sftlab.models.tokens import IGNORE_INDEX
 from sftlab.train.distributed import (
     count_over_ranks,
     is_fsdp2,
@@ -46,14 +47,13 @@ from sftlab.train.distributed import (
     shard_module_like,
     sum_over_shards,
 )
-from sftlab.train.losses import IGNORE_INDEX, cross_entropy
+from sftlab.train.losses import cross_entropy
 from sftlab.train.neftune import packed_padding
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from transformers import PreTrainedTokenizerBase
 
-    from sftlab.config import TrainConfig
     from sftlab.train.weight_rounding import DitheredBf16
 
 log = logging.getLogger(__name__)
@@ -475,61 +475,3 @@ class KLToBase:
 
 # --------------------------------------------------------------------------------------------------
 # From a config
-
-
-def _read_fisher_corpus(path: str) -> list[str]:
-    from sftlab.data.readers import read_texts
-
-    return read_texts(path)
-
-
-def build_regularizers(
-    cfg: "TrainConfig",
-    model: torch.nn.Module,
-    run_dir: Path,
-    tokenizer: "PreTrainedTokenizerBase",
-) -> list[Regularizer]:
-    """The regularizers a train config asks for (``l2sp``, ``ewc``, ``kl_to_base``).
-
-    Call it on the model as it starts training, on the device it trains on: after the PEFT wrapping,
-    before a checkpoint is loaded (the anchors and the KL base are the starting weights) and before
-    NEFTune is attached. EWC's Fisher is cached in ``run_dir`` and reused on resume; in a multi-process
-    run, let the main process build first (``TrainingArguments.main_process_first``) so the others
-    read its Fisher instead of all computing it. Under FSDP or DeepSpeed the Trainer has not moved
-    the model yet, so the Fisher is computed where the model was loaded (the CPU), once per run. The
-    trainer then binds each regularizer to the wrapped model (``bind``) at its first training step.
-    """
-    regs: list[Regularizer] = []
-    anchor = Anchor(model) if (cfg.l2sp or cfg.ewc) else None
-    if cfg.l2sp is not None and anchor is not None:
-        regs.append(L2SP(anchor, cfg.l2sp.lambda_))
-    if cfg.ewc is not None and anchor is not None:
-        ewc = cfg.ewc
-        if not Path(ewc.fisher_corpus).exists():
-            raise UserError(f"ewc.fisher_corpus not found: {ewc.fisher_corpus}")
-        model_path = Path(cfg.model_name_or_path).expanduser()
-        meta = {
-            "model": str(model_path.resolve()) if model_path.exists() else cfg.model_name_or_path,
-            "method": cfg.method,
-            "fisher_corpus": str(Path(ewc.fisher_corpus).resolve()),
-            "fisher_samples": str(ewc.fisher_samples),
-            "max_length": str(cfg.max_length),
-            "seed": str(cfg.seed),
-        }
-        fisher = load_or_compute_fisher(
-            model,
-            anchor.names,
-            Path(run_dir) / FISHER_FILE,
-            lambda: fisher_sequences(
-                _read_fisher_corpus(ewc.fisher_corpus), tokenizer, ewc.fisher_samples, cfg.max_length, cfg.seed
-            ),
-            meta,
-        )
-        regs.append(EWC(anchor, fisher, ewc.lambda_))
-    if cfg.kl_to_base is not None:
-        kl = cfg.kl_to_base
-        if kl.on == "replay" and cfg.replay is None:
-            raise UserError("kl_to_base.on: replay needs a replay corpus: set replay.corpus (or use on: response)")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        regs.append(KLToBase(model, kl.beta, kl.direction, kl.on, pad_token_id=pad))
-    return regs

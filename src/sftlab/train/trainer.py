@@ -60,8 +60,9 @@ from transformers.trainer_utils import (
 from transformers.training_args import OptimizerNames
 
 from sftlab.errors import UserError
+from sftlab.models.tokens import IGNORE_INDEX
 from sftlab.train.distributed import enable_fsdp_on_cpu, full_state_dict, is_fsdp2, local_bytes, per_rank, reshard
-from sftlab.train.losses import IGNORE_INDEX, LossFn, cross_entropy
+from sftlab.train.losses import LossFn, cross_entropy
 from sftlab.train.regularizers import NOT_MODEL_INPUTS, SCORED_POSITIONS_KEY, Regularizer
 from sftlab.train.weight_rounding import DitheredBf16
 

@@ -6,8 +6,9 @@ chunks ran before it: a crashed run that resumes from the cache gives the same s
 never stopped.
 
 Cache layout: ``cache_dir/<key>/chunk_<i>.json``, one file per batch, each written atomically
-(temporary file + ``os.replace``). ``key`` hashes the model's identity (:func:`model_fingerprint`), the
-prompts' token ids, the generation parameters and the generation kind (samples or greedy).
+(temporary file + ``os.replace``). ``key`` hashes the model's identity
+(:func:`sftlab.models.reference.model_fingerprint`), the prompts' token ids, the generation parameters and
+the generation kind (samples or greedy).
 """
 
 from __future__ import annotations
@@ -19,35 +20,28 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.config import SamplingSettings
-from sftlab.models.builtin import resolve_model_source
-from sftlab.models.load import adapter_base_path, is_adapter_dir
-
 CACHE_VERSION = 1
-_WEIGHT_FILES = ("*.safetensors", "config.json", "adapter_config.json", "generation_config.json")
 
 
-def model_fingerprint(name_or_path: str) -> str:
-    """A short hash of a model's identity: names, sizes and mtimes of its weight and config files.
+class SamplingSettings(Protocol):
+    """The decoding knobs the sampler reads (:class:`sftlab.config.SamplingSettings` is the validated one).
 
-    An adapter's fingerprint includes its base's. A hub id (no local dir) is identified by its name.
-    Sizes + mtimes are cheap (no hashing of gigabytes) and change whenever a training run rewrites
-    the weights.
+    A protocol, so that this ground-floor module needs nothing from the config above it.
     """
-    path = Path(resolve_model_source(name_or_path))
-    if not path.is_dir():
-        parts: list[object] = [name_or_path]
-    else:
-        files = sorted({f for pattern in _WEIGHT_FILES for f in path.glob(pattern)})
-        parts = [str(path.resolve())] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        if is_adapter_dir(path):
-            parts.append(model_fingerprint(adapter_base_path(path)))
-    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+    num_samples: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+    batch_size: int
+    seed: int
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Each strategy x seed is one run under ``out/runs/<strategy>/seed<k>/`` (the train run dir, with the audit in
 ``audit/``). A run that finished has ``row.json``, so a re-run skips it: a sweep killed half-way resumes
 where it stopped (and an interrupted training run inside it resumes from its own checkpoints). A run dir
-made under other settings (``settings.sha``: base model files, train and audit settings) is never skipped
+made under other settings (``settings.sha``: the base's fingerprint, train and audit settings) is never skipped
 or resumed as if it were this config's (see :func:`finished_row`).
 
 Every row is measured from files only, like the audit: eval loss of the saved model on the eval set, the
@@ -30,7 +30,6 @@ import torch
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from sftlab.audit.generate import model_fingerprint
 from sftlab.audit.report.section import SectionProvider
 from sftlab.config import (
     AuditConfig,
@@ -42,9 +41,9 @@ from sftlab.config import (
     load_config,
 )
 from sftlab.errors import UserError
-from sftlab.models.builtin import resolve_model_source
-from sftlab.sweep_report import write_sweep_report
-from sftlab.sweep_table import COLUMNS, format_cell
+from sftlab.models.reference import ModelRef, resolve_model
+from sftlab.recipes.sweep_report import write_sweep_report
+from sftlab.recipes.sweep_table import COLUMNS, format_cell
 
 ROW_FILE = "row.json"
 SETTINGS_FILE = "settings.sha"
@@ -70,16 +69,27 @@ class RunSpec:
 def load_sweep(path: str, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read and validate a sweep config, including every strategy's train config (errors come before any run)."""
     cfg = load_config(SweepConfig, path, list(overrides))
-    for spec in plan(cfg):
-        if spec.strategy.interpolate is None:
-            train_config(cfg, spec)
-    audit_config(cfg, {"-": cfg.base_model}, "-", Path(cfg.out))
+    check_runs(cfg)
     return cfg
 
 
+def check_runs(cfg: SweepConfig) -> None:
+    """Validate every strategy's train config and the audit config, so that errors come before any run."""
+    for spec in plan(cfg):
+        if spec.strategy.post_hoc is None:
+            train_config(cfg, spec)
+        elif spec.strategy.intruders is not None:
+            source = next(s for s in cfg.strategies if s.name == spec.strategy.intruders.source)
+            if train_config(cfg, RunSpec(source, spec.seed, spec.run_dir)).method != "lora":
+                raise UserError(f"strategy {spec.strategy.name!r} reduces the intruders of {source.name!r}, "
+                                "which is not a LoRA strategy (method: lora)")
+    audit_config(cfg, {"-": cfg.base_model}, "-", Path(cfg.out))
+
+
 def plan(cfg: SweepConfig) -> list[RunSpec]:
-    """Every run, trained strategies before the interpolations that read their models."""
-    ordered = sorted(cfg.strategies, key=lambda s: s.interpolate is not None)
+    """Every run, trained strategies before the post-hoc steps (interpolations, intruder reduction) that read
+    their models."""
+    ordered = sorted(cfg.strategies, key=lambda s: s.post_hoc is not None)
     return [RunSpec(s, seed, Path(cfg.out) / "runs" / s.name / f"seed{seed}") for seed in cfg.seeds for s in ordered]
 
 
@@ -127,13 +137,29 @@ def interpolate_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int],
     return Path(model_dir), cost
 
 
+def intruders_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """The source strategy's LoRA adapter (same seed) with its intruder dimensions reduced; its cost is the
+    source's plus the reduction."""
+    from sftlab.train.intruders import reduce_intruders
+
+    step = spec.strategy.intruders
+    assert step is not None
+    source = rows[(step.source, spec.seed)]
+    started = time.perf_counter()
+    model_dir = reduce_intruders(source["model_dir"], spec.run_dir / "adapter", top_k=step.top_k,
+                                 threshold_epsilon=step.threshold_epsilon, mitigation_lambda=step.mitigation_lambda)
+    cost = {key: source[key] for key in ("peak_memory_mb", "trainable_params")}
+    return model_dir, {"train_seconds": source["train_seconds"] + time.perf_counter() - started, **cost}
+
+
 def eval_loss(model_dir: str | Path, cfg: SweepConfig, base_train: dict[str, Any]) -> float | None:
     """Mean token cross-entropy of a saved model on the sweep's eval file (prompt tokens masked), or None."""
     from sftlab.data.dataset import build_eval_dataset
     from sftlab.data.packing import SFTCollator
     from sftlab.data.readers import read_records
     from sftlab.models.load import load_model, load_tokenizer
-    from sftlab.train.losses import IGNORE_INDEX, cross_entropy
+    from sftlab.models.tokens import IGNORE_INDEX
+    from sftlab.train.losses import cross_entropy
 
     eval_file = base_train.get("eval_file")
     if not eval_file:
@@ -198,9 +224,10 @@ def row_from_report(report: dict[str, Any], tuned_name: str) -> dict[str, Any]:
     return row
 
 
-def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
-    """A hash of what decides one run's result: the base model's files (a base retrained in place makes every
-    run stale), the train or interpolation settings and the audit settings.
+def run_settings(cfg: SweepConfig, spec: RunSpec, base: ModelRef) -> str:
+    """A hash of what decides one run's result: the base model's fingerprint (a base retrained in place makes
+    every run stale; the same built-in model converted under another cache root does not), the train or
+    interpolation settings and the audit settings.
 
     Train keys that cannot change a finished run's result (logging, saving, ``torch_compile``: the
     trainer's own FINISHED_SAFE) are left out, so turning them on, or a new version adding one, does not
@@ -208,18 +235,22 @@ def run_settings(cfg: SweepConfig, spec: RunSpec) -> str:
     """
     from sftlab.recipes.train import FINISHED_SAFE
 
-    mix = spec.strategy.interpolate
+    mix = spec.strategy.post_hoc
     if mix is None:
-        made: dict[str, Any] = train_config(cfg, spec).model_dump(mode="json", by_alias=True, exclude=FINISHED_SAFE)
+        # The base enters through its fingerprint alone: its path (a converted dir's lies under the cache root)
+        # says nothing about the result.
+        made: dict[str, Any] = train_config(cfg, spec).model_dump(
+            mode="json", by_alias=True, exclude=FINISHED_SAFE | {"model_name_or_path", "gguf_file"})
     else:
-        # A mix is as new as the model it mixes: a redone source makes it stale too.
+        # A post-hoc step is as new as the model it reads: a redone source makes it stale too.
         source = next(s for s in cfg.strategies if s.name == mix.source)
-        made = {**mix.model_dump(mode="json"), "source": run_settings(cfg, RunSpec(source, spec.seed, spec.run_dir))}
-    settings = {"base": model_fingerprint(cfg.base_model), "made": made, "audit": cfg.audit}
+        made = {**mix.model_dump(mode="json"),
+                "source": run_settings(cfg, RunSpec(source, spec.seed, spec.run_dir), base)}
+    settings = {"base": base.fingerprint, "made": made, "audit": cfg.audit}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> dict[str, Any] | None:
+def finished_row(cfg: SweepConfig, spec: RunSpec, base: ModelRef, redo_stale: bool = False) -> dict[str, Any] | None:
     """The row of a run finished earlier with the same settings; None when it has not finished.
 
     A run started with other settings (``settings.sha``, written before it trains), finished or not, is an
@@ -228,7 +259,7 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> d
     derived from its own world) its directory is removed and the run is done again.
     """
     stamp = spec.run_dir / SETTINGS_FILE
-    if stamp.is_file() and stamp.read_text() != run_settings(cfg, spec):
+    if stamp.is_file() and stamp.read_text() != run_settings(cfg, spec, base):
         if redo_stale:
             shutil.rmtree(spec.run_dir)
             return None
@@ -240,17 +271,19 @@ def finished_row(cfg: SweepConfig, spec: RunSpec, redo_stale: bool = False) -> d
     return json.loads(done.read_text()) if stamp.is_file() and done.is_file() else None
 
 
-def run_one(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]],
+def run_one(cfg: SweepConfig, spec: RunSpec, base: ModelRef, rows: dict[tuple[str, int], dict[str, Any]],
             extra_sections: Sequence[SectionProvider]) -> dict[str, Any]:
-    """Train (or interpolate), evaluate and audit one run; writes and returns its row."""
+    """Train (or run a post-hoc step), evaluate and audit one run; writes and returns its row."""
     from sftlab.recipes.audit import run_audit
 
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec))
-    if spec.strategy.interpolate is None:
+    _write_atomic(spec.run_dir / SETTINGS_FILE, run_settings(cfg, spec, base))
+    if spec.strategy.post_hoc is None:
         model_dir, cost = train_run(cfg, spec)
-    else:
+    elif spec.strategy.interpolate is not None:
         model_dir, cost = interpolate_run(cfg, spec, rows)
+    else:
+        model_dir, cost = intruders_run(cfg, spec, rows)
     audit_out = spec.run_dir / "audit"
     # Labelled by strategy and seed: every run's model dir is called "model", which says nothing.
     tuned_name = spec.label
@@ -269,28 +302,38 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def resolve_base(cfg: SweepConfig) -> tuple[SweepConfig, ModelRef]:
+    """The sweep's base resolved once (its fingerprint keys every run's settings), and the config to run.
+
+    A base given as a folder plus ``gguf_file`` becomes its converted dir in the config, so that one dir
+    stands for it everywhere below: training, interpolation, audit. A built-in name stays as written (it
+    labels the base in every report) and each stage loads its cached conversion.
+    """
+    base = resolve_model(cfg.base_model, cfg.gguf_file)
+    if cfg.gguf_file is not None:
+        cfg = cfg.model_copy(update={"base_model": base.path, "gguf_file": None})
+    return cfg, base
+
+
 def run_sweep(cfg: SweepConfig, extra_sections: Sequence[SectionProvider] = (), redo_stale: bool = False) -> Path:
     """Run every strategy x seed not yet done, then write the comparison; returns the path of sweep.html.
 
     ``redo_stale``: redo finished runs made with other settings instead of stopping (see :func:`finished_row`).
     """
-    if cfg.gguf_file is not None:
-        # One converted dir stands for the base everywhere below: training, interpolation, audit, settings hash.
-        cfg = cfg.model_copy(update={"base_model": resolve_model_source(cfg.base_model, cfg.gguf_file),
-                                     "gguf_file": None})
+    cfg, base = resolve_base(cfg)
     console = Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     specs = plan(cfg)
-    finished = [finished_row(cfg, spec, redo_stale) for spec in specs]  # stale runs are reported before any work starts
+    finished = [finished_row(cfg, spec, base, redo_stale) for spec in specs]  # stale runs are reported before any work starts
     for i, (spec, row) in enumerate(zip(specs, finished, strict=True), 1):
         if row is not None:
             rows[(spec.strategy.name, spec.seed)] = row
             console.print(f"[dim]sweep {i}/{len(specs)}: {spec.label} done earlier, skipped[/dim]")
             continue
         console.rule(f"sweep {i}/{len(specs)}: {spec.label}")
-        rows[(spec.strategy.name, spec.seed)] = run_one(cfg, spec, rows, extra_sections)
+        rows[(spec.strategy.name, spec.seed)] = run_one(cfg, spec, base, rows, extra_sections)
     table = aggregate([rows[(s.strategy.name, s.seed)] for s in specs], [s.name for s in cfg.strategies])
     html_path = write_sweep_report(out, table, cfg)
     print_table(console, table)

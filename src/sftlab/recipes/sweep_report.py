@@ -19,8 +19,8 @@ from sftlab.audit.report.json_report import to_jsonable
 from sftlab.audit.report.section import Finding, Section, Table, image_html
 from sftlab.audit.report.sections import PPL_THRESHOLD
 from sftlab.config import SweepConfig
-from sftlab.sweep_table import COLUMNS, GROUPS, Column, format_cell, pareto_front
-from sftlab.sweep_forecast import forecast_section
+from sftlab.recipes.sweep_forecast import forecast_section
+from sftlab.recipes.sweep_table import COLUMNS, GROUPS, Column, format_cell, pareto_front
 
 TASK_AXIS = ("task_score", "task score (higher is better)")
 PARETO_PLOTS = (
@@ -158,7 +158,7 @@ def summary_markdown(findings: Sequence[Finding], strategies: Sequence[str], rul
 
 
 def comparison_table(table: dict[str, Any], group: str = "outcome") -> Table:
-    """Strategies as rows, the ``group``'s columns of :data:`sftlab.sweep_table.COLUMNS`, cells ``mean ± std``.
+    """Strategies as rows, the ``group``'s columns of :data:`sftlab.recipes.sweep_table.COLUMNS`, cells ``mean ± std``.
 
     A cell may wrap before its ``±`` only (a no-break space follows it), so a narrow page puts the std
     under the mean instead of cutting the table off.

@@ -113,7 +113,7 @@ def strategy_means(table: dict[str, Any], key: str) -> dict[str, float]:
 def forecast_correlations(table: dict[str, Any]) -> dict[str, Any]:
     """Per forgetting measure: rho, p, n and the verdict, across strategies (each one's mean over seeds).
 
-    ``table`` is :func:`sftlab.sweep.aggregate`'s output (its ``rows`` are read); a strategy missing the
+    ``table`` is :func:`sftlab.recipes.sweep.aggregate`'s output (its ``rows`` are read); a strategy missing the
     forecast or the measure is left out of that measure's n. ``rho_reverse`` is the same rank correlation
     for KL(tuned ‖ base), for comparison with the headline direction.
     """
