@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from sftlab.offline import set_offline
 set_offline()
 # Two cores: more torch threads than that only adds contention when pytest runs several processes.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Audits cache samples and scores outside their out dir; the tests' tiny models go to a throwaway dir, not
+# the user's ~/.cache/sftlab/audit.
+os.environ.setdefault("SFTLAB_AUDIT_CACHE", tempfile.mkdtemp(prefix="sftlab-test-audit-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM
 from sftlab.audit.forecast import AnswerKL, score_forecast, scored_continuation, summarize_forecast, token_kl
 from sftlab.audit.stats import bootstrap_ratio_ci
 from sftlab.config import AuditConfig, build_config
-from sftlab.recipes.audit import forecast_samples_per_prompt, read_sft_prompts, run_audit
+from sftlab.recipes.audit import forecast_samples_per_prompt, run_audit
+from sftlab.recipes.audit_inputs import read_sft_prompts
 from sftlab.recipes.sweep import aggregate, row_from_report
 from sftlab.recipes.sweep_forecast import forecast_correlations, forecast_section, spearman, verdict
 

@@ -71,10 +71,24 @@ def _cmd_data_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _suites_help() -> str:
+    from sftlab.audit.suites import describe_suites
+
+    return describe_suites()
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from sftlab.config import AuditConfig, build_config, parse_overrides, read_yaml, _deep_merge
     from sftlab.recipes.audit import run_audit
 
+    if args.list_measures:
+        from sftlab.audit.gate_values import list_measures
+
+        print(list_measures())
+        return 0
+    checks = _gate_checks(args)  # a check that does not parse fails before any model loads
+    if args.from_report:
+        return _gate_report(Path(args.from_report), checks, args.fail_on_interval)
     config, overrides = args.config, list(args.overrides)
     if config and "=" in config and not Path(config).exists():
         # No config file given: argparse put the first KEY=VALUE where the config would go.
@@ -89,11 +103,42 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "benchmark": args.benchmark,
         "eval_set": args.eval_set,
         "out": args.out,
+        "suites": args.suite,
     }
     data = _deep_merge(data, {k: v for k, v in flags.items() if v})
     data = _deep_merge(data, parse_overrides(overrides + args.set_overrides, AuditConfig))
-    run_audit(build_config(AuditConfig, data, source=config or "command line"))
-    return 0
+    report = run_audit(build_config(AuditConfig, data, source=config or "command line"))
+    return _gate_report(report.parent / "report.json", checks, args.fail_on_interval) if checks else 0
+
+
+def _gate_checks(args: argparse.Namespace) -> list | None:
+    """The parsed ``--fail-on`` checks (None without any), their names checked as far as they can be before
+    the audit has read its files."""
+    from sftlab.audit.gate import check_names, parse_checks
+    from sftlab.audit.gate_values import could_be_measure, static_names
+
+    if not args.fail_on:
+        if args.fail_on_interval or args.from_report:
+            raise UserError("--fail-on-interval and --from-report gate an audit: give the checks with --fail-on")
+        return None
+    checks = parse_checks(args.fail_on)
+    check_names([c for c in checks if not could_be_measure(c.name)], static_names())
+    return checks
+
+
+def _gate_report(report_json: Path, checks: list | None, interval_only: bool) -> int:
+    """Print one line per check past its threshold; 3 when any check fails (the gate), else 0."""
+    from sftlab.audit.gate import gate
+    from sftlab.audit.gate_values import read_gate_values
+
+    if not checks:
+        return 0
+    code, lines = gate(checks, read_gate_values(report_json), interval_only)
+    for line in lines:
+        print(line)
+    print(f"gate: {'FAILED' if code else 'passed'} ({len(checks)} check{'s' * (len(checks) != 1)}"
+          f"{', interval must clear the threshold' if interval_only else ''})")
+    return code
 
 
 def _cmd_interpolate(args: argparse.Namespace) -> int:
@@ -229,15 +274,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys (dotted)")
     p.add_argument("--base")
     p.add_argument("--tuned", action="append", metavar="[NAME=]DIR",
-                   help="tuned model or adapter dir, labelled NAME in the report (repeat for several)")
-    p.add_argument("--prompts")
-    p.add_argument("--sft-data", dest="sft_data")
-    p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable)")
-    p.add_argument("--benchmark", action="append", help="multiple-choice jsonl (repeatable)")
-    p.add_argument("--eval-set", dest="eval_set")
+                   help="tuned model dir (any trainer's: a full model, a PEFT adapter, a checkpoint-N dir), "
+                        "labelled NAME in the report (repeat for several)")
+    p.add_argument("--suite", metavar="NAME,...",
+                   help="built-in probe suites, comma-separated. " + _suites_help() + ". Without --suite: the "
+                        "default suites when no data file is given, none when one is. With --suite, files join "
+                        "the suites: --prompts and --eval-set replace the chat suite's, --reference and "
+                        "--benchmark add to the text and knowledge suites'. --sft-data never replaces a suite")
+    p.add_argument("--prompts", help="prompts file (replaces the chat suite's prompts)")
+    p.add_argument("--sft-data", dest="sft_data", help="the SFT set: pattern copying and the forgetting forecast")
+    p.add_argument("--reference", action="append", help="text corpus for perplexity (repeatable; adds to the text suite)")
+    p.add_argument("--benchmark", action="append",
+                   help="multiple-choice jsonl (repeatable; adds to the knowledge suite)")
+    p.add_argument("--eval-set", dest="eval_set", help="prompts with reference answers (replaces the chat suite's)")
     p.add_argument("--out")
     p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the same as a bare KEY=VALUE")
+    p.add_argument("--fail-on", dest="fail_on", action="append", metavar="CHECK,...",
+                   help="the CI gate: exit 3 when a tuned model's change is past a threshold, e.g. "
+                        "'style_capture>20,adherence<-0.05,piqa_acc<-2,perplexity>+5%%' (repeatable; "
+                        "names: --list-measures)")
+    p.add_argument("--fail-on-interval", dest="fail_on_interval", action="store_true",
+                   help="fail a check only when its whole 95%% interval is past the threshold")
+    p.add_argument("--from-report", dest="from_report", metavar="REPORT_JSON",
+                   help="gate a saved report.json with --fail-on instead of running an audit")
+    p.add_argument("--list-measures", dest="list_measures", action="store_true",
+                   help="print the measure names --fail-on takes, and exit")
 
     p = add("sweep", _cmd_sweep, "train and audit several strategies on one base; comparison table")
     add_config_args(p)

@@ -244,6 +244,18 @@ class PretrainConfig(StrictModel):
         return data
 
 
+class SuiteItems(StrictModel):
+    """How much of each built-in probe suite an audit uses (the first N items of each file).
+
+    The defaults keep a one-command audit of one tuned model against SmolLM2-135M within minutes on two CPU
+    cores (docs/benchmarks.md); raise them for tighter intervals.
+    """
+
+    chat_prompts: int = Field(16, ge=1, description="chat suite: prompts sampled (also its eval items for ROUGE-L)")
+    knowledge_items: int = Field(300, ge=1, description="knowledge suite: items of each benchmark (PIQA has 900)")
+    text_paragraphs: int = Field(24, ge=1, description="text suite: paragraphs for perplexity (240 shipped)")
+
+
 class AuditConfig(StrictModel):
     """``sftlab audit``: compare a base model with one or more tuned models."""
 
@@ -253,7 +265,11 @@ class AuditConfig(StrictModel):
         ..., min_length=1,
         description="tuned model or adapter dirs: a list of DIR or NAME=DIR, or a mapping NAME: DIR; NAME labels it in the report",
     )
-    prompts: str
+    prompts: str | None = Field(None, description="prompts file (with `suites`: replaces the chat suite's prompts)")
+    suites: list[str] | None = Field(
+        None, description="built-in probe suites (chat, knowledge, text); unset: chat, knowledge and text when no "
+        "data file is given, none when one is. Files given with suites join them (sftlab.audit.suites)")
+    suite_items: SuiteItems = Field(default_factory=SuiteItems)
     out: str = "runs/audit"
     measures: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="opt-in measures to run, each with its own settings ({} for the "
@@ -289,7 +305,10 @@ class AuditConfig(StrictModel):
     allow_pickle: bool = Field(
         False, description="load a model or adapter dir whose weights are only *.bin pickles (torch.load, "
         "weights_only=True); off, such a dir is refused: unpickling can run code")
-    cache_dir: str | None = Field(None, description="sample cache (default: out/cache); share it to sample a model once")
+    cache_dir: str | None = Field(
+        None, description="cache of every model's samples and scores (default: $SFTLAB_AUDIT_CACHE, else $SFTLAB_CACHE/audit, else "
+        "~/.cache/sftlab/audit), keyed by the model's files, the inputs and the settings: a base is scored once "
+        "for all the audits that share it")
     device: Annotated[str, AfterValidator(check_device_name)] = Field(
         "auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps")
     dtype: str = Field("auto", description="compute dtype: auto (bf16 where it pays: a GPU that has it, or a CPU "
@@ -308,6 +327,8 @@ class AuditConfig(StrictModel):
             for key in ("tuned", "reference", "benchmark"):
                 if isinstance(data.get(key), str):
                     data[key] = [data[key]]
+            if isinstance(data.get("suites"), str):
+                data["suites"] = [p.strip() for p in data["suites"].split(",") if p.strip()]
         return data
 
 

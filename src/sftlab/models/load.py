@@ -141,11 +141,12 @@ def _check_source(name_or_path: str, tokenizer_only: bool = False) -> None:
         )
 
 
-def _sources(name_or_path: str) -> tuple[str, str | None]:
+def _sources(name_or_path: str, base: str | None = None) -> tuple[str, str | None]:
     """What the loaders read: the model's own source (a built-in name or ``.gguf`` file becomes its converted
-    dir) and, for an adapter dir, its base's source (the adapter may name its base by a built-in name)."""
+    dir) and, for an adapter dir, its base's source: ``base`` when given, else the one the adapter records (it
+    may name its base by a built-in name)."""
     source = resolve_model_source(name_or_path)
-    return source, resolve_model_source(adapter_base_path(source)) if is_adapter_dir(source) else None
+    return source, resolve_model_source(base or adapter_base_path(source)) if is_adapter_dir(source) else None
 
 
 def _hub_error(name_or_path: str, exc: Exception) -> UserError:
@@ -155,10 +156,10 @@ def _hub_error(name_or_path: str, exc: Exception) -> UserError:
     )
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model dir, tokenizer dir, adapter dir (its base's), built-in name, .gguf file or hub
-    id; a pad token is ensured."""
-    name_or_path, base_source = _sources(name_or_path)
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, base: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model dir, tokenizer dir, adapter dir (its own, else its base's: ``base`` when given,
+    else the one its adapter_config.json records), built-in name, .gguf file or hub id; a pad token is ensured."""
+    name_or_path, base_source = _sources(name_or_path, base)
     _check_source(name_or_path, tokenizer_only=True)
     source = name_or_path
     if base_source is not None and not (Path(name_or_path) / "tokenizer_config.json").is_file():
@@ -287,6 +288,15 @@ def dropout_overrides(config: PretrainedConfig, p: float) -> dict[str, float]:
     }
 
 
+def adapter_mismatch(adapter_dir: str, base: str, exc: Exception) -> UserError:
+    """The UserError for an adapter PEFT could not put on ``base`` (other architecture, other shapes)."""
+    detail = " ".join(str(exc).split())
+    detail = detail if len(detail) <= 300 else detail[:300] + "..."
+    return UserError(f"{adapter_dir}: this PEFT adapter does not fit the base model {base} ({type(exc).__name__}: "
+                     f"{detail}). Its adapter_config.json records {adapter_base_path(adapter_dir)!r} as its base; "
+                     "pass that model (or a local copy of it) as the base")
+
+
 def load_model(
     name_or_path: str,
     dtype: str | torch.dtype | None = "auto",
@@ -296,6 +306,7 @@ def load_model(
     dropout: float | None = None,
     attn_implementation: str | None = None,
     allow_pickle: bool = False,
+    base: str | None = None,
 ) -> PreTrainedModel:
     """Load a causal LM (or base + PEFT adapter) from safetensors weights, in eval mode on ``device``.
 
@@ -305,8 +316,10 @@ def load_model(
     ``name_or_path`` may also be a built-in name or a ``.gguf`` file (converted once, then cached).
     ``dtype: auto`` loads bf16 weights on a GPU that has bf16 and fp32 weights elsewhere.
     ``allow_pickle`` lets a dir whose weights are only ``*.bin`` pickles load (see :func:`refuse_pickled_weights`).
+    ``base`` puts an adapter on that model instead of the one its ``adapter_config.json`` records (which is often
+    a hub id, unreachable offline); an adapter that does not fit it is a UserError.
     """
-    name_or_path, adapter_base = _sources(name_or_path)
+    name_or_path, adapter_base = _sources(name_or_path, base)
     _check_source(name_or_path)
     refuse_pickled_weights(name_or_path, allow_pickle)
     adapter = adapter_base is not None
@@ -333,8 +346,11 @@ def load_model(
     if adapter:
         from peft import PeftModel
 
-        with peft_gc_probe_quiet():
-            model = PeftModel.from_pretrained(model, name_or_path)
+        try:
+            with peft_gc_probe_quiet():
+                model = PeftModel.from_pretrained(model, name_or_path)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise adapter_mismatch(name_or_path, base_source, exc) from None
         if merge_adapter:
             model = model.merge_and_unload()
     return model.to(device).eval()

@@ -20,19 +20,18 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from sftlab.audit import copying, forgetting, shift
+from sftlab.audit import forgetting, shift
 from sftlab.audit.embed import Embedder, resolve_embedding_model
 from sftlab.audit.forecast import AnswerKL, forecast_samples_per_prompt, score_forecast, scored_continuation
 from sftlab.audit.measures import registry
 from sftlab.audit.measures.base import Measure
-from sftlab.audit.measures.context import AuditContext, EvalItem, Inputs, ModelRun
+from sftlab.audit.measures.context import AuditContext, Inputs, ModelRun
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import build_report, write_json
@@ -41,14 +40,15 @@ from sftlab.audit.report.section import Section
 from sftlab.audit.report.token_view import token_view_page
 from sftlab.audit.score_cache import cached_scores
 from sftlab.config import AuditConfig
-from sftlab.data.readers import read_prompts, read_records, read_texts
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt, leading_special_ids
 from sftlab.errors import UserError
 from sftlab.io import write_atomic
+from sftlab.models.adapter_fit import check_adapter_fits
 from sftlab.models.device import resolve_device
 from sftlab.models.generate import generate
 from sftlab.models.load import (
+    adapter_base_path,
     adapter_is_mergeable,
     autocast,
     context_limit,
@@ -60,6 +60,7 @@ from sftlab.models.load import (
     weights_and_autocast,
 )
 from sftlab.models.reference import model_fingerprint, resolve_model
+from sftlab.recipes.audit_inputs import audit_cache_dir, inputs_line, read_inputs
 from sftlab.recipes.audit_validate import validate_inputs
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 
@@ -97,95 +98,11 @@ def model_names(base: str, tuned: Sequence[str] | Mapping[str, str]) -> dict[str
     return names
 
 
-def _stem_names(paths: Sequence[str]) -> list[str]:
-    names: list[str] = []
-    for path in paths:
-        stem, unique, n = Path(path).stem, Path(path).stem, 2
-        while unique in names:
-            unique, n = f"{stem}#{n}", n + 1
-        names.append(unique)
-    return names
-
-
 def _check_vocab(base_tok: PreTrainedTokenizerBase, tok: PreTrainedTokenizerBase, path: str) -> None:
     # Shift ranks compare token ids across the two models, so they must mean the same strings.
     if base_tok.get_vocab() != tok.get_vocab():
         raise UserError(f"{path}: its tokenizer's vocabulary differs from the base's; the audit compares token ids, "
                         "so base and tuned models must share one tokenizer")
-
-
-def read_eval_set(path: str) -> list[EvalItem]:
-    """Prompt/completion or conversation records; the last assistant turn is the reference."""
-    items = []
-    for record in read_records([path], strict=True).records:
-        if record.kind == "text":
-            raise UserError(f"{record.origin}: the eval set needs prompts with reference answers, not plain text")
-        turns = record.as_messages()
-        while turns and turns[-1].role != "assistant":
-            turns.pop()
-        if len(turns) < 2:
-            raise UserError(f"{record.origin}: no assistant turn to use as the reference")
-        items.append(EvalItem(turns[:-1], turns[-1].content))
-    if not items:
-        raise UserError(f"{path}: no eval items")
-    return items
-
-
-def read_sft_examples(path: str) -> tuple[list[copying.SFTExample], int]:
-    """SFT records as (prompt, response) texts for retrieval, and the number of records rejected.
-
-    Bad records are skipped, not fatal (training quarantined them too); the count is reported.
-    """
-    result = read_records([path])
-    examples = []
-    for record in result.records:
-        if record.kind == "text":
-            continue
-        turns = record.as_messages()
-        response = "\n".join(m.content for m in turns if m.role == "assistant")
-        prompt = "\n".join(m.content for m in turns if m.role != "assistant")
-        examples.append(copying.SFTExample(prompt, response, str(record.origin)))
-    if not examples:
-        raise UserError(f"{path}: no SFT examples with a response (needed for pattern copying)")
-    return examples, len(result.rejected)
-
-
-def read_inputs(cfg: AuditConfig) -> Inputs:
-    """Read prompts, corpora, benchmarks, eval set and SFT data (bad input fails here, fast)."""
-    messages = read_prompts(cfg.prompts)
-    if cfg.max_prompts is not None:
-        messages = messages[: cfg.max_prompts]
-    references = {n: read_texts(p) for n, p in zip(_stem_names(cfg.reference), cfg.reference)}
-    benchmarks = {n: forgetting.read_multiple_choice(p) for n, p in zip(_stem_names(cfg.benchmark), cfg.benchmark)}
-    eval_items = read_eval_set(cfg.eval_set) if cfg.eval_set else []
-    sft, rejected = read_sft_examples(cfg.sft_data) if cfg.sft_data else ([], 0)
-    inputs = Inputs(messages, references, benchmarks, eval_items, sft, rejected)
-    if cfg.sft_data and cfg.forecast_prompts:
-        inputs.sft_prompts = read_sft_prompts(cfg.sft_data, cfg.forecast_prompts, cfg.sampling.seed)
-    return inputs
-
-
-def read_sft_prompts(path: str, limit: int, seed: int) -> list[list[Message]]:
-    """Up to ``limit`` distinct prompts of an SFT set (each record's turns before its last answer).
-
-    A seeded sample, kept in file order, when there are more: a file sorted by topic would otherwise
-    give the forecast only its first topic. Duplicates are dropped so a prompt repeated across many
-    records (a generic request) counts once.
-    """
-    seen: dict[tuple[tuple[str, str], ...], list[Message]] = {}
-    for record in read_records([path]).records:
-        if record.kind == "text":
-            continue
-        turns = record.as_messages()
-        while turns and turns[-1].role == "assistant":
-            turns.pop()
-        if turns:
-            seen.setdefault(tuple((m.role, m.content) for m in turns), turns)
-    prompts = list(seen.values())
-    if len(prompts) > limit:
-        keep = np.random.default_rng(seed).choice(len(prompts), size=limit, replace=False)
-        prompts = [prompts[i] for i in sorted(keep)]
-    return prompts
 
 
 class _Progress:
@@ -302,6 +219,38 @@ def _release_gpu_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def check_model_dir(path: str) -> None:
+    """A UserError for a local dir that is neither a model (config.json) nor a PEFT adapter (adapter_config.json),
+    pointing at its checkpoint-N dirs when it is a trainer's output dir."""
+    p = Path(path)
+    if not p.is_dir() or (p / "config.json").is_file() or is_adapter_dir(p):
+        return
+    checkpoints = sorted((c for c in p.glob("checkpoint-*") if c.name.removeprefix("checkpoint-").isdigit()),
+                         key=lambda c: int(c.name.removeprefix("checkpoint-")))
+    hint = (f" It holds a trainer's checkpoints: pass one of them, e.g. the last, {checkpoints[-1]}"
+            if checkpoints else "")
+    raise UserError(f"{path} is neither a model dir (no config.json) nor a PEFT adapter dir (no "
+                    f"adapter_config.json), so there is nothing to audit in it.{hint}")
+
+
+def template_notes(cfg: AuditConfig, models: Mapping[str, str], base_tok: PreTrainedTokenizerBase) -> dict[str, str]:
+    """tuned model -> a note, for each whose chat template differs from the base's (a trainer may save its own).
+    An adapter that does not fit the base is a UserError here, before any model runs.
+
+    Each model is prompted through its own tokenizer's template, as it was trained to be read; the note says so.
+    """
+    notes = {}
+    for name, path in list(models.items())[1:]:
+        check_model_dir(path)
+        if is_adapter_dir(path):  # an adapter made for another model fails now, not after the base has run
+            check_adapter_fits(path, cfg.base, load_config(cfg.base, cfg.trust_remote_code), adapter_base_path(path))
+        tok = load_tokenizer(path, cfg.trust_remote_code, base=cfg.base)
+        if getattr(tok, "chat_template", None) != getattr(base_tok, "chat_template", None):
+            notes[name] = (f"{name}: its chat template differs from the base's; each model is prompted with its "
+                           "own template")
+    return notes
+
+
 def audit_precision(cfg: AuditConfig, device: str) -> torch.dtype:
     """The compute dtype of the audit: ``cfg.dtype``, with ``auto`` decided for the base model on ``device``
     (:func:`sftlab.models.load.resolve_dtype`: bf16 on a bf16 GPU, or on a CPU with bf16 units for a wide
@@ -325,7 +274,8 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
     def load(path: str, merge_adapter: bool = False) -> torch.nn.Module:
         """A model in the audit's precision; dithered in fp32 first, then cast (exactly) when so asked."""
         model = load_model(path, torch.float32 if dithered else weights, device, cfg.trust_remote_code,
-                           merge_adapter=merge_adapter, allow_pickle=cfg.allow_pickle)
+                           merge_adapter=merge_adapter, allow_pickle=cfg.allow_pickle,
+                           base=cfg.base)
         if dithered:
             dither_in_place(model)
             model.to(weights)
@@ -340,15 +290,17 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
         runs[base] = run_model(base_model, base_tok, base, cfg.base, inputs, cfg, bars, cache_dir, base_limit, tag)
     for name in tuned:
         path = models[name]
-        tok = load_tokenizer(path, cfg.trust_remote_code)
+        tok = load_tokenizer(path, cfg.trust_remote_code, base=cfg.base)
         _check_vocab(base_tok, tok, path)
+        # An adapter runs on the audit's base (not necessarily the one it records): that base joins its cache key.
+        model_tag = tag + (f"@{model_fingerprint(cfg.base)}" if is_adapter_dir(path) else "")
         # A LoRA-style adapter is folded into its weights: the same function, and generation no longer pays
         # for the adapter's extra matmuls at every step (the real demo's LoRA audit sampled 1.4x slower).
         merge = is_adapter_dir(path) and adapter_is_mergeable(path)
         model = load(path, merge_adapter=merge)
         limit = context_limit(model, base_limit)
         with autocast(amp, device):
-            runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit, tag)
+            runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit, model_tag)
             answers = run.greedy_ids if cfg.shift_answers == "greedy" else run.first_sample_ids
             shifts[name] = shift.score_shift(
                 model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
@@ -356,7 +308,7 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
                 bars.step(f"{name}: shift under the base", len(answers)))
             if inputs.sft_prompts:
                 run.forecast_kl = forecast_run(cfg, inputs.sft_prompts, model, tok, base_model, base_tok, name, path,
-                                               bars, cache_dir, limit, tag)
+                                               bars, cache_dir, limit, model_tag)
         del model
         _release_gpu_memory(device)
     del base_model
@@ -399,6 +351,9 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
                       f"(`sftlab data check {cfg.sft_data}` lists them)[/yellow]")
     base = next(iter(models))
     base_tok = load_tokenizer(cfg.base, cfg.trust_remote_code)
+    templates = template_notes(cfg, models, base_tok)
+    for note in templates.values():
+        console.print(f"[yellow]{note}[/yellow]")
     loading = time.perf_counter()
     embedding_path = resolve_embedding_model(cfg.embedding_model)
     embedder = Embedder(embedding_path, device) if embedding_path else None
@@ -408,7 +363,7 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
                         console=console)
     with progress:
         bars = _Progress(progress)
-        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, Path(cfg.cache_dir) if cfg.cache_dir else out / "cache")
+        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, audit_cache_dir(cfg))
         model_s = time.perf_counter() - started
         embedded = time.perf_counter()
         embeddings = {name: [embedder.embed(t) for t in run.samples] for name, run in runs.items()} if embedder else None
@@ -430,7 +385,8 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
             "seconds": round(time.perf_counter() - started, 2),
             "model_seconds": round(model_s, 2), "embedding_seconds": round(embedding_s, 2),
             "style_seconds": round(seconds.get("style", 0.0), 2), "prompts": len(inputs.messages),
-            "greedy_tokens": tokens}
+            "greedy_tokens": tokens, "suites": inputs.suites, "inputs": inputs.sources,
+            "chat_templates": templates}
     write_reports(out, sections, ctx, colors, meta, shifts, base_tok)
     console.print(f"[bold]audit report[/bold]: {out / 'report.html'}")
     return out / "report.html"
@@ -443,6 +399,8 @@ def write_reports(out: Path, sections: list[Section], ctx: AuditContext, colors:
     s = ctx.cfg.sampling
     subtitle = (f"{len(ctx.messages)} prompts · K={s.num_samples} samples at temperature {s.temperature}, "
                 f"top-p {s.top_p}, top-k {s.top_k or 'off'}, up to {s.max_new_tokens} new tokens · seed {s.seed}")
+    subtitle += inputs_line(meta.get("suites", []), meta.get("inputs", {}))
+    subtitle += "".join(f" · {note}" for note in meta.get("chat_templates", {}).values())
     findings = [f for sec in sections for f in sec.findings]
     config = ctx.cfg.model_dump(mode="json")
     (out / "plots").mkdir(exist_ok=True)

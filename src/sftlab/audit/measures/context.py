@@ -43,6 +43,8 @@ class Inputs:
     sft_prompts: list[list[Message]] = field(default_factory=list)  # for the forgetting forecast
     # measure -> its own prompt set, and whether it wants one greedy answer per prompt (else K samples)
     own_prompts: dict[str, tuple[list[list[Message]], bool]] = field(default_factory=dict)
+    suites: list[str] = field(default_factory=list)  # the built-in probe suites used
+    sources: dict[str, Any] = field(default_factory=dict)  # input -> the file(s) it was read from (the report's)
 
 
 @dataclass
