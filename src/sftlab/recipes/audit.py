@@ -60,7 +60,7 @@ from sftlab.models.load import (
     weights_and_autocast,
 )
 from sftlab.models.reference import model_fingerprint, resolve_model
-from sftlab.recipes.audit_inputs import audit_cache_dir, inputs_line, read_inputs
+from sftlab.recipes.audit_inputs import audit_cache_dir, chosen_suites, inputs_line, read_inputs
 from sftlab.recipes.audit_validate import validate_inputs
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 
@@ -329,7 +329,9 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
     cfg = cfg.model_copy(update={"base": base_ref.path, "gguf_file": None})
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    chosen = registry.selected([*measures, *cfg.measures])  # an unknown measure fails before any data is read too
+    suite_measures = [s.measure for s in chosen_suites(cfg) if s.measure]  # the safety suite's measure
+    # An unknown measure fails before any data is read too.
+    chosen = registry.selected([*measures, *cfg.measures, *suite_measures])
     for measure in chosen:
         registry.settings_of(measure, cfg)  # each measure's own settings, checked before any model loads
     precision = audit_precision(cfg, device)

@@ -67,6 +67,12 @@ def read_sft_examples(path: str) -> tuple[list[copying.SFTExample], int]:
     return examples, len(result.rejected)
 
 
+def chosen_suites(cfg: AuditConfig) -> list[suites.Suite]:
+    """The probe suites this audit runs (:func:`sftlab.audit.suites.selected_suites`)."""
+    gave_files = bool(cfg.prompts or cfg.eval_set or cfg.reference or cfg.benchmark)
+    return suites.selected_suites(cfg.suites, gave_files)
+
+
 def read_inputs(cfg: AuditConfig) -> Inputs:
     """Read prompts, corpora, benchmarks, eval set and SFT data (bad input fails here, fast).
 
@@ -75,8 +81,7 @@ def read_inputs(cfg: AuditConfig) -> Inputs:
     ``eval_set`` is given; text and knowledge suites add their first ``suite_items`` paragraphs / items to the
     user's corpora and benchmarks.
     """
-    gave_files = bool(cfg.prompts or cfg.eval_set or cfg.reference or cfg.benchmark)
-    chosen = suites.selected_suites(cfg.suites, gave_files)
+    chosen = chosen_suites(cfg)
     shipped = suites.suite_files(chosen)
     n = cfg.suite_items
     prompts_file = cfg.prompts or (str(shipped.prompts) if shipped.prompts else None)

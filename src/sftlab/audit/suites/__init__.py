@@ -8,7 +8,9 @@ under which license, and nothing else. Each suite fills one or more of the audit
   eval set (task ROUGE-L): the eval set's greedy answers are then read from the sample cache, not recomputed.
 - ``knowledge``: multiple-choice benchmarks, scored as lm-eval-harness does (acc, acc_norm).
 - ``text``: paragraphs for perplexity.
-- ``safety``: refusal on harmful requests; its judge and prompt sets are wired in by the safety measure.
+- ``safety``: refusal on harmful requests and over-refusal on benign look-alikes: it turns on the ``safety``
+  measure (:mod:`sftlab.audit.measures.safety`), whose prompt sets ship in ``safety/``. Not a default suite:
+  270 greedy answers per model are minutes on a CPU.
 
 How suites and a user's own files combine (:func:`selected_suites`): with no ``suites`` set, an audit given
 no data file runs :data:`DEFAULT_SUITES`, and an audit given files runs those files only (as before suites
@@ -39,7 +41,7 @@ class Suite:
     prompts: str | None = None  # one file: chat turns ending in a user turn, with the reference answer after it
     references: tuple[str, ...] = ()  # text corpora (perplexity)
     benchmarks: tuple[str, ...] = ()  # multiple-choice jsonl files
-    wired: bool = True  # False: a known name whose measure is not part of this build yet
+    measure: str | None = None  # an opt-in audit measure the suite turns on (it reads its own prompt sets)
 
 
 SUITES: dict[str, Suite] = {
@@ -51,9 +53,8 @@ SUITES: dict[str, Suite] = {
         Suite("knowledge", "PIQA, all 900 dev items, as multiple choice (acc, acc_norm as lm-eval-harness)",
               benchmarks=("piqa.jsonl",)),
         Suite("text", "240 WikiText-2 test paragraphs: perplexity", references=("wikitext2.txt",)),
-        # The refusal judge and its prompt sets come with the safety measure; until they are wired in here the
-        # name is known (a typo still gets its closest match) but choosing it is refused with a clear message.
-        Suite("safety", "refusal rate on harmful requests and over-refusal on safe look-alikes", wired=False),
+        Suite("safety", "200 harmful requests (AdvBench, Do-Not-Answer) and 70 benign look-alikes: refusal rate "
+                        "and over-refusal (the safety measure)", measure="safety"),
     )
 }
 DEFAULT_SUITES: tuple[str, ...] = ("chat", "knowledge", "text")
@@ -81,11 +82,7 @@ def get_suite(name: str) -> Suite:
         close = difflib.get_close_matches(name, list(SUITES), n=1, cutoff=0.4)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UserError(f"unknown probe suite {name!r}{hint} Known suites: {', '.join(SUITES)}")
-    suite = SUITES[name]
-    if not suite.wired:
-        raise UserError(f"probe suite {name!r} ({suite.description}) is not available in this build yet; "
-                        f"choose among {', '.join(n for n, s in SUITES.items() if s.wired)}")
-    return suite
+    return SUITES[name]
 
 
 def selected_suites(names: Sequence[str] | None, user_gave_files: bool) -> list[Suite]:
@@ -120,6 +117,6 @@ def suite_files(suites: Sequence[Suite]) -> SuiteFiles:
 def describe_suites() -> str:
     """One line per suite, for ``--help``."""
     def tag(s: Suite) -> str:
-        return " (default)" if s.name in DEFAULT_SUITES else "" if s.wired else " (not in this build yet)"
+        return " (default)" if s.name in DEFAULT_SUITES else ""
 
     return "; ".join(f"{s.name}{tag(s)}: {s.description}" for s in SUITES.values())
