@@ -262,9 +262,10 @@ def autocast(dtype: torch.dtype | None, device: str) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
 
 
-def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The model config of a model dir, built-in name, .gguf file or hub id; an adapter dir gives its base's."""
-    name_or_path, base_source = _sources(name_or_path)
+def load_config(name_or_path: str, trust_remote_code: bool = False, base: str | None = None) -> PretrainedConfig:
+    """The model config of a model dir, built-in name, .gguf file or hub id; an adapter dir gives its base's
+    (``base`` when given, else the one it records)."""
+    name_or_path, base_source = _sources(name_or_path, base)
     _check_source(name_or_path)
     source = base_source or name_or_path
     try:

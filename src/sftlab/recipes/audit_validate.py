@@ -37,7 +37,7 @@ def validate_inputs(cfg: AuditConfig, models: Mapping[str, str],
     new = cfg.sampling.max_new_tokens
     notes: list[str] = []
     for name, path in models.items():
-        positions = model_positions(load_config(path, cfg.trust_remote_code))
+        positions = model_positions(load_config(path, cfg.trust_remote_code, base=cfg.base))
         if positions is None:
             continue
         room = min(cfg.max_length, positions)
@@ -48,7 +48,7 @@ def validate_inputs(cfg: AuditConfig, models: Mapping[str, str],
                 f"below {room}, e.g. {room // 2}")
         if positions >= cfg.max_length:
             continue
-        tok = load_tokenizer(path, cfg.trust_remote_code)
+        tok = load_tokenizer(path, cfg.trust_remote_code, base=cfg.base)
         lengths = [(len(encode_prompt(tok, messages)), source, i)
                    for source, prompts in prompt_sets.items() for i, messages in enumerate(prompts)]
         cut = [entry for entry in lengths if entry[0] + new > positions]
