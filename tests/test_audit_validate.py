@@ -65,7 +65,7 @@ def test_a_tuned_dir_that_is_neither_model_nor_adapter_fails_first(tiny_model_di
     if content == "tokenizer only":
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(tiny_model_dir / name, tuned / name)
-    with pytest.raises(UserError, match=r"tuned is not a model dir: expected config\.json .* or adapter_config\.json"):
+    with pytest.raises(UserError, match=r"tuned is neither a model dir \(no config\.json\) nor a PEFT adapter dir"):
         audit.run_audit(_cfg(tiny_model_dir, [tuned], prompts, tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 

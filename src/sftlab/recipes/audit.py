@@ -61,7 +61,7 @@ from sftlab.models.load import (
 )
 from sftlab.models.reference import model_fingerprint, resolve_model
 from sftlab.recipes.audit_inputs import audit_cache_dir, chosen_suites, inputs_line, read_inputs
-from sftlab.recipes.audit_validate import validate_inputs
+from sftlab.recipes.audit_validate import check_model_dir, validate_inputs
 from sftlab.train.weight_rounding import dither_in_place, resolve_rounding
 
 def _auto_name(path: str) -> str:
@@ -217,20 +217,6 @@ def _release_gpu_memory(device: str) -> None:
     if device.startswith("cuda"):
         gc.collect()
         torch.cuda.empty_cache()
-
-
-def check_model_dir(path: str) -> None:
-    """A UserError for a local dir that is neither a model (config.json) nor a PEFT adapter (adapter_config.json),
-    pointing at its checkpoint-N dirs when it is a trainer's output dir."""
-    p = Path(path)
-    if not p.is_dir() or (p / "config.json").is_file() or is_adapter_dir(p):
-        return
-    checkpoints = sorted((c for c in p.glob("checkpoint-*") if c.name.removeprefix("checkpoint-").isdigit()),
-                         key=lambda c: int(c.name.removeprefix("checkpoint-")))
-    hint = (f" It holds a trainer's checkpoints: pass one of them, e.g. the last, {checkpoints[-1]}"
-            if checkpoints else "")
-    raise UserError(f"{path} is neither a model dir (no config.json) nor a PEFT adapter dir (no "
-                    f"adapter_config.json), so there is nothing to audit in it.{hint}")
 
 
 def template_notes(cfg: AuditConfig, models: Mapping[str, str], base_tok: PreTrainedTokenizerBase) -> dict[str, str]:

@@ -7,6 +7,7 @@ fit must fail before that, not after. Only configs and tokenizers are read here,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from transformers import PretrainedConfig
 
@@ -14,13 +15,27 @@ from sftlab.config import AuditConfig
 from sftlab.data.records import Message
 from sftlab.data.tokenize import encode_prompt
 from sftlab.errors import UserError
-from sftlab.models.load import load_config, load_tokenizer
+from sftlab.models.load import is_adapter_dir, load_config, load_tokenizer
 
 
 def model_positions(config: PretrainedConfig) -> int | None:
     """The positions a model knows (GPT-2's ``n_positions`` is mapped to this name), or None when unbounded."""
     limit = getattr(config, "max_position_embeddings", None)
     return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def check_model_dir(path: str) -> None:
+    """A UserError for a local dir that is neither a model (config.json) nor a PEFT adapter (adapter_config.json),
+    pointing at its checkpoint-N dirs when it is a trainer's output dir."""
+    p = Path(path)
+    if not p.is_dir() or (p / "config.json").is_file() or is_adapter_dir(p):
+        return
+    checkpoints = sorted((c for c in p.glob("checkpoint-*") if c.name.removeprefix("checkpoint-").isdigit()),
+                         key=lambda c: int(c.name.removeprefix("checkpoint-")))
+    hint = (f" It holds a trainer's checkpoints: pass one of them, e.g. the last, {checkpoints[-1]}"
+            if checkpoints else "")
+    raise UserError(f"{path} is neither a model dir (no config.json) nor a PEFT adapter dir (no "
+                    f"adapter_config.json), so there is nothing to audit in it.{hint}")
 
 
 def validate_inputs(cfg: AuditConfig, models: Mapping[str, str],
@@ -37,6 +52,7 @@ def validate_inputs(cfg: AuditConfig, models: Mapping[str, str],
     new = cfg.sampling.max_new_tokens
     notes: list[str] = []
     for name, path in models.items():
+        check_model_dir(path)  # a trainer's run dir gets its checkpoints named
         positions = model_positions(load_config(path, cfg.trust_remote_code, base=cfg.base))
         if positions is None:
             continue
