@@ -7,8 +7,8 @@
     trainer.train()
 
 Every ``every_n_steps`` steps (and, with ``on_evaluate``, at each evaluation) it audits the model being trained
-against its base (:class:`sftlab.integrations.light_audit.LightAudit`: the forgetting forecast on the SFT
-prompts, style capture and adherence on a few chat-suite prompts, perplexity on a few text-suite paragraphs)
+against its base (:class:`sftlab.integrations.light_audit.LightAudit`: style capture and adherence on a few
+chat-suite prompts, perplexity on a few text-suite paragraphs)
 and logs each change through ``trainer.log`` as ``audit/<measure>`` (with ``audit/<measure>_low`` and
 ``_high``, its 95% interval), so TensorBoard, W&B and ``trainer.state.log_history`` see them. With
 ``fail_on`` (``--fail-on`` checks) it stops training once a check fails.
@@ -37,8 +37,8 @@ from sftlab.integrations.light_audit import LightAudit, LightAuditSettings
 log = logging.getLogger(__name__)
 
 # What the light audit measures (its text suite is one corpus, so ``perplexity`` names it too).
-LIGHT_MEASURES = ("style_capture", "adherence", "perplexity", "wikitext2_perplexity", "forecast_kl")
-NEEDS_SFT = ("style_capture", "forecast_kl")
+LIGHT_MEASURES = ("style_capture", "adherence", "perplexity", "perplexity_wikitext2")
+NEEDS_SFT = ("style_capture",)
 
 
 class _AdapterDisabled(torch.nn.Module):
