@@ -33,6 +33,7 @@ from sftlab.data.records import (
 )
 from sftlab.data.file_items import MAX_RECORD_CHARS, Item, iter_items
 from sftlab.errors import UserError
+from sftlab.io import write_atomic
 
 # Quarantined raw text is cut to this many characters.
 RAW_LIMIT = 10_000
@@ -110,10 +111,8 @@ def write_quarantine(rejected: Sequence[Rejection], path: str | Path) -> Path:
     """Write rejections as jsonl (one ``{file, line, item, field, reason, code, raw}`` per line)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as fh:
-        for rej in rejected:
-            fh.write(json.dumps(rej.to_json(), ensure_ascii=False) + "\n")
-    return out
+    # Atomic: a killed run leaves the previous quarantine or the new one whole, never half of the rejections.
+    return write_atomic(out, "".join(json.dumps(rej.to_json(), ensure_ascii=False) + "\n" for rej in rejected))
 
 
 # --------------------------------------------------------------------------------------------------
