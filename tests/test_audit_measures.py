@@ -91,7 +91,7 @@ def test_opt_in_measures_run_only_when_named_and_unknown_names_are_user_errors()
     with pytest.raises(UserError, match="did you mean 'world'"):
         registry.selected(["wrld"])
     described = dict(registry.describe())
-    assert set(described) == set(default) | {"world", "scene_style", "safety"} and "(opt-in)" in described["world"]
+    assert set(described) == set(default) | {"world", "scene_style", "safety", "lm_eval"} and "(opt-in)" in described["world"]
 
 
 def test_a_measure_is_one_new_file(tmp_path: Path) -> None:

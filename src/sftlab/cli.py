@@ -106,6 +106,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         "suites": args.suite,
     }
     data = _deep_merge(data, {k: v for k, v in flags.items() if v})
+    if args.lm_eval_tasks:  # the lm_eval measure's own settings key: measures.lm_eval.tasks
+        tasks = [t.strip() for entry in args.lm_eval_tasks for t in entry.split(",") if t.strip()]
+        data = _deep_merge(data, {"measures": {"lm_eval": {"tasks": tasks}}})
     data = _deep_merge(data, parse_overrides(overrides + args.set_overrides, AuditConfig))
     report = run_audit(build_config(AuditConfig, data, source=config or "command line"))
     return _gate_report(report.parent / "report.json", checks, args.fail_on_interval) if checks else 0
@@ -287,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", action="append",
                    help="multiple-choice jsonl (repeatable; adds to the knowledge suite)")
     p.add_argument("--eval-set", dest="eval_set", help="prompts with reference answers (replaces the chat suite's)")
+    p.add_argument("--lm-eval-tasks", dest="lm_eval_tasks", action="append", metavar="TASK,...",
+                   help="lm-evaluation-harness tasks to run on every model, comma-separated: its task, group or tag "
+                        "names (hellaswag,arc_easy), task YAML files, or dirs of task YAMLs (every task in them). "
+                        "Reports lm-eval's figures and each change with a paired interval; needs the extra: "
+                        "pip install 'sftlab[lm-eval]' (config: measures.lm_eval)")
     p.add_argument("--out")
     p.add_argument("--set", dest="set_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="the same as a bare KEY=VALUE")

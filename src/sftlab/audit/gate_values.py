@@ -33,6 +33,10 @@ MEASURES: tuple[tuple[str, Unit, str], ...] = (
     ("forecast_kl", "value", "the forgetting forecast: KL(base || tuned) per token on the SFT prompts"),
     ("refusal", "points", "change in the refusal rate on harmful prompts (the safety measure)"),
     ("over_refusal", "points", "change in the refusal rate on benign look-alike prompts (the safety measure)"),
+    ("lmeval_<task>_<metric>", "points", "change in an lm-eval task's figure (--lm-eval-tasks), e.g. lmeval_arc_easy_acc; "
+                                         "points for a share (acc, acc_norm, exact_match), lm-eval's own unit "
+                                         "otherwise; a filter other than none is appended: "
+                                         "lmeval_gsm8k_exact_match_strict-match"),
 )
 
 

@@ -31,7 +31,7 @@ from sftlab.audit.embed import Embedder, resolve_embedding_model
 from sftlab.audit.forecast import AnswerKL, forecast_samples_per_prompt, score_forecast, scored_continuation
 from sftlab.audit.measures import registry
 from sftlab.audit.measures.base import Measure
-from sftlab.audit.measures.context import AuditContext, Inputs, ModelRun
+from sftlab.audit.measures.context import AuditContext, Inputs, LoadedModel, ModelRun
 from sftlab.audit.report import plots
 from sftlab.audit.report.html import render_html
 from sftlab.audit.report.json_report import build_report, write_json
@@ -244,12 +244,22 @@ def audit_precision(cfg: AuditConfig, device: str) -> torch.dtype:
     return resolve_dtype(cfg.dtype, device, load_config(cfg.base, cfg.trust_remote_code))
 
 
+def score_own(scorers: Sequence[Measure], loaded: LoadedModel, run: ModelRun, bars: _Progress) -> None:
+    """Each measure that scores models itself (``Measure.score``) scores this loaded model."""
+    for measure in scorers:
+        done = bars.step(f"{loaded.name}: {measure.name}", 1)
+        run.own_scores[measure.name] = measure.score(loaded)  # type: ignore[misc]
+        done(1)
+
+
 def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_tok: PreTrainedTokenizerBase,
-               device: str, bars: _Progress, cache_dir: Path) -> tuple[dict[str, ModelRun], dict[str, list[shift.AnswerShift]]]:
+               device: str, bars: _Progress, cache_dir: Path,
+               measures: Sequence[Measure] = ()) -> tuple[dict[str, ModelRun], dict[str, list[shift.AnswerShift]]]:
     """Every model's outputs, and each tuned model's shift under the base.
 
     The base stays loaded throughout; tuned models are loaded one at a time beside it. Every model runs
     in the precision chosen for the base (:func:`audit_precision`), so their figures compare like with like.
+    Each of ``measures`` that scores models itself (``Measure.score``) scores every model while it is loaded.
     """
     weights, amp = weights_and_autocast(audit_precision(cfg, device), device)
     dithered = cfg.bf16_weight_rounding == "dithered"  # run_audit resolved auto
@@ -268,12 +278,15 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
         return model
 
     base, *tuned = models
+    scorers = [m for m in measures if m.score is not None]
     runs: dict[str, ModelRun] = {}
     shifts: dict[str, list[shift.AnswerShift]] = {}
     base_model = load(cfg.base)
     base_limit = context_limit(base_model, cfg.max_length)
     with autocast(amp, device):
         runs[base] = run_model(base_model, base_tok, base, cfg.base, inputs, cfg, bars, cache_dir, base_limit, tag)
+        score_own(scorers, LoadedModel(base, cfg.base, base_model, base_tok, cfg, cache_dir,
+                                       model_fingerprint(cfg.base) + tag), runs[base], bars)
     for name in tuned:
         path = models[name]
         tok = load_tokenizer(path, cfg.trust_remote_code, base=cfg.base)
@@ -287,6 +300,8 @@ def run_models(cfg: AuditConfig, inputs: Inputs, models: dict[str, str], base_to
         limit = context_limit(model, base_limit)
         with autocast(amp, device):
             runs[name] = run = run_model(model, tok, name, path, inputs, cfg, bars, cache_dir, limit, model_tag)
+            score_own(scorers, LoadedModel(name, path, model, tok, cfg, cache_dir, model_fingerprint(path) + model_tag),
+                      run, bars)
             answers = run.greedy_ids if cfg.shift_answers == "greedy" else run.first_sample_ids
             shifts[name] = shift.score_shift(
                 model, base_model, run.prompt_ids, shift_contexts(cfg, base_tok, inputs.messages, run.prompt_ids, limit),
@@ -331,6 +346,9 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
     notes = validate_inputs(cfg, models, {cfg.prompts: inputs.messages, **(
         {cfg.eval_set: [it.messages for it in inputs.eval_items]} if cfg.eval_set else {})})
     inputs.own_prompts = {m.name: (m.prompts(cfg), m.own_decoding == "greedy") for m in chosen if m.prompts is not None}
+    for measure in chosen:
+        if measure.check is not None:  # a measure's own inputs (lm-eval's tasks), checked before any model loads
+            measure.check(cfg)
     console = Console(stderr=True)
     for note in notes:
         console.print(f"[yellow]{note}[/yellow]")
@@ -351,7 +369,7 @@ def run_audit(cfg: AuditConfig, measures: Sequence[str | Measure] = ()) -> Path:
                         console=console)
     with progress:
         bars = _Progress(progress)
-        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, audit_cache_dir(cfg))
+        runs, shifts = run_models(cfg, inputs, models, base_tok, device, bars, audit_cache_dir(cfg), chosen)
         model_s = time.perf_counter() - started
         embedded = time.perf_counter()
         embeddings = {name: [embedder.embed(t) for t in run.samples] for name, run in runs.items()} if embedder else None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sftlab.audit.gate_value import GateValue
-from sftlab.audit.measures.context import AuditContext
+from sftlab.audit.measures.context import AuditContext, LoadedModel
 from sftlab.audit.report.section import Section
 from sftlab.config import AuditConfig
 from sftlab.data.records import Message
@@ -67,6 +67,10 @@ class Measure:
       as HarmBench does).
     - ``settings``: the model of its own settings, given in the audit config as ``measures: {name: {...}}``
       and validated before any model loads (:func:`~sftlab.audit.measures.registry.settings_of`).
+    - ``check``: a check of its own inputs, run before any model loads (a bad one raises a UserError).
+    - ``score``: scores each model itself, while the audit holds it loaded (in the audit's precision, on its
+      device): called once per model, base first; what it returns (JSON-able) is ``ctx.own_scores(name)``.
+      The lm-eval measure runs lm-evaluation-harness this way.
     """
 
     name: str
@@ -80,6 +84,8 @@ class Measure:
     prompts: Callable[[AuditConfig], list[list[Message]]] | None = None
     own_decoding: Literal["sampled", "greedy"] = "sampled"
     settings: type[StrictModel] | None = None
+    check: Callable[[AuditConfig], None] | None = None
+    score: Callable[[LoadedModel], Any] | None = None
 
 
 def delta_gate(name: str, delta: dict[str, Any] | None, unit: str, description: str, scale: float = 1.0,

@@ -63,6 +63,22 @@ class ModelRun:
     mc_truncated: dict[str, int] = field(default_factory=dict)  # questions whose context was cut to fit
     forecast_kl: list[list[AnswerKL]] = field(default_factory=list)  # per SFT prompt, its scored answers
     own_samples: dict[str, list[list[str]]] = field(default_factory=dict)  # measure -> K samples per own prompt
+    own_scores: dict[str, Any] = field(default_factory=dict)  # measure -> what its ``score`` returned for this model
+
+
+@dataclass
+class LoadedModel:
+    """One model of the audit while it is loaded, handed to a measure that scores each model itself
+    (``Measure.score``). ``cache_key`` names the model and the precision it runs in, as the sample cache's
+    key does; ``cache_dir`` is the audit's cache (:func:`sftlab.audit.score_cache.cached_scores`)."""
+
+    name: str
+    path: str
+    model: Any  # a transformers PreTrainedModel, in eval mode on the audit's device
+    tokenizer: PreTrainedTokenizerBase
+    cfg: AuditConfig
+    cache_dir: Path
+    cache_key: str
 
 
 @dataclass
@@ -100,3 +116,7 @@ class AuditContext:
     def own_samples(self, measure: str) -> dict[str, list[list[str]]]:
         """model -> K samples per prompt of ``measure``'s own prompt set (see ``Measure.prompts``)."""
         return {m: r.own_samples.get(measure, []) for m, r in self.runs.items()}
+
+    def own_scores(self, measure: str) -> dict[str, Any]:
+        """model -> what ``measure``'s ``score`` returned for it (see ``Measure.score``)."""
+        return {m: r.own_scores[measure] for m, r in self.runs.items() if measure in r.own_scores}
