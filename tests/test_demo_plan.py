@@ -47,7 +47,7 @@ def test_strategies_named_are_kept_in_the_plans_order() -> None:
     defaults = [s["name"] for s in plan_strategies(WORLD, None)]
     assert defaults == ["full", "lora", "full+neftune5", "full+replay0.2", "full+ewc", "full+kl", "gem", "wise0.5"]
     assert [s["name"] for s in plan_strategies(WORLD, "dft,asft")] == ["dft", "asft"]
-    assert len(plan_strategies(WORLD, "all")) == len(WORLD.strategies) == 15
+    assert len(plan_strategies(WORLD, "all")) == len(WORLD.strategies) == 16
     assert [s["name"] for s in plan_strategies(builtin_plan(real=False, quick=True), None)] == ["full", "wise0.5"]
 
 
@@ -79,7 +79,7 @@ def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> Non
 def test_the_2026_remedies_are_in_every_plan_for_strategies_only(tmp_path: Path, plan_name: str) -> None:
     plan = load_plan(plan_path(plan_name))
     # Not in the defaults: those keep the plans' time budgets.
-    assert not {"eaft", "tofu", "lora+intruders"} & {s["name"] for s in plan_strategies(plan, None)}
+    assert not {"eaft", "tofu", "lora+intruders", "onpolicy-sdft"} & {s["name"] for s in plan_strategies(plan, None)}
     cfg = _config(plan, tmp_path, "eaft,tofu")
     assert [s.name for s in cfg.strategies] == ["eaft", "tofu"]
     losses = {s.name: train_config(cfg, RunSpec(s, 0, tmp_path / s.name)).loss for s in cfg.strategies}
@@ -88,6 +88,23 @@ def test_the_2026_remedies_are_in_every_plan_for_strategies_only(tmp_path: Path,
     step = next(s for s in cfg.strategies if s.name == "lora+intruders").intruders
     assert step is not None and step.source == "lora" and step.mitigation_lambda == 0.75
     check_runs(cfg)  # the source is a LoRA strategy, so the sweep accepts the step
+
+
+@pytest.mark.parametrize("plan_name", sorted(BUILTIN_PLANS))
+def test_on_policy_self_distillation_is_in_every_plan_for_strategies_only(tmp_path: Path, plan_name: str) -> None:
+    plan = load_plan(plan_path(plan_name))
+    assert "onpolicy-sdft" not in {s["name"] for s in plan_strategies(plan, None)}
+    cfg = _config(plan, tmp_path, "full,sdft,onpolicy-sdft")
+    assert [s.name for s in cfg.strategies] == ["full", "sdft", "onpolicy-sdft"]
+    trained = {s.name: train_config(cfg, RunSpec(s, 0, tmp_path / s.name)) for s in cfg.strategies}
+    distill = trained["onpolicy-sdft"].on_policy_distill
+    # The paper's objective: the base as teacher, the reverse KL over the whole vocabulary, fresh samples.
+    assert distill is not None and (distill.teacher, distill.direction, distill.mode) == ("base", "reverse",
+                                                                                         "full_logits")
+    assert distill.resample_every == 1 and distill.max_new_tokens <= 96
+    # It trains on the plan's SFT prompts, not on the offline rewrites; the other two carry no such section.
+    assert trained["onpolicy-sdft"].train_file == trained["full"].train_file != trained["sdft"].train_file
+    assert trained["full"].on_policy_distill is None and trained["sdft"].on_policy_distill is None
 
 
 def test_intruder_reduction_needs_its_source() -> None:
