@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -36,19 +37,63 @@ def test_logged_audit_equals_a_standalone_audit_of_the_checkpoint(tmp_path: Path
     cfg = audit_config(SETTINGS, base, str(checkpoint), str(sft), out=str(tmp_path / "audit"))
     report = json.loads((run_audit(cfg).parent / "report.json").read_text())
     standalone = gate_values(report)["checkpoint-2"]
-    for name in ("style_capture", "adherence", "perplexity"):
+    for name in ("style_capture", "adherence", "perplexity", "forecast_kl"):
         for part, value in (("", standalone[name].change), ("_low", standalone[name].low),
                             ("_high", standalone[name].high)):
             assert logged[0][f"audit/{name}{part}"] == pytest.approx(value, rel=1e-9, abs=1e-12), name + part
-    # The forecast is not logged: inside the loop it gave 0.0 where the standalone audit gives 0.085 (open).
-    assert "audit/forecast_kl" not in logged[0]
     assert logged[0]["audit/perplexity"] != 0  # the model moved
+    assert logged[0]["audit/forecast_kl"] > 0  # and the base did not move with it
+
+
+def _tiny_llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def _patch_like_trl(model: torch.nn.Module) -> None:
+    """Replace ``forward`` on the instance with a closure over the original bound method, as TRL does."""
+    original_forward = model.forward
+
+    def patched(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        return original_forward(*args, **kwargs)
+
+    model.forward = types.MethodType(patched, model)
+
+
+@pytest.mark.parametrize("patch", ["trl_fused_lm_head", "closure"])
+def test_base_copy_keeps_its_own_weights_when_the_trainer_patched_forward(patch: str) -> None:
+    """The cause of a forecast of 0.0 inside SFTTrainer: a deepcopy of a model whose forward TRL had patched ran
+    the trained model's forward, so base and tuned gave the same logits. The copy must compute with its own."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sftlab.integrations.audit_callback import frozen_copy
+
+    model = _tiny_llama()
+    if patch == "trl_fused_lm_head":
+        add_fused_lm_head(model)  # what SFTTrainer.__init__ does to the model it trains
+    else:
+        _patch_like_trl(model)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    base = frozen_copy(model)
+    with torch.no_grad():
+        before = model(ids).logits
+        for p in model.parameters():
+            p.add_(0.05)  # a training step, in place as the optimizer takes it
+        trained = model(ids).logits
+        assert not torch.allclose(trained, before)
+        assert torch.equal(base(ids).logits, before)  # the base did not follow the training
+    assert not base.training and not any(p.requires_grad for p in base.parameters())
 
 
 def test_peft_base_is_the_model_with_its_adapter_off(shared_data: Path, tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from sftlab.audit.teacher_forcing import continuation_logits
     from sftlab.integrations.audit_callback import _AdapterDisabled
 
     base_dir = resolve_model_source("smollm2-135m-instruct")
@@ -59,6 +104,9 @@ def test_peft_base_is_the_model_with_its_adapter_off(shared_data: Path, tmp_path
     with torch.no_grad():
         assert not torch.allclose(peft(ids).logits, plain(ids).logits)  # the adapter changes the model
         assert torch.equal(_AdapterDisabled(peft)(ids).logits, plain(ids).logits)
+        # The forecast teacher-forces the base through its output head.
+        assert torch.equal(continuation_logits(_AdapterDisabled(peft), [[1, 2]], [[3, 4]], 0),
+                           continuation_logits(plain, [[1, 2]], [[3, 4]], 0))
     assert sum(1 for _ in _AdapterDisabled(peft).named_parameters()) == 0  # holds no weights of its own
 
 

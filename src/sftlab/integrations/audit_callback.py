@@ -7,9 +7,9 @@
     trainer.train()
 
 Every ``every_n_steps`` steps (and, with ``on_evaluate``, at each evaluation) it audits the model being trained
-against its base (:class:`sftlab.integrations.light_audit.LightAudit`: style capture and adherence on a few
-chat-suite prompts, perplexity on a few text-suite paragraphs)
-and logs each change through ``trainer.log`` as ``audit/<measure>`` (with ``audit/<measure>_low`` and
+against its base (:class:`sftlab.integrations.light_audit.LightAudit`: the forgetting forecast on the SFT
+prompts, style capture and adherence on a few chat-suite prompts, perplexity on a few text-suite paragraphs) and
+logs each change through ``trainer.log`` as ``audit/<measure>`` (with ``audit/<measure>_low`` and
 ``_high``, its 95% interval), so TensorBoard, W&B and ``trainer.state.log_history`` see them. With
 ``fail_on`` (``--fail-on`` checks) it stops training once a check fails.
 
@@ -37,8 +37,8 @@ from sftlab.integrations.light_audit import LightAudit, LightAuditSettings
 log = logging.getLogger(__name__)
 
 # What the light audit measures (its text suite is one corpus, so ``perplexity`` names it too).
-LIGHT_MEASURES = ("style_capture", "adherence", "perplexity", "perplexity_wikitext2")
-NEEDS_SFT = ("style_capture",)
+LIGHT_MEASURES = ("style_capture", "adherence", "perplexity", "perplexity_wikitext2", "forecast_kl")
+NEEDS_SFT = ("style_capture", "forecast_kl")
 
 
 class _AdapterDisabled(torch.nn.Module):
@@ -55,9 +55,30 @@ class _AdapterDisabled(torch.nn.Module):
     def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
         return self.peft_model.parameters(recurse)
 
+    def get_output_embeddings(self) -> torch.nn.Module | None:
+        # Teacher forcing (the forecast) hooks the output head to project only the scored positions.
+        return self.peft_model.get_output_embeddings()
+
     @property
     def config(self) -> Any:
         return self.peft_model.config
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` in eval mode that computes with its own weights, as a model loaded from disk does.
+
+    A trainer may replace a module's ``forward`` on the instance with a closure over the original bound method
+    (TRL's SFTTrainer does, for its fused LM head: ``model.forward = MethodType(_fused_forward, model)``, where
+    ``_fused_forward`` calls the captured ``original_forward`` of the model it patched). ``copy.deepcopy`` copies
+    the weights but not the closure, so such a copy runs the *trained* model's forward: the base then moves with
+    training, and the forgetting forecast, which runs both models at each audit, reads 0. Each module of the copy
+    gets its class's ``forward`` back, on its own parameters; the standalone audit's base, loaded from disk, runs
+    its class's forward too.
+    """
+    base = copy.deepcopy(model)
+    for module in base.modules():
+        module.__dict__.pop("forward", None)  # an instance-level patch; the class's forward stays
+    return base.eval().requires_grad_(False)
 
 
 def _is_peft(model: Any) -> bool:
@@ -131,7 +152,7 @@ class AuditCallback(TrainerCallback):
                 self.base = _AdapterDisabled(model)
                 self.audit.run_base(model, model.disable_adapter())
             else:
-                self.base = copy.deepcopy(model).eval().requires_grad_(False)
+                self.base = frozen_copy(model)
                 self.base_copy_bytes = sum(p.numel() * p.element_size() for p in self.base.parameters())
                 log.info("AuditCallback holds a frozen copy of the base: %.2f GB", self.base_copy_bytes / 1e9)
                 self.audit.run_base(self.base)

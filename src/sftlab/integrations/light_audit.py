@@ -1,13 +1,15 @@
 """A light audit of a model against its base, run in memory while the model trains (:class:`AuditCallback`).
 
 It is the audit's own pipeline on a small input, called on live models instead of model dirs: the chat suite's
-first prompts (style capture, adherence) and the text suite's first paragraphs (perplexity), through
-:func:`sftlab.recipes.audit.run_model`, the style measure's table and the forgetting table. So a value logged at step N equals what ``sftlab audit`` reports for the
-checkpoint saved at step N with the same settings (:func:`audit_config`).
+first prompts (style capture, adherence), the text suite's first paragraphs (perplexity) and the SFT set's
+prompts (the forgetting forecast), through :func:`sftlab.recipes.audit.run_model`, ``forecast_run``, the
+style measure's data, the forgetting table and the forecast measure's section. So a value logged at step N
+equals what ``sftlab audit`` reports for the checkpoint saved at step N with the same settings
+(:func:`audit_config`).
 
-The base's samples and perplexity are computed once; each audit samples the tuned model. The forgetting
-forecast is not logged yet: computed inside the loop it gave 0.0 where a standalone audit of the same
-checkpoint gave 0.085 (a known bug, to be found before it is shown).
+The base's samples and perplexity are computed once; each audit samples the tuned model and scores the
+forecast along its answers, which needs both models at once: the base must then compute with its own weights
+(see :func:`sftlab.integrations.audit_callback.frozen_copy`).
 """
 
 from __future__ import annotations
@@ -99,12 +101,18 @@ class LightAudit:
 
     def measure(self, model: PreTrainedModel, base: torch.nn.Module, step: int) -> dict[str, GateValue]:
         """The gateable changes of ``model`` against the base, as the audit's report would give them."""
+        from sftlab.audit.measures import forecast as forecast_measure
         from sftlab.audit.measures.context import AuditContext
         from sftlab.audit.measures.style import style_data
+        from sftlab.recipes.audit import forecast_run
 
         cfg, inputs = self.cfg, self.inputs
         tuned = self._run(model, TUNED, f"training step {step}")
+        limit = context_limit(model, cfg.max_length)
         runs = {BASE: self.base_run, TUNED: tuned}
+        if inputs.sft_prompts:
+            tuned.forecast_kl = forecast_run(cfg, inputs.sft_prompts, model, self.tok, base, self.tok,  # type: ignore[arg-type]
+                                             TUNED, f"training step {step}", _NoBars(), self.cache, limit)  # type: ignore[arg-type]
         embeddings = ({m: [self.embedder.embed(t) for t in r.samples] for m, r in runs.items()}
                       if self.embedder else None)
         ctx = AuditContext(cfg, self.cache, BASE, {BASE: "", TUNED: ""}, inputs.messages,
@@ -116,5 +124,7 @@ class LightAudit:
             sections["forgetting"] = forgetting.forgetting_table(
                 {c: {m: r.perplexity[c] for m, r in runs.items()} for c in inputs.references}, {}, BASE,
                 cfg.bootstrap_samples, cfg.sampling.seed, mc_score=cfg.mc_score)
-        values = gate_values({"base": BASE, "models": {BASE: "", TUNED: ""}, "sections": sections})[TUNED]
-        return values
+        forecast = forecast_measure.MEASURE.section(ctx)  # the standalone audit's own forecast table
+        if forecast is not None:
+            sections["forecast"] = forecast.data
+        return gate_values({"base": BASE, "models": {BASE: "", TUNED: ""}, "sections": sections})[TUNED]
