@@ -101,9 +101,9 @@ def test_the_new_plan_keys_run_end_to_end_on_a_tiny_model(tiny_model_dir: Path, 
                   "max_length": 256},
         "pages": ["safety_tradeoff"],
         "strategies": [
-            {"name": "lora", "train": {"method": "lora", "lora": {"r": 2, "alpha": 4, "target_modules": ["c_attn"]}}},
+            {"name": "tuned-lora", "train": {"method": "lora", "lora": {"r": 2, "alpha": 4, "target_modules": ["c_attn"]}}},
             # threshold 1: every layer the alignment moved is projected (a cosine is at most 1)
-            {"name": "safelora", "safelora": {"source": "lora", "aligned": "{base}", "unaligned": str(tiny_model_dir),
+            {"name": "safelora", "safelora": {"source": "tuned-lora", "aligned": "{base}", "unaligned": str(tiny_model_dir),
                                               "threshold": 1.0}}],
     }
     path = tmp_path / "tiny.yaml"
@@ -115,7 +115,8 @@ def test_the_new_plan_keys_run_end_to_end_on_a_tiny_model(tiny_model_dir: Path, 
     projected = json.loads((out / "sweep/runs/safelora/seed0/adapter/safelora.json").read_text())
     assert projected["projected"] > 0 and projected["aligned"] == str(out / "base" / "model")
     page = json.loads((out / "safety_tradeoff.json").read_text())
-    assert list(page["strategies"]) == ["lora", "safelora"] and page["base"]["refusal_n"] == 2
-    assert page["strategies"]["lora"]["perplexity"]["mean"] > 0
+    # In the plan's order, not the alphabet's.
+    assert list(page["strategies"]) == ["tuned-lora", "safelora"] and page["base"]["refusal_n"] == 2
+    assert page["strategies"]["tuned-lora"]["perplexity"]["mean"] > 0
     assert (out / "plots" / "safety_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
     assert set(json.loads((out / "timing.json").read_text())) == {"base", "sweep"}

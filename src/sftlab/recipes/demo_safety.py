@@ -88,7 +88,7 @@ def _sweep_order(sweep_dir: Path) -> list[str]:
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         return []
-    return list(read_json_state(path, "the sweep's table").get("table", {}).get("strategies", {}))
+    return list(read_json_state(path, "the sweep's table").get("strategies", {}))
 
 
 def _pct(stats: dict[str, float | None]) -> str:
