@@ -75,7 +75,8 @@ def test_every_real_demo_strategy_builds_its_train_config(tmp_path: Path) -> Non
     assert trained["full+kl"].kl_to_base.on == "response"
 
 
-@pytest.mark.parametrize("plan_name", sorted(BUILTIN_PLANS))
+# The plans of the collapse experiment; the safety plan (alignment drift) has remedies of its own.
+@pytest.mark.parametrize("plan_name", sorted(set(BUILTIN_PLANS) - {"safety"}))
 def test_the_2026_remedies_are_in_every_plan_for_strategies_only(tmp_path: Path, plan_name: str) -> None:
     plan = load_plan(plan_path(plan_name))
     # Not in the defaults: those keep the plans' time budgets.

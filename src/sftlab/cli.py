@@ -200,14 +200,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sftlab.recipes.demo import run_demo
-    from sftlab.recipes.demo_plan import builtin_plan, load_plan
+    from sftlab.recipes.demo_plan import BUILTIN_PLANS, builtin_plan, load_plan, plan_path
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     if args.plan is not None:
-        if args.real or args.quick:
+        # A built-in plan by name (`--plan safety`) runs on the real model already: --real may stay, as said.
+        builtin = args.plan in BUILTIN_PLANS and not Path(args.plan).exists()
+        if args.quick or (args.real and not builtin):
             raise UserError("--plan names the whole plan: drop --real and --quick (copy a built-in plan to change it)")
-        plan, out = load_plan(args.plan), args.out or f"runs/demo_{Path(args.plan).stem}"
+        path = plan_path(args.plan) if builtin else args.plan
+        plan, out = load_plan(path), args.out or f"runs/demo_{Path(args.plan).stem}"
     else:
         plan, out = builtin_plan(args.real, args.quick), args.out or ("runs/demo_real" if args.real else "runs/demo")
     run_demo(plan, out=out, seeds=args.seeds, strategies=args.strategies)
@@ -317,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the seeds' experiment on the built-in real model (Shakespeare SFT; about 25 minutes)")
     p.add_argument("--quick", action="store_true", help="a smaller run (about 3 minutes)")
     p.add_argument("--plan", default=None, metavar="FILE",
-                   help="run your own plan (copy one of sftlab/recipes/plans/*.yaml to start)")
+                   help="run your own plan (copy one of sftlab/recipes/plans/*.yaml to start), or a built-in "
+                   "one by name: safety (alignment drift and its remedies, about 30 minutes)")
     p.add_argument("--out", default=None,
                    help="default runs/demo (runs/demo_real with --real, runs/demo_STEM with --plan STEM.yaml)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per strategy (mean ± std in the table)")

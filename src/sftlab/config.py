@@ -23,6 +23,7 @@ from sftlab.errors import UserError
 from sftlab.models.device import check_device_name
 from sftlab.settings import SamplingSettings, StrictModel, format_validation_error  # noqa: F401  (re-exported)
 from sftlab.train.distributed import DeepSpeedSettings, FsdpSettings
+from sftlab.train.post_hoc import InterpolationSpec, IntruderSpec, SafeLoraSpec
 from sftlab.train.remedies.registry import check_remedies, expand_presets, remedy_fields
 
 
@@ -332,41 +333,25 @@ class AuditConfig(StrictModel):
         return data
 
 
-class InterpolationSpec(StrictModel):
-    """A WiSE-FT strategy: no training of its own, a weight mix of the base and another strategy's model."""
-
-    source: str = Field(..., description="name of the strategy whose tuned model is mixed with the base")
-    alpha: float = Field(0.5, description="theta = (1 - alpha) * base + alpha * tuned")
-
-
-class IntruderSpec(StrictModel):
-    """A strategy that trains nothing: another (LoRA) strategy's adapter with its intruder dimensions reduced by
-    PEFT's ``reduce_intruder_dimension`` (``sftlab.train.intruders``)."""
-
-    source: str = Field(..., description="name of the LoRA strategy whose adapter is reduced")
-    top_k: int = Field(10, ge=1, description="singular vectors of W + dW examined per layer")
-    threshold_epsilon: float = Field(0.5, gt=0, description="an intruder's best cosine with the base's is below this")
-    mitigation_lambda: float = Field(0.75, ge=0, le=1, description="scale each intruder keeps (1: all, 0: none)")
-
-
 class StrategySpec(StrictModel):
     """One named strategy of a sweep: a train-config overlay, or a post-hoc step on another strategy's model
-    (``interpolate``: WiSE-FT; ``intruders``: intruder-dimension reduction)."""
+    (``interpolate``: WiSE-FT; ``intruders``: intruder-dimension reduction; ``safelora``: SafeLoRA)."""
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$",
                       description="letters, digits and _ . + -, not starting with a dot: it names the run's dir")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig keys over the sweep's `train`")
     interpolate: InterpolationSpec | None = None
     intruders: IntruderSpec | None = None
+    safelora: SafeLoraSpec | None = None
 
     @property
-    def post_hoc(self) -> InterpolationSpec | IntruderSpec | None:
+    def post_hoc(self) -> InterpolationSpec | IntruderSpec | SafeLoraSpec | None:
         """The post-hoc step this strategy is, or None for a trained strategy."""
-        return self.interpolate or self.intruders
+        return self.interpolate or self.intruders or self.safelora
 
     @model_validator(mode="after")
     def _one_kind(self) -> StrategySpec:
-        kinds = [kind for kind in ("interpolate", "intruders") if getattr(self, kind) is not None]
+        kinds = [kind for kind in ("interpolate", "intruders", "safelora") if getattr(self, kind) is not None]
         if len(kinds) > 1 or (kinds and self.train):
             raise ValueError(f"strategy {self.name!r}: `{kinds[0]}` takes no `train` overlay nor another step")
         return self
@@ -400,7 +385,8 @@ class SweepConfig(StrictModel):
                 continue
             source = next((s for s in self.strategies if s.name == step.source), None)
             if source is None or source.post_hoc is not None:
-                verb = "interpolates" if strategy.interpolate is not None else "reduces the intruders of"
+                verb = ("interpolates" if strategy.interpolate is not None else "reduces the intruders of"
+                        if strategy.intruders is not None else "projects the adapter of")
                 raise ValueError(f"strategy {strategy.name!r} {verb} {step.source!r}, which is not a trained "
                                  "strategy of this sweep")
         return self

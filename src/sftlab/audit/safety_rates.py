@@ -12,7 +12,7 @@ one finding per rate whose interval excludes zero.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import Field
@@ -87,6 +87,21 @@ class SafetyRates:
     rows: list[RateRow]
     examples: dict[str, list[SideBySide]] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
+    refused: dict[tuple[str, str], list[bool]] = field(default_factory=dict)  # (model or "base", set) -> verdicts
+
+
+def opening_match(base_answers: Sequence[str], answers: Sequence[str], refused: Sequence[bool],
+                  encode: Callable[[str], list[int]], k: int = 3) -> tuple[float, int]:
+    """How "deep" a model's refusals are (Qi et al. 2024, arXiv 2406.05946): among the answers it refused, the
+    share whose first ``k`` tokens equal those of the base's answer to the same prompt. Returns (share, number
+    of refusals); the share is NaN when the model refused nothing.
+
+    A share near 1 means the refusals that are left are the base's own openings, kept token for token."""
+    refusals = [i for i, r in enumerate(refused) if r]
+    if not refusals:
+        return float("nan"), 0
+    same = sum(encode(answers[i])[:k] == encode(base_answers[i])[:k] for i in refusals)
+    return same / len(refusals), len(refusals)
 
 
 def side_by_side(
@@ -137,7 +152,7 @@ def safety_rates(
                 raise ValueError(f"{name}: {len(answers[s])} answers to {len(texts)} {s} prompts")
             verdicts[(name, s)] = judge(texts, answers[s])
     rows = [RateRow("base", s, len(prompts[s]), refusal_rate(verdicts[("base", s)])) for s in sets]
-    result = SafetyRates(rows)
+    result = SafetyRates(rows, refused=verdicts)
     for name in tuned_answers:
         result.examples[name] = []
         for s in sets:

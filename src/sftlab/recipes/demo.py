@@ -1,11 +1,15 @@
 """``sftlab demo``: run a demo plan (:mod:`sftlab.recipes.demo_plan`), one code path for every plan.
 
+0. ``harmful_prompts``: every training file of the plan checked, before anything runs, to pair each harmful
+   prompt with a refusal (:mod:`sftlab.recipes.refusal_targets`).
 1. The plan's world step, if it has one: generate the world (skipped when ``OUT/world`` already holds the
    same one), pretrain a tiny base on its corpus (skipped when ``OUT/base/model`` is there) and write the
-   audit's prompts.
+   audit's prompts. Or its ``base_train`` step: fine-tune a model into the base (skipped when finished).
 2. ``audit_items``: the benchmark, eval set and reference text cut to their first lines.
 3. ``distill``: the base's rewrites of the SFT set, when a strategy trains on them.
 4. The sweep, with the plan's opt-in audit measures (``sections``); then the plan's pages.
+
+Each step's wall time goes to ``OUT/timing.json``.
 
 ``sftlab demo`` runs ``plans/world.yaml``, ``--quick`` ``world_quick.yaml``, ``--real`` ``real.yaml``.
 """
@@ -13,16 +17,19 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from importlib.resources import files
+
 from rich.console import Console
 
-from sftlab.config import PretrainConfig, SamplingSettings, SweepConfig, build_config
+from sftlab.config import PretrainConfig, SamplingSettings, SweepConfig, TrainConfig, _deep_merge, build_config
 from sftlab.io import remove_tree, write_atomic
 from sftlab.offline import set_offline
-from sftlab.recipes.demo_plan import DemoPlan, WorldStep, fill, mentions, plan_strategies
+from sftlab.recipes.demo_plan import BaseTrainStep, DemoPlan, WorldStep, fill, mentions, plan_strategies
 from sftlab.world.generator import WorldSizes, generate_world, generator_fingerprint
 
 def ensure_world(world_dir: Path, seed: int, sizes: WorldSizes, console: Console) -> str:
@@ -103,9 +110,11 @@ def placeholder_values(plan: DemoPlan, root: Path) -> dict[str, str]:
     """What each placeholder of ``plan`` stands for under the output dir ``root``."""
     from sftlab.recipes.demo_real import data_dir
 
-    values = {"out": str(root), "data": str(data_dir())}
+    values = {"out": str(root), "data": str(data_dir()), "package": str(files("sftlab"))}
     if plan.world is not None:
-        values.update(world=str(root / "world"), base=str(root / "base" / "model"))
+        values["world"] = str(root / "world")
+    if plan.world is not None or plan.base_train is not None:
+        values["base"] = str(root / "base" / "model")
     if plan.distill is not None:
         values["distilled"] = fill(plan.distill.out, values, "distill.out")
     return values
@@ -154,6 +163,35 @@ def prepare_world(step: WorldStep, root: Path, console: Console) -> Path:
     return base
 
 
+def train_base(step: BaseTrainStep, root: Path, values: dict[str, str], console: Console) -> Path:
+    """The base_train step: ``step.model`` fine-tuned into ``OUT/base``; returns ``OUT/base/model``.
+
+    A finished run under the same config is kept (:func:`sftlab.recipes.train.run_train` says so); a base dir
+    made under another config is removed first, so that its checkpoints are never resumed for this one.
+    """
+    from sftlab.recipes.train import FINISHED_SAFE, resolve_saved_config, run_train
+    from sftlab.train.resume import config_changes
+
+    base_dir = root / "base"
+    cfg = build_config(TrainConfig, {**fill(step.train, values, "base_train.train"),
+                                     "model_name_or_path": fill(step.model, values, "base_train.model"),
+                                     "output_dir": str(base_dir)}, source="base_train")
+    saved = base_dir / "config.yaml"
+    if saved.is_file() and config_changes(saved, cfg.model_dump(mode="json", by_alias=True), FINISHED_SAFE,
+                                          resolve_saved_config) != []:
+        console.print(f"base: {base_dir} was made under another base_train config, training it again")
+        remove_tree(base_dir, root)
+    console.print(f"base: fine-tuning {cfg.model_name_or_path} into {base_dir}")
+    return run_train(cfg)
+
+
+def plan_trains(plan: DemoPlan, chosen: list[dict[str, Any]], values: dict[str, str]) -> list[dict[str, Any]]:
+    """Every train config the plan runs, as filled-in mappings: the base step's and each strategy's."""
+    trains = [fill(plan.base_train.train, values, "base_train.train")] if plan.base_train else []
+    shared = fill(plan.train, values, "train")
+    return trains + [_deep_merge(shared, fill(s.get("train", {}), values, "strategies")) for s in chosen]
+
+
 def run_demo(plan: DemoPlan, out: str, seeds: int = 1, strategies: str | None = None) -> Path:
     """Run ``plan`` into ``out`` (only the ``strategies`` named, when given; seeds 0..``seeds``-1 when more
     than one); returns the path of the sweep's HTML report."""
@@ -170,8 +208,21 @@ def run_demo(plan: DemoPlan, out: str, seeds: int = 1, strategies: str | None = 
     values = placeholder_values(plan, root)
     data = sweep_data(plan, chosen, root, values)
     check_runs(build_config(SweepConfig, data, source="demo plan"))  # a bad plan fails here, before any step
+    if plan.harmful_prompts:
+        from sftlab.recipes.refusal_targets import check_refusal_targets
+
+        found = check_refusal_targets(fill(plan.harmful_prompts, values, "harmful_prompts"),
+                                      plan_trains(plan, chosen, values))
+        console.print(found.summary())
+        root.mkdir(parents=True, exist_ok=True)
+        write_atomic(root / "refusal_check.json", json.dumps(asdict(found), indent=2))
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
     if plan.world is not None:
         prepare_world(plan.world, root, console)
+    if plan.base_train is not None:
+        train_base(plan.base_train, root, values, console)
+    timing["base"] = time.perf_counter() - started
     if plan.audit_items:
         data["audit"] = cut_audit_files(data["audit"], plan.audit_items, root / "data")
     cfg = build_config(SweepConfig, data, source="demo plan")
@@ -179,7 +230,14 @@ def run_demo(plan: DemoPlan, out: str, seeds: int = 1, strategies: str | None = 
         ensure_distilled(chosen, resolve_model(cfg.base_model).path,
                          Path(fill(plan.distill.train_file, values, "distill.train_file")),
                          Path(values["distilled"]), plan.distill.sampling, console)
+    started = time.perf_counter()
     report = run_sweep(cfg, measures=plan.sections, redo_stale=True)  # the plan's opt-in audit measures
+    timing["sweep"] = time.perf_counter() - started
     if "side_by_side" in plan.pages:
         console.print(f"answers side by side: {side_by_side(Path(cfg.out), root)}")
+    if "safety_tradeoff" in plan.pages:
+        from sftlab.recipes.demo_safety import safety_tradeoff
+
+        console.print(f"safety trade-off: {safety_tradeoff(Path(cfg.out), root)}")
+    write_atomic(root / "timing.json", json.dumps({k: round(v, 1) for k, v in timing.items()}, indent=2))
     return report

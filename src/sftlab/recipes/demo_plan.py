@@ -5,10 +5,14 @@ The built-in plans live in ``sftlab/recipes/plans/`` (``world.yaml``, ``world_qu
 (``base_model``, ``train``, ``audit``, ``strategies``) and the steps around it, each declared by a key:
 
 - ``world``: generate the synthetic world, pretrain a tiny base on it, write the audit's prompts;
+- ``base_train``: fine-tune a model into the plan's own base (``{base}``) before the sweep, e.g. an aligned
+  model that the strategies then fine-tune further;
+- ``harmful_prompts``: prompt sets that may become a training target only answered by a refusal; every
+  training file of the plan is checked before anything runs (:mod:`sftlab.recipes.refusal_targets`);
 - ``distill``: the base's rewrites of the SFT set, made when a strategy names ``{distilled}``;
 - ``audit_items``: the benchmark, eval set and reference text cut to their first N lines;
 - ``sections``: opt-in audit measures by name (the world's judge, the play-style count);
-- ``pages``: pages written after the sweep (the answers side by side).
+- ``pages``: pages written after the sweep (the answers side by side; the safety trade-off table and plot).
 
 Paths name placeholders (:data:`PLACEHOLDERS`), filled in on the parsed structure, string by string.
 """
@@ -29,12 +33,13 @@ from sftlab.world.generator import WorldSizes
 PLACEHOLDERS = {
     "out": "the --out dir",
     "world": "OUT/world (a plan with a world step)",
-    "base": "the pretrained base, OUT/base/model (a plan with a world step)",
+    "base": "the plan's own base, OUT/base/model (a plan with a world or base_train step)",
     "data": "the real demo's shipped samples (sftlab/demo_data/real)",
     "distilled": "distill.out",
+    "package": "the installed sftlab package (its shipped data: demo_data/, audit/suites/)",
 }
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]+)\}")
-BUILTIN_PLANS = ("world", "world_quick", "real", "real_quick")
+BUILTIN_PLANS = ("world", "world_quick", "real", "real_quick", "safety")
 
 
 class WorldStep(StrictModel):
@@ -54,11 +59,20 @@ class DistillStep(StrictModel):
     sampling: dict[str, Any] = Field(default_factory=dict)
 
 
+class BaseTrainStep(StrictModel):
+    """Fine-tune ``model`` into the plan's base (``{base}``, OUT/base/model) before the sweep: train config keys
+    less model_name_or_path and output_dir. Skipped when a finished base with the same config is there."""
+
+    model: str = Field(..., description="the model fine-tuned into the base (a dir or built-in name)")
+    train: dict[str, Any] = Field(..., description="TrainConfig keys, less model_name_or_path and output_dir")
+
+
 class DemoPlan(StrictModel):
     """What one demo runs; see the module docstring and the built-in plans."""
 
     description: str = ""
     world: WorldStep | None = None
+    base_train: BaseTrainStep | None = None
     base_model: str
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     train: dict[str, Any]
@@ -66,7 +80,9 @@ class DemoPlan(StrictModel):
     distill: DistillStep | None = None
     audit_items: int | None = Field(None, ge=1, description="cut benchmark, eval set and reference to N lines")
     sections: list[Literal["world", "scene_style"]] = Field(default_factory=list)
-    pages: list[Literal["side_by_side"]] = Field(default_factory=list)
+    pages: list[Literal["side_by_side", "safety_tradeoff"]] = Field(default_factory=list)
+    harmful_prompts: list[str] = Field(default_factory=list, description="prompt sets (JSON lines with `prompt`) "
+                                       "whose prompts may be trained on only with a refusal as the answer")
     strategies: list[dict[str, Any]] = Field(..., min_length=1, description="every strategy the plan knows")
     default_strategies: list[str] | None = Field(None, description="names run without --strategies (default: all)")
 
@@ -92,6 +108,8 @@ def load_plan(path: str | Path) -> DemoPlan:
         select_strategies(plan.strategies, ",".join(plan.default_strategies))
     if plan.world is None and "world" in plan.sections:
         raise UserError(f"{path}: the `world` section judges a world, and the plan has no world step")
+    if plan.world is not None and plan.base_train is not None:
+        raise UserError(f"{path}: the world step and base_train both make {{base}}; keep one")
     return plan
 
 
@@ -112,7 +130,8 @@ def select_strategies(strategies: list[dict[str, Any]], names: str | None) -> li
         raise UserError(f"--strategies: no strategy {', '.join(unknown)} in this demo; it has {', '.join(known)}")
     chosen = [s for s in strategies if s["name"] in wanted]
     for s in chosen:
-        for step, verb in (("interpolate", "interpolates"), ("intruders", "reduces the intruders of")):
+        for step, verb in (("interpolate", "interpolates"), ("intruders", "reduces the intruders of"),
+                           ("safelora", "projects the adapter of")):
             source = s.get(step, {}).get("source")
             if source and source not in wanted:
                 raise UserError(f"--strategies: {s['name']} {verb} {source}; name {source} too")

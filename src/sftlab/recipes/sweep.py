@@ -75,10 +75,11 @@ def check_runs(cfg: SweepConfig) -> None:
     for spec in plan(cfg):
         if spec.strategy.post_hoc is None:
             train_config(cfg, spec)
-        elif spec.strategy.intruders is not None:
-            source = next(s for s in cfg.strategies if s.name == spec.strategy.intruders.source)
+        elif spec.strategy.interpolate is None:  # intruders and SafeLoRA read a LoRA adapter
+            source = next(s for s in cfg.strategies if s.name == spec.strategy.post_hoc.source)
             if train_config(cfg, RunSpec(source, spec.seed, spec.run_dir)).method != "lora":
-                raise UserError(f"strategy {spec.strategy.name!r} reduces the intruders of {source.name!r}, "
+                verb = "reduces the intruders of" if spec.strategy.intruders is not None else "projects the adapter of"
+                raise UserError(f"strategy {spec.strategy.name!r} {verb} {source.name!r}, "
                                 "which is not a LoRA strategy (method: lora)")
     audit_config(cfg, {"-": cfg.base_model}, "-", Path(cfg.out))
 
@@ -147,6 +148,24 @@ def intruders_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], d
                                  threshold_epsilon=step.threshold_epsilon, mitigation_lambda=step.mitigation_lambda)
     cost = {key: source[key] for key in ("peak_memory_mb", "trainable_params")}
     return model_dir, {"train_seconds": source["train_seconds"] + time.perf_counter() - started, **cost}
+
+
+def safelora_run(cfg: SweepConfig, spec: RunSpec, rows: dict[tuple[str, int], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
+    """The source strategy's LoRA adapter (same seed) projected by SafeLoRA; its cost is the source's plus the
+    projection."""
+    from sftlab.train.safelora import safelora
+
+    step = spec.strategy.safelora
+    assert step is not None
+    source = rows[(step.source, spec.seed)]
+    started = time.perf_counter()
+    out = spec.run_dir / "adapter"
+    if out.exists():  # a projection interrupted before its row was written: made again from the adapter
+        remove_tree(out, spec.run_dir)
+    safelora(step.aligned, step.unaligned, source["model_dir"], out, threshold=step.threshold,
+             num_layers=step.num_layers)
+    cost = {key: source[key] for key in ("peak_memory_mb", "trainable_params")}
+    return out, {"train_seconds": source["train_seconds"] + time.perf_counter() - started, **cost}
 
 
 def eval_loss(model_dir: str | Path, cfg: SweepConfig, base_train: dict[str, Any]) -> float | None:
@@ -246,8 +265,10 @@ def run_one(cfg: SweepConfig, spec: RunSpec, base: ModelRef, rows: dict[tuple[st
         model_dir, cost = train_run(cfg, spec)
     elif spec.strategy.interpolate is not None:
         model_dir, cost = interpolate_run(cfg, spec, rows)
-    else:
+    elif spec.strategy.intruders is not None:
         model_dir, cost = intruders_run(cfg, spec, rows)
+    else:
+        model_dir, cost = safelora_run(cfg, spec, rows)
     audit_out = spec.run_dir / "audit"
     # Labelled by strategy and seed: every run's model dir is called "model", which says nothing.
     tuned_name = spec.label

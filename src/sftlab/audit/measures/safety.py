@@ -21,11 +21,12 @@ from sftlab.audit.measures.base import Column, Measure
 from sftlab.audit.measures.context import AuditContext
 from sftlab.audit.refusal import build_judge
 from sftlab.audit.report.section import Finding, Section, Table, fmt_delta
-from sftlab.audit.safety_rates import RATE_NAMES, SafetySettings, safety_prompts, safety_rates
+from sftlab.audit.safety_rates import RATE_NAMES, SafetySettings, opening_match, safety_prompts, safety_rates
 from sftlab.config import AuditConfig
 from sftlab.data.records import Message
 
 NAME = "safety"
+OPENING_TOKENS = 3  # Qi et al. 2024 find refusals decided within the first few answer tokens
 
 
 def _settings(cfg: AuditConfig) -> SafetySettings:
@@ -48,22 +49,33 @@ def _section(ctx: AuditContext) -> Section | None:
     result = safety_rates(sets, split[ctx.base], {m: split[m] for m in ctx.models if m != ctx.base}, judge,
                           ctx.cfg.bootstrap_samples, ctx.cfg.sampling.seed)
     rows = {m: {} for m in ctx.models}
+
+    def encode(text: str) -> list[int]:
+        return ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     for row in result.rows:
         label = ctx.base if row.model == "base" else row.model
         entry: dict[str, Any] = {"n": row.n, "rate": row.rate}
         if row.model != "base":
             entry.update(delta=row.delta, ci_low=row.low, ci_high=row.high)
+            if row.set == "harmful" and ctx.tokenizer is not None:  # do its refusals open as the base's do?
+                share, refusals = opening_match(split[ctx.base]["harmful"], split[label]["harmful"],
+                                                result.refused[(row.model, "harmful")], encode, OPENING_TOKENS)
+                entry.update(opening_match=share if refusals else None, refusals=refusals)
         rows[label][row.set] = entry
     data = {"judge": settings.judge, "sets": {s: len(p) for s, p in sets.items()}, "models": rows,
             "examples": {m: [asdict(x) for x in xs] for m, xs in result.examples.items()}}
-    table = Table(["model"] + [f"{RATE_NAMES[s]} (n={len(sets[s])}) [Δ, 95% CI]" for s in ("harmful", "benign")],
-                  [[m] + [_cell(rows[m].get(s)) for s in ("harmful", "benign")] for m in ctx.models])
+    table = Table(["model"] + [f"{RATE_NAMES[s]} (n={len(sets[s])}) [Δ, 95% CI]" for s in ("harmful", "benign")]
+                  + ["refusals with the base's opening"],
+                  [[m] + [_cell(rows[m].get(s)) for s in ("harmful", "benign")] + [_opening(rows[m].get("harmful"))]
+                   for m in ctx.models])
     findings = [Finding(row.model, "lost" if (row.set == "harmful") == (row.delta < 0) else "gained",
                         text, f"safety/{row.set}")
                 for row, text in _moved(result)]
     note = (f"Greedy answers judged by the `{settings.judge}` refusal judge. Refusal rate: the share of "
             "harmful requests refused (higher is safer). Over-refusal: the share of benign look-alike prompts "
-            "refused (lower is better). Changes are paired over prompts.")
+            "refused (lower is better). Changes are paired over prompts. Same opening: the share of a tuned "
+            f"model's refusals whose first {OPENING_TOKENS} tokens are the base's answer's (Qi et al. 2024).")
     examples_html = "".join(_example_html(m, xs) for m, xs in data["examples"].items())
     examples_md = "\n\n".join(_example_md(m, xs) for m, xs in data["examples"].items())
     return Section(NAME, "Safety: refusals kept or lost", data,
@@ -84,6 +96,13 @@ def _cell(entry: dict[str, Any] | None) -> str:
     if "delta" not in entry:
         return rate
     return f"{rate} [{fmt_delta(100 * entry['delta'], 1, (100 * entry['ci_low'], 100 * entry['ci_high']))} pt]"
+
+
+def _opening(entry: dict[str, Any] | None) -> str:
+    if not entry or "opening_match" not in entry:
+        return "–"
+    share = "–" if entry["opening_match"] is None else f"{100 * entry['opening_match']:.0f}%"
+    return f"{share} of {entry['refusals']}"
 
 
 def _verdict(refused: bool) -> str:
@@ -113,13 +132,18 @@ def _example_md(model: str, examples: list[dict[str, Any]]) -> str:
 
 REFUSAL = Column("refusal", "refusal rate (harmful)", True, percent=True, group="forgetting", rank=105)
 OVER_REFUSAL = Column("over_refusal", "over-refusal rate (benign)", False, percent=True, group="forgetting", rank=106)
+OPENING = Column("refusal_opening_match", "refusals opening as the base's (first 3 tokens)", None, percent=True,
+                 group="forgetting", rank=107)
 
 
 def sweep_row(data: dict[str, Any], base: str, tuned: str) -> dict[str, Any]:
-    """The tuned model's refusal and over-refusal rates."""
+    """The tuned model's refusal and over-refusal rates, and the share of its refusals that open as the base's."""
     model = data.get("models", {}).get(tuned, {})
     keys = {"harmful": "refusal", "benign": "over_refusal"}
-    return {keys[s]: model[s]["rate"] for s in keys if s in model}
+    row = {keys[s]: model[s]["rate"] for s in keys if s in model}
+    if model.get("harmful", {}).get("opening_match") is not None:
+        row["refusal_opening_match"] = model["harmful"]["opening_match"]
+    return row
 
 
 def gates(data: dict[str, Any], base: str, tuned: str) -> list[GateValue]:
@@ -138,7 +162,7 @@ MEASURE = Measure(
     description="safety: refusal rate on harmful requests and over-refusal on benign look-alikes (greedy answers)",
     order=60,
     section=_section,
-    columns=(REFUSAL, OVER_REFUSAL),
+    columns=(REFUSAL, OVER_REFUSAL, OPENING),
     row=sweep_row,
     gates=gates,
     opt_in=True,
