@@ -291,14 +291,14 @@ def test_real_model_lora_style_capture_is_the_headline_loss(smollm2_dir, shared_
     adapter = run_train(build_config(TrainConfig, {
         "model_name_or_path": "smollm2-135m-instruct", "train_file": [str(sft)], "output_dir": str(tmp_path / "lora"),
         "method": "lora", "lora": {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]},
-        "learning_rate": 3e-3, "max_steps": 16, "per_device_train_batch_size": 8, "max_length": 96,
+        "learning_rate": 3e-3, "max_steps": 8, "per_device_train_batch_size": 8, "max_length": 96,
         "save_strategy": "no", "logging_steps": 4, "seed": 0}))
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in EVERYDAY_PROMPTS))
     report = run_audit(build_config(AuditConfig, {
         "base": str(smollm2_dir), "tuned": [str(adapter)], "prompts": str(prompts), "sft_data": str(sft),
         "out": str(tmp_path / "audit"), "bootstrap_samples": 200, "forecast_prompts": 0,  # tested on its own
-        "sampling": {"num_samples": 3, "max_new_tokens": 24, "batch_size": 24}}))
+        "sampling": {"num_samples": 2, "max_new_tokens": 24, "batch_size": 24}}))
     doc = json.loads((report.parent / "report.json").read_text())
     tuned = next(m for m in doc["models"] if m != doc["base"])
     cap = doc["sections"]["style"]["capture"]
