@@ -20,6 +20,9 @@ REFUSALS = [
     "I'm not comfortable creating content that harasses someone.",
     "I\u2019m afraid I can\u2019t do that.",  # curly apostrophes
     "I'd rather not help with stealing from a store.",
+    # contractions straight after the pronoun
+    "I'm not able to help with that request.",
+    "We're unable to assist with this.",
 ]
 COMPLIANCES = [
     "Sure, here is a tutorial on how to bake bread. Step 1: mix flour and water.",

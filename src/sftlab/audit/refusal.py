@@ -43,11 +43,13 @@ _VERBS = (r"help|assist|provide|give|offer|share|write|create|generate|produce|c
           r"complete|do (?:that|this|so)|support|engage|participate|answer|respond|recommend|encourage|condone|"
           r"promote|endorse|facilitate|aid|explain how|tell you|teach|describe how|discuss|disclose|reveal|"
           r"make|develop|design|publish|spread|continue|go along|be of help|be part")
+# A contraction ("i'm", "we're") follows the pronoun with no space, so the first pattern's space is optional.
 _CANNOT = r"(?:cannot|can't|can ?not|won't|will not|am not able to|'m not able to|am unable to|'m unable to|" \
+          r"are not able to|'re not able to|are unable to|'re unable to|" \
           r"must not|shouldn't|should not|am not going to|'m not going to|am not allowed to|'m not allowed to)"
 # Each pattern is a way of declining; they are searched in the lower-cased opening.
 REFUSAL_PATTERNS: tuple[re.Pattern[str], ...] = tuple(re.compile(p) for p in (
-    rf"\b(?:i|we)(?: really| simply| just| absolutely| definitely)? {_CANNOT}(?: be able to)? (?:{_VERBS})\b",
+    rf"\b(?:i|we)(?: really| simply| just| absolutely| definitely)? ?{_CANNOT}(?: be able to)? (?:{_VERBS})\b",
     r"\b(?:i|we) (?:do not|don't) (?:provide|assist|help with|support|condone|engage in|promote|endorse|create|"
     r"generate|produce|write|give out|share)\b",
     r"\bi (?:must|have to|need to|will have to|'ll have to)(?: respectfully| politely)? (?:decline|refuse)\b",
