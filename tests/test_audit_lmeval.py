@@ -1,5 +1,6 @@
 """lm-evaluation-harness tasks through the audit (``--lm-eval-tasks``): the paired change on hand-computed
-cases, the errors, and an offline task on SmolLM2 whose figures equal a direct ``lm_eval.simple_evaluate``."""
+cases, the errors, and an offline task on SmolLM2 whose figures equal a direct ``lm_eval.simple_evaluate``
+and are read back from the score cache by a second audit."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sftlab.audit.lm_harness import LmEvalSettings, is_share, item_scores, paired_change, plan_tasks
+from sftlab.audit.measures import lmeval as lmeval_measure
 from sftlab.audit.measures import registry
 from sftlab.audit.measures.lmeval import MEASURE, changes
 from sftlab.cli import main
@@ -140,7 +142,8 @@ def _noisy_copy(source: Path, out: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_an_offline_task_through_the_audit_equals_direct_simple_evaluate(tmp_path, smollm2_dir, shared_data) -> None:
+def test_an_offline_task_through_the_audit_equals_direct_simple_evaluate(tmp_path, smollm2_dir, shared_data,
+                                                                         monkeypatch) -> None:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -180,3 +183,15 @@ def test_an_offline_task_through_the_audit_equals_direct_simple_evaluate(tmp_pat
     assert gate.change == pytest.approx(100 * section["changes"]["noisy"][TASK]["acc,none"]["delta"])
     # The same report, gated from disk: a threshold the change is past fails it (exit 3).
     assert main(["audit", "--from-report", str(out / "report.json"), "--fail-on", f"lmeval_{TASK}_acc<100"]) == 3
+    # The same audit again reads both models' lm-eval runs back from the score cache: lm-eval does not run.
+    def no_second_run(*args, **kwargs):
+        raise AssertionError("lm-eval ran although its results were cached")
+
+    monkeypatch.setattr(lmeval_measure, "evaluate", no_second_run)
+    again = tmp_path / "audit_again"
+    assert main(["--offline", "audit", "--base", str(smollm2_dir), "--tuned", f"noisy={tuned}", "--prompts", str(prompts),
+                 "--lm-eval-tasks", str(tasks), "--out", str(again), "dtype=float32", "embedding_model=none",
+                 "sampling.num_samples=1", "sampling.max_new_tokens=2", "forecast_prompts=0",
+                 "bootstrap_samples=1000"]) == 0
+    cached = json.loads((again / "report.json").read_text())["sections"]["lm_eval"]
+    assert cached["models"] == section["models"] and cached["changes"] == section["changes"]

@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field
 
 from sftlab.audit.stats import paired_bootstrap_ci
@@ -94,6 +95,9 @@ def plan_tasks(settings: LmEvalSettings) -> TaskPlan:
     for entry in settings.tasks:
         path = Path(entry)
         if path.is_dir():  # a dir of task YAMLs: every task it defines
+            # lm-eval's indexer skips a YAML it cannot parse without a word: name it rather than lose its task.
+            for file in sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")]):
+                _check_yaml(file)
             include.append(str(path.resolve()))
             found = task_manager((str(path.resolve()),), False).all_subtasks
             if not found:
@@ -102,6 +106,7 @@ def plan_tasks(settings: LmEvalSettings) -> TaskPlan:
         elif path.suffix in (".yaml", ".yml"):
             if not path.is_file():
                 raise UserError(f"lm-eval tasks: {entry}: no such task YAML")
+            _check_yaml(path)
             specs.append(str(path.resolve()))
         else:
             specs.append(entry)
@@ -151,6 +156,24 @@ def _unknown(name: str, known: Sequence[str]) -> UserError:
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return UserError(f"unknown lm-eval task {name!r}{hint} (`lm-eval ls tasks` lists lm-eval's own; a dir of your "
                      "own task YAMLs can be given as a --lm-eval-tasks entry)")
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    """A safe YAML loader that reads any tag (lm-eval's ``!function``) as null: enough to check the syntax."""
+
+
+_AnyTagLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+
+
+def _check_yaml(path: Path) -> None:
+    """A UserError naming the file, line and column when ``path`` is not valid YAML."""
+    try:
+        yaml.load(path.read_text(encoding="utf-8"), Loader=_AnyTagLoader)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise UserError(f"lm-eval tasks: {where}: not valid YAML ({problem}); fix the task file") from None
 
 
 def _existing_dir(path: str, key: str) -> str:
