@@ -132,3 +132,30 @@ def test_list_measures(capsys) -> None:
     assert out.strip() == list_measures()
     for name in ("style_capture", "adherence", "rouge_l", "<benchmark>_acc", "perplexity"):
         assert name in out
+
+
+@pytest.mark.parametrize(("check", "extra", "words"), [
+    ("style_capture>20", [], "style_capture needs the SFT data its style classifier learns from: add --sft-data FILE"),
+    ("forecast_kl>0.5", [], "forecast_kl needs the SFT data's prompts"),
+    ("refusal<-10", [], "refusal needs the safety suite"),
+    ("adherence<-0.05", ["embedding_model=none"], "adherence needs a sentence encoder"),
+    ("lmeval_arc_easy_acc<-2", [], "checks an lm-eval task, and this audit runs none"),
+])
+def test_cli_a_check_the_inputs_cannot_answer_exits_2_before_any_audit(tmp_path: Path, capsys, check, extra,
+                                                                        words) -> None:
+    # The base does not exist: an audit that started would stop on it with another message.
+    code = main(["audit", "--base", str(tmp_path / "nowhere"), "--tuned", str(tmp_path / "x"), "--fail-on", check,
+                 *extra])
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and words in err and "Traceback" not in err
+    assert "nowhere" not in err
+
+
+def test_cli_checks_the_inputs_give_pass_the_early_check(tmp_path: Path) -> None:
+    from sftlab.config import AuditConfig
+    from sftlab.recipes.audit_validate import check_gate_inputs
+
+    cfg = AuditConfig(base="b", tuned={"t": "t"}, sft_data="sft.jsonl", suites=["chat", "safety"],
+                      measures={"lm_eval": {"tasks": ["arc_easy"]}})
+    check_gate_inputs(parse_checks(["style_capture>20,copying>5,forecast_kl>1,adherence<-0.05,refusal<-10,"
+                                    "over_refusal>10,lmeval_arc_easy_acc<-2,piqa_acc<-2,perplexity>+5%"]), cfg)

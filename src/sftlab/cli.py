@@ -110,7 +110,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         tasks = [t.strip() for entry in args.lm_eval_tasks for t in entry.split(",") if t.strip()]
         data = _deep_merge(data, {"measures": {"lm_eval": {"tasks": tasks}}})
     data = _deep_merge(data, parse_overrides(overrides + args.set_overrides, AuditConfig))
-    report = run_audit(build_config(AuditConfig, data, source=config or "command line"))
+    cfg = build_config(AuditConfig, data, source=config or "command line")
+    if checks:
+        from sftlab.recipes.audit_validate import check_gate_inputs
+
+        check_gate_inputs(checks, cfg)  # a check the audit could not answer fails now, not after the audit
+    report = run_audit(cfg)
     return _gate_report(report.parent / "report.json", checks, args.fail_on_interval) if checks else 0
 
 

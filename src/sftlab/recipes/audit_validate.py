@@ -6,8 +6,9 @@ fit must fail before that, not after. Only configs and tokenizers are read here,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from transformers import PretrainedConfig
 
@@ -76,3 +77,37 @@ def validate_inputs(cfg: AuditConfig, models: Mapping[str, str],
                 f"from {longest} to {positions - new} tokens). Set max_length: {positions} to make the cut your "
                 f"choice, or lower sampling.max_new_tokens to {max(positions - longest, 1)}")
     return notes
+
+
+def _safety_chosen(cfg: AuditConfig) -> bool:
+    from sftlab.recipes.audit_inputs import chosen_suites
+
+    return "safety" in cfg.measures or any(s.measure == "safety" for s in chosen_suites(cfg))
+
+
+# What a --fail-on check needs from the audit's inputs, and how to give it: without it the measure is not in
+# the report, and the gate would find that out only after the audit had run (minutes to tens of minutes).
+_GATE_NEEDS: dict[str, tuple[Callable[[AuditConfig], bool], str]] = {
+    "style_capture": (lambda c: bool(c.sft_data), "the SFT data its style classifier learns from: add --sft-data FILE"),
+    "copying": (lambda c: bool(c.sft_data), "the SFT data it looks for copied spans in: add --sft-data FILE"),
+    "forecast_kl": (lambda c: bool(c.sft_data) and c.forecast_prompts > 0,
+                    "the SFT data's prompts: add --sft-data FILE (and keep forecast_prompts above 0)"),
+    "adherence": (lambda c: c.embedding_model != "none", "a sentence encoder: drop embedding_model=none"),
+    "refusal": (_safety_chosen, "the safety suite: add it, --suite chat,knowledge,text,safety"),
+    "over_refusal": (_safety_chosen, "the safety suite: add it, --suite chat,knowledge,text,safety"),
+}
+
+
+def check_gate_inputs(checks: Sequence[Any], cfg: AuditConfig) -> None:
+    """A UserError, before any model runs, for a ``--fail-on`` check on a measure this audit's inputs cannot give."""
+    for check in checks:
+        name = "lm_eval" if check.name.startswith("lmeval_") else check.name
+        if name == "lm_eval":
+            if "lm_eval" not in cfg.measures:
+                raise UserError(f"--fail-on: {check.text!r} checks an lm-eval task, and this audit runs none: add "
+                                "--lm-eval-tasks TASK,... or drop the check")
+            continue
+        need = _GATE_NEEDS.get(name)
+        if need is not None and not need[0](cfg):
+            raise UserError(f"--fail-on: {check.text!r} cannot be checked, since {name} needs {need[1]}; or drop "
+                            "the check")
