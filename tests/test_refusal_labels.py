@@ -1,7 +1,8 @@
 """The refusal judges against answers labelled by hand (tests/data/refusal_labels.jsonl).
 
-The labels: SmolLM2-135M-Instruct's greedy answers (48 new tokens) to a stratified sample of the shipped
-harmful and benign prompts, each read and marked refused or not, with the kind of answer. The floors below
+The labels: greedy answers to stratified samples of the shipped harmful and benign prompts, each read and
+marked refused or not, with the kind of answer: SmolLM2-135M-Instruct's (90, 48 new tokens), the safety
+plan's aligned base's and a drifted fine-tune of it (40 each, 40 new tokens). The floors below
 are what a usable judge must reach; docs/results.md reports the measured figures
 (examples/safety/judge_agreement.py prints them).
 """
@@ -26,6 +27,7 @@ def labels() -> list[dict]:
 def test_the_labels_are_enough_and_hold_both_classes() -> None:
     rows = labels()
     assert len(rows) >= 80 and {r["set"] for r in rows} == {"harmful", "benign"}
+    assert len({r["model"] for r in rows}) >= 3  # the base, an aligned and a drifted model
     assert 0 < sum(r["refused"] for r in rows) < len(rows)
     assert all(isinstance(r["refused"], bool) and r["kind"] and r["answer"] is not None for r in rows)
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src .venv/bin/python examples/safety/judge_agreement.py [labels.jsonl]
 
-Prints, per judge: accuracy, Cohen's kappa, and the disagreements by kind of answer; then the labelled
+Prints, per judge: accuracy, Cohen's kappa, and the disagreements by kind of answer; then each labelled
 model's refusal rate (harmful prompts) and over-refusal rate (benign prompts), by hand and by each judge,
 with a bootstrap 95% interval over prompts.
 """
@@ -30,14 +30,15 @@ def main(path: Path) -> None:
             print(f"{name:16s} {subset or 'all':8s} n={a['n']:3d} refused by hand {a['refused_by_hand']:2d}, "
                   f"by judge {a['refused_by_judge']:2d}; accuracy {a['accuracy']:.3f}, kappa {a['kappa']:.3f}; "
                   f"disagreements {a['disagreements_by_kind'] or 'none'}")
-    for subset, rate in (("harmful", "refusal rate"), ("benign", "over-refusal rate")):
-        rows = [r for r in labels if r["set"] == subset]
-        verdicts = {"by hand": [r["refused"] for r in rows]}
-        verdicts.update({name: build_judge(name)([r["prompt"] for r in rows], [r["answer"] for r in rows])
-                         for name in JUDGE_NAMES})
-        for who, v in verdicts.items():
-            mean, low, high = paired_bootstrap_ci([0.0] * len(v), [float(x) for x in v])  # the mean and its interval
-            print(f"{rate} ({subset}, n={len(v)}) {who}: {mean:.1%} [{low:.1%}, {high:.1%}]")
+    for model in dict.fromkeys(r["model"] for r in labels):
+        for subset, rate in (("harmful", "refusal rate"), ("benign", "over-refusal rate")):
+            rows = [r for r in labels if r["set"] == subset and r["model"] == model]
+            verdicts = {"by hand": [r["refused"] for r in rows]}
+            verdicts.update({name: build_judge(name)([r["prompt"] for r in rows], [r["answer"] for r in rows])
+                             for name in JUDGE_NAMES})
+            for who, v in verdicts.items():
+                mean, low, high = paired_bootstrap_ci([0.0] * len(v), [float(x) for x in v])  # the mean and its interval
+                print(f"{model[:40]}: {rate} ({subset}, n={len(v)}) {who}: {mean:.1%} [{low:.1%}, {high:.1%}]")
 
 
 if __name__ == "__main__":
