@@ -96,7 +96,7 @@ def test_cli_pass_and_fail(doc, capsys) -> None:
     assert code == 0 and "gate: passed" in out and "FAIL" not in out
     model, v = _threshold_inside_interval(doc, "perplexity")
     code, out, _ = _cli(capsys, "--fail-on", f"perplexity>{v.change - 1e-6}%")
-    assert code == GATE_FAILED and f"FAIL {model}: perplexity" in out and "gate: FAILED" in out
+    assert code == GATE_FAILED and f"FAIL {model}: perplexity" in out and "gate: FAILED, 1 failure of 1 check" in out
 
 
 def test_cli_fails_only_on_the_interval_when_asked(doc, capsys) -> None:

@@ -144,8 +144,9 @@ def _gate_report(report_json: Path, checks: list | None, interval_only: bool) ->
     code, lines = gate(checks, read_gate_values(report_json), interval_only)
     for line in lines:
         print(line)
-    print(f"gate: {'FAILED' if code else 'passed'} ({len(checks)} check{'s' * (len(checks) != 1)}"
-          f"{', interval must clear the threshold' if interval_only else ''})")
+    failures = sum(line.startswith("FAIL ") for line in lines)  # one per tuned model and failed check
+    print(f"gate: {f'FAILED, {failures} failure' + 's' * (failures != 1) + ' of' if code else 'passed'} "
+          f"{len(checks)} check{'s' * (len(checks) != 1)}{', interval must clear the threshold' if interval_only else ''}")
     return code
 
 
