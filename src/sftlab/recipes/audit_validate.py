@@ -93,21 +93,18 @@ _GATE_NEEDS: dict[str, tuple[Callable[[AuditConfig], bool], str]] = {
     "forecast_kl": (lambda c: bool(c.sft_data) and c.forecast_prompts > 0,
                     "the SFT data's prompts: add --sft-data FILE (and keep forecast_prompts above 0)"),
     "adherence": (lambda c: c.embedding_model != "none", "a sentence encoder: drop embedding_model=none"),
-    "refusal": (_safety_chosen, "the safety suite: add it, --suite chat,knowledge,text,safety"),
-    "over_refusal": (_safety_chosen, "the safety suite: add it, --suite chat,knowledge,text,safety"),
 }
+_GATE_NEEDS["refusal"] = _GATE_NEEDS["over_refusal"] = (
+    _safety_chosen, "the safety suite: add it, --suite chat,knowledge,text,safety")
 
 
 def check_gate_inputs(checks: Sequence[Any], cfg: AuditConfig) -> None:
     """A UserError, before any model runs, for a ``--fail-on`` check on a measure this audit's inputs cannot give."""
     for check in checks:
-        name = "lm_eval" if check.name.startswith("lmeval_") else check.name
-        if name == "lm_eval":
-            if "lm_eval" not in cfg.measures:
-                raise UserError(f"--fail-on: {check.text!r} checks an lm-eval task, and this audit runs none: add "
-                                "--lm-eval-tasks TASK,... or drop the check")
-            continue
-        need = _GATE_NEEDS.get(name)
+        if check.name.startswith("lmeval_") and "lm_eval" not in cfg.measures:
+            raise UserError(f"--fail-on: {check.text!r} checks an lm-eval task, and this audit runs none: add "
+                            "--lm-eval-tasks TASK,... or drop the check")
+        need = _GATE_NEEDS.get(check.name)
         if need is not None and not need[0](cfg):
-            raise UserError(f"--fail-on: {check.text!r} cannot be checked, since {name} needs {need[1]}; or drop "
-                            "the check")
+            raise UserError(f"--fail-on: {check.text!r} cannot be checked, since {check.name} needs {need[1]}; or "
+                            "drop the check")
